@@ -1,0 +1,979 @@
+//! The public handle: [`Context`].
+
+use std::any::{Any, TypeId};
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::after_func::AfterFunc;
+use crate::error::{Cause, Error};
+use crate::future::{Done, DoneOwned, RunUntilCancelled};
+use crate::handle::{CancelCauseHandle, CancelHandle};
+use crate::source;
+use crate::task::TaskHandle;
+use crate::tree::{Kind, Scope, run_callback};
+use crate::value::{Key, Label, ValueNode, key_id};
+
+/// A cancellation signal, a deadline and request-scoped values, passed down every call.
+///
+/// A `Context` is a cheap handle (one pointer and a tag; cloning bumps a reference count) to a
+/// node in a tree. Roots come from [`Context::background`]; every other context is derived
+/// from a parent with a `with_*` method and is done when its parent is done, when its deadline
+/// passes, or when its [`CancelHandle`] is cancelled or dropped, whichever comes first.
+/// Cancellation flows down the tree, never up: cancelling a child leaves its parent and
+/// siblings alone.
+///
+/// Pass the context first, by reference, named `ctx`:
+///
+/// ```
+/// use taskctx::{Context, Error};
+///
+/// async fn fetch_user(ctx: &Context, id: u64) -> Result<String, Error> {
+///     ctx.run_until_cancelled(async move {
+///         // ... the real work, which stops at the first `.await` after `ctx` is done
+///         format!("user {id}")
+///     })
+///     .await
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (ctx, _cancel) = Context::background().with_timeout(std::time::Duration::from_secs(1));
+/// assert_eq!(fetch_user(&ctx, 7).await.as_deref(), Ok("user 7"));
+/// # }
+/// ```
+///
+/// # Differences from Go
+///
+/// - **No forgotten `cancel`.** The handle that cancels a derived context cancels it when
+///   dropped, and a context whose every handle is gone leaves nothing behind: not a child entry
+///   in its parent, not a timer. Go leaks both until the parent is cancelled.
+/// - **Typed values.** Values are looked up by their type or by a [`Key`] type, never by an
+///   untyped key, so two crates cannot collide and a lookup needs no type assertion.
+/// - **Confirmed stops.** [`Context::spawn`] hands back a handle that resolves once the task
+///   has really stopped, with its output or the context's error.
+/// - **`after_func` runs in place.** Callbacks run on the thread that cancels, after every
+///   internal lock is released, so when `cancel()` returns they have run. Go starts a goroutine
+///   for each.
+/// - **Merge.** [`Context::merge`] is done when either of two contexts is; Go offers only a
+///   recipe.
+#[derive(Clone)]
+pub struct Context {
+    node: Node,
+}
+
+#[derive(Clone, Default)]
+enum Node {
+    #[default]
+    Background,
+    Todo,
+    Scope(Arc<Scope>),
+    Value(Arc<ValueNode>),
+    Detached(Arc<Detached>),
+}
+
+/// A `without_cancel` context: the parent's values, none of its cancellation.
+struct Detached {
+    parent: Context,
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        release(std::mem::take(&mut self.parent));
+    }
+}
+
+impl Default for Context {
+    /// The background context, as [`Context::background`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let ctx = taskctx::Context::default();
+    /// assert_eq!(ctx.to_string(), "context.Background");
+    /// ```
+    fn default() -> Self {
+        Context::background()
+    }
+}
+
+impl Context {
+    /// The root context: never done, no deadline, no values.
+    ///
+    /// Use it in `main`, in tests, and at the top of each incoming request, as the parent of
+    /// everything else. It costs nothing: no allocation, no shared state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::Context;
+    ///
+    /// let ctx = Context::background();
+    /// assert!(!ctx.is_done());
+    /// assert_eq!(ctx.err(), None);
+    /// assert_eq!(ctx.deadline(), None);
+    /// ```
+    pub const fn background() -> Self {
+        Context {
+            node: Node::Background,
+        }
+    }
+
+    /// A root context that marks a place where the right context is not yet known.
+    ///
+    /// It behaves exactly like [`Context::background`]; only its name differs, so that code
+    /// still to be plumbed stands out in logs and reviews.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::Context;
+    ///
+    /// let ctx = Context::todo();
+    /// assert!(!ctx.is_done());
+    /// assert_eq!(ctx.to_string(), "context.TODO");
+    /// ```
+    pub const fn todo() -> Self {
+        Context { node: Node::Todo }
+    }
+
+    fn from_scope(scope: Arc<Scope>) -> Self {
+        Context {
+            node: Node::Scope(scope),
+        }
+    }
+
+    /// The scope that decides when this context is done, if anything can.
+    pub(crate) fn scope(&self) -> Option<&Arc<Scope>> {
+        match &self.node {
+            Node::Scope(scope) => Some(scope),
+            Node::Value(node) => node.scope.as_ref(),
+            Node::Background | Node::Todo | Node::Detached(_) => None,
+        }
+    }
+
+    /// The context this one was derived from, along the chain values are looked up in.
+    fn parent(&self) -> Option<&Context> {
+        match &self.node {
+            Node::Scope(scope) => Some(scope.parent()),
+            Node::Value(node) => Some(&node.parent),
+            Node::Detached(node) => Some(&node.parent),
+            Node::Background | Node::Todo => None,
+        }
+    }
+
+    /// Derives a child that is done when this context is, or when the returned handle is
+    /// cancelled or dropped.
+    ///
+    /// Go's `WithCancel`, with `defer cancel()` made automatic: the handle cancels the child when
+    /// it goes out of scope. Call [`CancelHandle::disarm`] to let the child live on without it.
+    ///
+    /// Do not write `let (ctx, _) = parent.with_cancel();`: `_` drops the handle on the spot,
+    /// and the context is cancelled before its first use. Bind the handle to a name such as
+    /// `_cancel`, which lives to the end of the block.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    ///
+    /// let parent = Context::background();
+    /// let (ctx, cancel) = parent.with_cancel();
+    /// assert!(!ctx.is_done());
+    /// cancel.cancel();
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// assert!(!parent.is_done(), "cancellation never flows up");
+    ///
+    /// let (ctx, _) = parent.with_cancel(); // the handle is dropped at once...
+    /// assert!(ctx.is_done()); // ...and so the context is already done
+    /// ```
+    pub fn with_cancel(&self) -> (Context, CancelHandle) {
+        let scope = Scope::new(self, Kind::Cancel);
+        (Context::from_scope(scope.clone()), CancelHandle::new(scope))
+    }
+
+    /// Like [`Context::with_cancel`], but the handle cancels with a cause, which the child and
+    /// its descendants then report from [`Context::cause`].
+    ///
+    /// Dropping the handle cancels without a cause; the cause is then [`Error::Canceled`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel_cause();
+    /// let (child, _cancel_child) = ctx.with_cancel();
+    /// cancel.cancel("upstream closed the connection");
+    /// assert_eq!(child.err(), Some(Error::Canceled));
+    /// assert_eq!(child.cause().unwrap().to_string(), "upstream closed the connection");
+    /// ```
+    pub fn with_cancel_cause(&self) -> (Context, CancelCauseHandle) {
+        let scope = Scope::new(self, Kind::Cancel);
+        (Context::from_scope(scope.clone()), CancelCauseHandle::new(scope))
+    }
+
+    /// Derives a child that is done at `deadline` at the latest, with
+    /// [`Error::DeadlineExceeded`] if the deadline fires first.
+    ///
+    /// The child's [`deadline`](Context::deadline) is the earlier of `deadline` and this
+    /// context's. A deadline at or before now gives a child that is already done. Time is Tokio
+    /// time, so `tokio::time::pause` and `advance` control it in tests.
+    ///
+    /// Arming the deadline costs no task: it sits in Tokio's timer wheel and is taken out when
+    /// the context is cancelled or dropped. Outside a Tokio runtime, the deadline is kept by one
+    /// crate-wide timer thread on the system clock instead; the same thread takes over if the
+    /// runtime that armed the deadline shuts down before it passes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let deadline = Instant::now() + Duration::from_millis(50);
+    /// let (ctx, _cancel) = Context::background().with_deadline(deadline);
+    /// assert_eq!(ctx.deadline(), Some(deadline));
+    /// assert_eq!(ctx.done().await, Error::DeadlineExceeded);
+    /// assert!(Instant::now() >= deadline);
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Inside a Tokio runtime built without the time driver (`enable_time`), with Tokio's own
+    /// message, like `tokio::time::sleep`. Outside any runtime it does not panic.
+    pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelHandle) {
+        let kind = Kind::Deadline {
+            at: deadline,
+            cause: None,
+        };
+        let scope = Scope::new(self, kind);
+        (Context::from_scope(scope.clone()), CancelHandle::new(scope))
+    }
+
+    /// Like [`Context::with_deadline`], but when the deadline fires the child reports `cause`
+    /// from [`Context::cause`]. A cancellation before the deadline reports no such cause.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let at = Instant::now() + Duration::from_secs(2);
+    /// let (ctx, _cancel) = Context::background().with_deadline_cause(at, "payment provider too slow");
+    /// assert_eq!(ctx.done().await, Error::DeadlineExceeded);
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "payment provider too slow");
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Context::with_deadline`].
+    pub fn with_deadline_cause(
+        &self,
+        deadline: Instant,
+        cause: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> (Context, CancelHandle) {
+        let kind = Kind::Deadline {
+            at: deadline,
+            cause: Some(Cause::new(cause.into())),
+        };
+        let scope = Scope::new(self, kind);
+        (Context::from_scope(scope.clone()), CancelHandle::new(scope))
+    }
+
+    /// Derives a child that is done `timeout` from now at the latest: `with_deadline(now +
+    /// timeout)`.
+    ///
+    /// A zero timeout gives a child that is already done. A timeout so long that `now +
+    /// timeout` does not fit in an [`Instant`] (such as `Duration::MAX`) can never pass: the
+    /// child then has no deadline of its own and behaves as [`Context::with_cancel`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(100));
+    /// assert!(ctx.remaining() <= Some(Duration::from_millis(100)));
+    /// assert_eq!(ctx.done().await, Error::DeadlineExceeded);
+    ///
+    /// let (forever, _cancel) = Context::background().with_timeout(Duration::MAX);
+    /// assert_eq!(forever.deadline(), None);
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Context::with_deadline`].
+    pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelHandle) {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.with_deadline(deadline),
+            None => self.with_cancel(),
+        }
+    }
+
+    /// Like [`Context::with_timeout`], but when the timeout fires the child reports `cause`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::Context;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, _cancel) =
+    ///     Context::background().with_timeout_cause(Duration::from_secs(1), "inventory lookup");
+    /// ctx.done().await;
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "inventory lookup");
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Context::with_deadline`].
+    pub fn with_timeout_cause(
+        &self,
+        timeout: Duration,
+        cause: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> (Context, CancelHandle) {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.with_deadline_cause(deadline, cause),
+            None => self.with_cancel(),
+        }
+    }
+
+    /// Derives a child that carries `value`, looked up by its type with [`Context::value`].
+    ///
+    /// The child is done exactly when this context is. A lookup finds the innermost binding of
+    /// a type, so a child can shadow its parent's value. Values are for request-scoped data
+    /// that crosses API boundaries (a request id, the caller's identity, a trace handle), not
+    /// for optional function arguments. Deriving costs one allocation; the value is stored
+    /// inline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::Context;
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// struct TenantId(u32);
+    ///
+    /// let ctx = Context::background().with_value(TenantId(4));
+    /// assert_eq!(ctx.value::<TenantId>(), Some(&TenantId(4)));
+    /// let inner = ctx.with_value(TenantId(9));
+    /// assert_eq!(inner.value::<TenantId>(), Some(&TenantId(9)), "innermost wins");
+    /// assert_eq!(ctx.value::<TenantId>(), Some(&TenantId(4)));
+    /// ```
+    pub fn with_value<T: Send + Sync + 'static>(&self, value: T) -> Context {
+        self.with_node(
+            TypeId::of::<T>(),
+            Label::Type(std::any::type_name::<T>()),
+            value,
+        )
+    }
+
+    /// Derives a child that carries `value` under the typed key `K`, looked up with
+    /// [`Context::get`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Key};
+    ///
+    /// struct Deadline;
+    /// impl Key for Deadline {
+    ///     type Value = &'static str;
+    /// }
+    ///
+    /// let ctx = Context::background().with_key::<Deadline>("soft");
+    /// assert_eq!(ctx.get::<Deadline>(), Some(&"soft"));
+    /// ```
+    pub fn with_key<K: Key>(&self, value: K::Value) -> Context {
+        self.with_node(key_id::<K>(), Label::Key(std::any::type_name::<K>()), value)
+    }
+
+    fn with_node<T: Send + Sync + 'static>(&self, key: TypeId, label: Label, value: T) -> Context {
+        let node: Arc<ValueNode> = Arc::new(ValueNode {
+            parent: self.clone(),
+            scope: self.scope().cloned(),
+            key,
+            label,
+            value,
+        });
+        Context {
+            node: Node::Value(node),
+        }
+    }
+
+    /// The innermost value of type `T` this context carries, if any.
+    ///
+    /// The lookup walks up the chain of derived contexts; it never allocates or locks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::Context;
+    ///
+    /// let ctx = Context::background().with_value(42u8);
+    /// let (child, _cancel) = ctx.with_cancel();
+    /// assert_eq!(child.value::<u8>(), Some(&42));
+    /// assert_eq!(child.value::<u16>(), None);
+    /// ```
+    pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.lookup(TypeId::of::<T>())?.downcast_ref()
+    }
+
+    /// The innermost value stored under the key `K`, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Key};
+    ///
+    /// struct Locale;
+    /// impl Key for Locale {
+    ///     type Value = String;
+    /// }
+    ///
+    /// let ctx = Context::background();
+    /// assert_eq!(ctx.get::<Locale>(), None);
+    /// let ctx = ctx.with_key::<Locale>("pt-BR".into());
+    /// assert_eq!(ctx.get::<Locale>().map(String::as_str), Some("pt-BR"));
+    /// ```
+    pub fn get<K: Key>(&self) -> Option<&K::Value> {
+        self.lookup(key_id::<K>())?.downcast_ref()
+    }
+
+    fn lookup(&self, key: TypeId) -> Option<&(dyn Any + Send + Sync)> {
+        let mut current = self;
+        loop {
+            if let Node::Value(node) = &current.node {
+                if node.key == key {
+                    return Some(&node.value);
+                }
+            }
+            current = current.parent()?;
+        }
+    }
+
+    /// Derives a child that keeps this context's values but none of its cancellation: it is
+    /// never done and has no deadline, whatever happens to this context.
+    ///
+    /// Go's `WithoutCancel`, for work that must outlive the request that started it (an audit
+    /// write, a cache fill). Give such work its own bound: derive a timeout from the result.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::Context;
+    ///
+    /// let (request, cancel) = Context::background().with_value("req-1").with_cancel();
+    /// let detached = request.without_cancel();
+    /// cancel.cancel();
+    /// assert!(request.is_done());
+    /// assert!(!detached.is_done());
+    /// assert_eq!(detached.err(), None);
+    /// assert!(detached.cause().is_none());
+    /// assert_eq!(detached.value::<&str>(), Some(&"req-1"));
+    /// ```
+    pub fn without_cancel(&self) -> Context {
+        Context {
+            node: Node::Detached(Arc::new(Detached {
+                parent: self.clone(),
+            })),
+        }
+    }
+
+    /// Derives a child that is done as soon as this context or `other` is, with the error and
+    /// cause of whichever was done first.
+    ///
+    /// Values are looked up in this context only; the deadline is the earlier of the two.
+    /// Useful when work serves two lifetimes at once, such as a request and the server's
+    /// shutdown. The child is registered in both parents and removed from both when it is done
+    /// or dropped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    ///
+    /// let (request, _cancel_request) = Context::background().with_cancel();
+    /// let (shutdown, begin_shutdown) = Context::background().with_cancel_cause();
+    /// let ctx = request.merge(&shutdown);
+    /// assert!(!ctx.is_done());
+    /// begin_shutdown.cancel("server shutting down");
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "server shutting down");
+    /// assert!(!request.is_done());
+    /// ```
+    pub fn merge(&self, other: &Context) -> Context {
+        Context::from_scope(Scope::new(self, Kind::Merge(other.clone())))
+    }
+
+    /// Derives a child that is done when this context is or when `token` is cancelled, with
+    /// [`Error::Canceled`] in the latter case.
+    ///
+    /// This is how code that already speaks `CancellationToken` (a shutdown token, a library
+    /// that takes one) joins a context tree. Watching the token costs no task.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let shutdown = CancellationToken::new();
+    /// let ctx = Context::background().with_value("svc").with_token(shutdown.clone());
+    /// assert!(!ctx.is_done());
+    /// shutdown.cancel();
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// ```
+    pub fn with_token(&self, token: CancellationToken) -> Context {
+        let scope = Scope::new(self, Kind::Token);
+        if !scope.is_done() {
+            match source::watch_token(&scope, token) {
+                Some(watch) => scope.set_source(watch),
+                None => scope.cancel(Error::Canceled, Cause::from(Error::Canceled)),
+            }
+        }
+        Context::from_scope(scope)
+    }
+
+    /// A root context that is done when `token` is cancelled: `background().with_token(token)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::Context;
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let token = CancellationToken::new();
+    /// let ctx = Context::from_token(token.clone());
+    /// token.cancel();
+    /// assert!(ctx.is_done());
+    /// ```
+    pub fn from_token(token: CancellationToken) -> Context {
+        Context::background().with_token(token)
+    }
+
+    /// A `CancellationToken` that is cancelled when this context is done.
+    ///
+    /// Hand it to code that takes a token. Each call returns a new child token: cancelling it
+    /// affects only that token, never the context, so code that receives a context cannot
+    /// cancel it through a token either. The first call on a context allocates the token the
+    /// children hang from; a token of a never-done context is never cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::Context;
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let token = ctx.token();
+    /// token.cancel();
+    /// assert!(!ctx.is_done(), "a token cannot cancel its context");
+    ///
+    /// let token = ctx.token();
+    /// cancel.cancel();
+    /// assert!(token.is_cancelled());
+    /// ```
+    pub fn token(&self) -> CancellationToken {
+        match self.scope() {
+            Some(scope) => scope.token(),
+            None => CancellationToken::new(),
+        }
+    }
+
+    /// Arranges for `f` to run once when this context is done, or at once if it already is.
+    ///
+    /// `f` runs on the thread that cancels the context (or that fires its deadline), after every
+    /// lock of the crate has been released: it may cancel contexts, this one included, derive
+    /// new ones, or call [`AfterFunc::stop`], without deadlocking. When the cancelling call
+    /// returns, `f` has run. Keep `f` short and non-blocking, as you would a waker; to do async
+    /// work, spawn a task from it. A panic in `f` is caught and reported as a `tracing` error
+    /// event; the cancellation and the other callbacks go on.
+    ///
+    /// On a context that can never be done (background, or below `without_cancel`), `f` is
+    /// dropped without running. If every handle to the context is dropped before it is done,
+    /// `f` is dropped too. Avoid capturing a clone of the same context in `f`: the context
+    /// would then stay alive until it is done.
+    ///
+    /// Go runs each `AfterFunc` callback in a new goroutine; this runs it in place, which makes
+    /// "after `cancel()` returns, the callbacks have run" a guarantee.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use taskctx::Context;
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let closed = Arc::new(AtomicBool::new(false));
+    /// let flag = closed.clone();
+    /// let _stop = ctx.after_func(move || flag.store(true, Ordering::SeqCst));
+    /// cancel.cancel();
+    /// assert!(closed.load(Ordering::SeqCst), "ran before cancel() returned");
+    /// ```
+    pub fn after_func(&self, f: impl FnOnce() + Send + 'static) -> AfterFunc {
+        let Some(scope) = self.scope() else {
+            return AfterFunc::unregistered();
+        };
+        match scope.add_callback(Box::new(f)) {
+            Ok(slot) => AfterFunc::registered(scope.clone(), slot),
+            Err(f) => {
+                run_callback(f);
+                AfterFunc::ran()
+            }
+        }
+    }
+
+    /// A future that completes, with this context's error, when the context is done.
+    ///
+    /// Equivalent to `async fn done(&self) -> Error`. On a context that is already done it is
+    /// ready at once, without locking or allocating. On one that can never be done it never
+    /// completes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(1));
+    /// let mut ticks = 0;
+    /// let mut interval = tokio::time::interval(Duration::from_millis(300));
+    /// let err = loop {
+    ///     tokio::select! {
+    ///         err = ctx.done() => break err,
+    ///         _ = interval.tick() => ticks += 1,
+    ///     }
+    /// };
+    /// assert_eq!(err, Error::DeadlineExceeded);
+    /// assert_eq!(ticks, 4); // at 0, 300, 600 and 900 ms
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future before it completes loses nothing, and a new one
+    /// observes the same state. Use it freely in `tokio::select!` loops.
+    pub fn done(&self) -> Done<'_> {
+        Done::new(self.scope().map(|scope| &**scope))
+    }
+
+    /// Like [`Context::done`], but the future owns a handle to the context, so it is `'static`
+    /// and can move into a spawned task or be stored.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let watcher = tokio::spawn(ctx.done_owned());
+    /// cancel.cancel();
+    /// assert_eq!(watcher.await.unwrap(), Error::Canceled);
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Context::done`].
+    pub fn done_owned(&self) -> DoneOwned {
+        DoneOwned::new(self.scope().cloned())
+    }
+
+    /// Whether this context is done. One atomic load: no lock, no clock read.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::Context;
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// assert!(!ctx.is_done());
+    /// drop(cancel);
+    /// assert!(ctx.is_done());
+    /// ```
+    pub fn is_done(&self) -> bool {
+        self.scope().is_some_and(|scope| scope.is_done())
+    }
+
+    /// `None` while the context is live; once it is done, why, and the same answer forever.
+    ///
+    /// [`Error::DeadlineExceeded`] only if the deadline (this context's or an ancestor's) fired
+    /// before any cancellation; otherwise [`Error::Canceled`]. One atomic load.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    ///
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// assert_eq!(ctx.err(), None);
+    /// cancel.cancel();
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// ```
+    pub fn err(&self) -> Option<Error> {
+        self.scope().and_then(|scope| scope.err())
+    }
+
+    /// `None` while the context is live; once it is done, the error that explains why.
+    ///
+    /// The first cancellation wins: a context cancelled through an ancestor reports the
+    /// ancestor's cause, one cancelled first keeps its own. A deadline's cause is reported only
+    /// if the deadline fired. Where no cause was given, the cause is the [`Error`] itself. A
+    /// `without_cancel` context never has one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    ///
+    /// let (parent, cancel_parent) = Context::background().with_cancel_cause();
+    /// let (child, cancel_child) = parent.with_cancel_cause();
+    /// let (grandchild, _cancel) = child.with_cancel();
+    /// cancel_child.cancel("child first");
+    /// cancel_parent.cancel("parent second");
+    /// assert_eq!(grandchild.cause().unwrap().to_string(), "child first");
+    /// assert_eq!(parent.cause().unwrap().to_string(), "parent second");
+    ///
+    /// let (plain, cancel) = Context::background().with_cancel();
+    /// cancel.cancel();
+    /// assert_eq!(plain.cause().unwrap().downcast_ref::<Error>(), Some(&Error::Canceled));
+    /// ```
+    pub fn cause(&self) -> Option<&Cause> {
+        self.scope().and_then(|scope| scope.cause())
+    }
+
+    /// The time by which this context will be done on its own, if there is one: the earliest
+    /// deadline of the context and its ancestors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::Context;
+    /// use tokio::time::Instant;
+    ///
+    /// let soon = Instant::now() + Duration::from_secs(1);
+    /// let (outer, _c1) = Context::background().with_deadline(soon);
+    /// let (inner, _c2) = outer.with_timeout(Duration::from_secs(60));
+    /// assert_eq!(inner.deadline(), Some(soon), "a child never outlives its parent's deadline");
+    /// assert_eq!(Context::background().deadline(), None);
+    /// ```
+    pub fn deadline(&self) -> Option<Instant> {
+        self.scope().and_then(|scope| scope.deadline())
+    }
+
+    /// The time left until [`Context::deadline`]; zero once it has passed, `None` without one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::Context;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(10));
+    /// tokio::time::advance(Duration::from_secs(4)).await;
+    /// assert_eq!(ctx.remaining(), Some(Duration::from_secs(6)));
+    /// # }
+    /// ```
+    pub fn remaining(&self) -> Option<Duration> {
+        let deadline = self.deadline()?;
+        Some(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs `future` until it completes or this context is done, whichever comes first.
+    ///
+    /// Resolves to `Ok(output)`, or to `Err` with the context's error; in the latter case the
+    /// future is dropped without being polled again. Equivalent to
+    /// `async fn run_until_cancelled<F: Future>(&self, future: F) -> Result<F::Output, Error>`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(1));
+    /// let quick = ctx.run_until_cancelled(async { 1 + 1 }).await;
+    /// assert_eq!(quick, Ok(2));
+    /// let slow = ctx.run_until_cancelled(tokio::time::sleep(Duration::from_secs(5))).await;
+    /// assert_eq!(slow, Err(Error::DeadlineExceeded));
+    /// # }
+    /// ```
+    ///
+    /// # Which side wins
+    ///
+    /// The context is checked first on every poll: once it is done, the future is not polled
+    /// again, even if it would have completed in that same poll. A future that completes in a
+    /// poll that began before the context was done keeps its output.
+    ///
+    /// # Cancel safety
+    ///
+    /// As cancel safe as `future` is: dropping this drops `future`.
+    pub fn run_until_cancelled<F: Future>(&self, future: F) -> RunUntilCancelled<'_, F> {
+        RunUntilCancelled::new(self.done(), future)
+    }
+
+    /// Spawns a Tokio task that runs `f(ctx)` until it completes or this context is done.
+    ///
+    /// `f` is called at once with a clone of this context, and the future it returns runs on
+    /// the current runtime inside the caller's current `tracing` span. The handle resolves once
+    /// the task has stopped: to `Ok(output)`, or to `Err` with the context's error if the
+    /// context was done first (the future is then dropped, as in
+    /// [`Context::run_until_cancelled`], and the same side wins). Awaiting the handle is how a
+    /// caller confirms that the work has really stopped. Dropping the handle detaches the task,
+    /// which still stops when the context is done.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let worker = ctx.spawn(|ctx| async move {
+    ///     let mut rounds = 0u32;
+    ///     while !ctx.is_done() {
+    ///         tokio::time::sleep(Duration::from_millis(10)).await;
+    ///         rounds += 1;
+    ///     }
+    ///     rounds
+    /// });
+    /// tokio::time::sleep(Duration::from_millis(35)).await;
+    /// cancel.cancel();
+    /// assert_eq!(worker.await, Err(Error::Canceled), "stopped, and we know it");
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn`. Awaiting the handle resumes a panic that
+    /// happened inside the task.
+    pub fn spawn<F, Fut>(&self, f: F) -> TaskHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        TaskHandle::spawn(self, f(self.clone()))
+    }
+
+    /// Writes this context's part of the Go-style name (after its parent's).
+    fn fmt_link(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            Node::Background => f.write_str("context.Background"),
+            Node::Todo => f.write_str("context.TODO"),
+            Node::Detached(_) => f.write_str(".WithoutCancel"),
+            Node::Value(node) => match node.label {
+                Label::Type(name) => write!(f, ".WithValue(type {name})"),
+                Label::Key(name) => write!(f, ".WithValue(key {name})"),
+            },
+            Node::Scope(scope) => match scope.kind() {
+                Kind::Cancel => f.write_str(".WithCancel"),
+                Kind::Deadline { at, .. } => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    write!(f, ".WithDeadline([{left:?}])")
+                }
+                Kind::Merge(other) => write!(f, ".Merge({other})"),
+                Kind::Token => f.write_str(".WithToken"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Context {
+    /// Go's form, such as `context.Background.WithCancel.WithValue(type my_app::User)`.
+    ///
+    /// Values show their type (or key type) only, never their contents: a value may hold a
+    /// credential. A deadline shows the time left in brackets.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::Context;
+    ///
+    /// let (ctx, _cancel) = Context::background().with_cancel();
+    /// let ctx = ctx.with_value(String::from("hunter2")).without_cancel();
+    /// assert_eq!(
+    ///     ctx.to_string(),
+    ///     "context.Background.WithCancel.WithValue(type alloc::string::String).WithoutCancel",
+    /// );
+    /// assert!(!ctx.to_string().contains("hunter2"));
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut chain = vec![self];
+        while let Some(parent) = chain[chain.len() - 1].parent() {
+            chain.push(parent);
+        }
+        chain.iter().rev().try_for_each(|ctx| ctx.fmt_link(f))
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("name", &format_args!("{self}"))
+            .field("err", &self.err())
+            .field("deadline", &self.deadline())
+            .finish()
+    }
+}
+
+/// Drops a context without recursing down its chain of parents.
+///
+/// Each node owns its parent, so letting the last handle to a long chain drop would recurse once
+/// per node and overflow the stack. Instead, every node that this drop is the last owner of is
+/// emptied of its parents before it is dropped, and the parents are handled in this loop.
+pub(crate) fn release(ctx: Context) {
+    let mut next = Some(ctx);
+    let mut others = Vec::new(); // only merges put anything here
+    while let Some(ctx) = next.take().or_else(|| others.pop()) {
+        next = match ctx.node {
+            Node::Background | Node::Todo => None,
+            Node::Scope(scope) => Arc::into_inner(scope).map(|mut scope| {
+                let (parent, other) = scope.detach_parents();
+                others.extend(other);
+                parent
+            }),
+            // `get_mut` succeeds only for the sole owner (these nodes have no weak references).
+            Node::Value(mut node) => {
+                Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent))
+            }
+            Node::Detached(mut node) => {
+                Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent))
+            }
+        };
+    }
+}

@@ -1,0 +1,109 @@
+//! Go's `context` package for Tokio: cancellation trees, deadlines, causes and typed
+//! request-scoped values, with Go's leaks made impossible by ownership.
+//!
+//! A [`Context`] carries three things down every call: a signal that says the work is no
+//! longer wanted, a deadline, and values scoped to one request. Contexts form a tree. Roots
+//! come from [`Context::background`]; each derived context is done when its parent is, when its
+//! own deadline passes, or when its handle cancels it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use taskctx::{Context, Error};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! // One context per request, with a budget of 2 seconds.
+//! let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(2));
+//! let ctx = ctx.with_value(RequestId(17));
+//!
+//! // Everything below receives `&ctx` and stops when it is done.
+//! assert_eq!(handle(&ctx).await, Err(Error::DeadlineExceeded));
+//!
+//! #[derive(Debug)]
+//! struct RequestId(u64);
+//!
+//! async fn handle(ctx: &Context) -> Result<(), Error> {
+//!     let id = ctx.value::<RequestId>().map_or(0, |id| id.0);
+//!     loop {
+//!         tokio::select! {
+//!             err = ctx.done() => return Err(err),
+//!             _ = tokio::time::sleep(Duration::from_millis(500)) => {
+//!                 println!("request {id}: still working");
+//!             }
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! # Idioms
+//!
+//! - Take the context as the first parameter, `ctx: &Context`. Never store one in a struct
+//!   that outlives the request; pass it along.
+//! - Derive a context for each unit of work that can be abandoned on its own, and let its
+//!   handle's drop cancel it when the unit ends: `let (ctx, _cancel) = ctx.with_cancel();`.
+//! - Stop at the next `.await` once the context is done: `tokio::select!` on
+//!   [`Context::done`], or wrap the work in [`Context::run_until_cancelled`],
+//!   [`with_timeout`] or [`Context::spawn`].
+//! - Use values for data that crosses API boundaries with a request (ids, identities, trace
+//!   handles), looked up by type or by a [`Key`]; not to pass optional arguments.
+//! - Work that must outlive the request gets [`Context::without_cancel`] and a timeout of its
+//!   own.
+//!
+//! # What Go gets wrong, and what this crate does instead
+//!
+//! | Go | taskctx |
+//! |---|---|
+//! | A forgotten `cancel()` keeps the child in its parent's map and its timer armed until the parent is cancelled | [`CancelHandle`] cancels on drop; a context whose handles are all gone leaves nothing registered and no timer armed |
+//! | A goroutine that never selects on `Done` leaks | [`Context::spawn`] and [`with_timeout`] drop the work once the context is done |
+//! | The caller cannot easily confirm that work stopped | the [`TaskHandle`] of [`Context::spawn`] resolves only once the task has stopped |
+//! | `Value(key any) any`: keys collide across packages, results need a type assertion | [`Context::value`] and [`Context::get`] are typed, keyed by types nobody else can name |
+//! | No way to combine two cancellation sources | [`Context::merge`] |
+//! | `AfterFunc` callbacks run in unordered goroutines | [`Context::after_func`] callbacks have run when the cancelling call returns |
+//!
+//! # Interoperability
+//!
+//! [`Context::token`] hands out a tokio-util [`CancellationToken`] that is cancelled with the
+//! context, for code that takes a token; [`Context::with_token`] and [`Context::from_token`]
+//! go the other way, so a shutdown token (such as the one driving axum's graceful shutdown)
+//! can be the root of a context tree.
+//!
+//! # Performance
+//!
+//! [`Context::is_done`] and [`Context::err`] are one atomic load. Deriving a cancellable or
+//! value context is one allocation; a deadline adds two (a Tokio timer entry and its waker)
+//! and no task. Awaiting [`Context::done`] on a context that is already done neither locks nor
+//! allocates. Cancellation walks the subtree iteratively, so chains of any depth are safe.
+//!
+//! # Observability
+//!
+//! Every cancellation emits a `tracing` event at debug level, target `taskctx`, with the
+//! error, the cause and how many descendants it reached. A panicking [`Context::after_func`]
+//! callback is reported as an error event.
+//!
+//! [`CancellationToken`]: tokio_util::sync::CancellationToken
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+mod after_func;
+mod context;
+mod error;
+mod future;
+mod handle;
+mod slab;
+mod source;
+mod task;
+mod timeout;
+mod tree;
+mod value;
+
+pub use after_func::AfterFunc;
+pub use context::Context;
+pub use error::{Cause, Error};
+pub use future::{Done, DoneOwned, RunUntilCancelled};
+pub use handle::{CancelCauseHandle, CancelHandle};
+pub use task::TaskHandle;
+pub use timeout::{Timeout, with_timeout};
+pub use value::Key;

@@ -1,0 +1,127 @@
+//! A minimal slab: stable indices, O(1) insert and remove, no allocation once warm.
+//!
+//! Each scope keeps its registrations (children, waiting futures, callbacks) in one of these so
+//! that a registration can be removed by the index it was given, without a search.
+
+pub(crate) struct Slab<T> {
+    entries: Vec<Entry<T>>,
+    /// Index of the first vacant entry, or `entries.len()` when there is none.
+    next_free: usize,
+    len: usize,
+}
+
+enum Entry<T> {
+    Full(T),
+    Vacant { next_free: usize },
+}
+
+impl<T> Slab<T> {
+    pub(crate) const fn new() -> Self {
+        Slab {
+            entries: Vec::new(),
+            next_free: 0,
+            len: 0,
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn insert(&mut self, value: T) -> usize {
+        let index = self.next_free;
+        if index == self.entries.len() {
+            self.entries.push(Entry::Full(value));
+            self.next_free = self.entries.len();
+        } else {
+            match std::mem::replace(&mut self.entries[index], Entry::Full(value)) {
+                Entry::Vacant { next_free } => self.next_free = next_free,
+                Entry::Full(_) => unreachable!("the free list only links vacant entries"),
+            }
+        }
+        self.len += 1;
+        index
+    }
+
+    pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        match self.entries.get_mut(index) {
+            Some(Entry::Full(value)) => Some(value),
+            _ => None,
+        }
+    }
+
+    /// Removes the entry at `index` if it is full and `pred` accepts it.
+    pub(crate) fn remove_if(&mut self, index: usize, pred: impl FnOnce(&T) -> bool) -> Option<T> {
+        match self.entries.get(index) {
+            Some(Entry::Full(value)) if pred(value) => {}
+            _ => return None,
+        }
+        let vacant = Entry::Vacant {
+            next_free: self.next_free,
+        };
+        let Entry::Full(value) = std::mem::replace(&mut self.entries[index], vacant) else {
+            unreachable!("checked full above")
+        };
+        self.next_free = index;
+        self.len -= 1;
+        if self.len == 0 {
+            // Forget the free list but keep the capacity: the next insert starts at index 0.
+            self.entries.clear();
+            self.next_free = 0;
+        }
+        Some(value)
+    }
+
+    /// Consumes the slab, handing back every value.
+    pub(crate) fn into_values(self) -> impl Iterator<Item = T> {
+        self.entries.into_iter().filter_map(|entry| match entry {
+            Entry::Full(value) => Some(value),
+            Entry::Vacant { .. } => None,
+        })
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().filter_map(|entry| match entry {
+            Entry::Full(value) => Some(value),
+            Entry::Vacant { .. } => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slab;
+
+    #[test]
+    fn indices_are_stable_and_reused() {
+        let mut slab = Slab::new();
+        let a = slab.insert("a");
+        let b = slab.insert("b");
+        let c = slab.insert("c");
+        assert_eq!(slab.remove_if(b, |_| true), Some("b"));
+        assert_eq!(slab.remove_if(b, |_| true), None);
+        let d = slab.insert("d");
+        assert_eq!(d, b, "a vacant entry is reused");
+        assert_eq!(slab.get_mut(a).copied(), Some("a"));
+        assert_eq!(slab.get_mut(c).copied(), Some("c"));
+        assert_eq!(slab.remove_if(c, |v| *v == "x"), None, "the predicate is honoured");
+        assert_eq!(slab.len(), 3);
+        let mut all: Vec<_> = slab.into_values().collect();
+        all.sort();
+        assert_eq!(all, ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn emptying_resets_the_free_list() {
+        let mut slab = Slab::new();
+        let ids: Vec<_> = (0..10).map(|i| slab.insert(i)).collect();
+        for id in ids.into_iter().rev() {
+            slab.remove_if(id, |_| true);
+        }
+        assert_eq!(slab.len(), 0);
+        assert_eq!(slab.insert(42), 0);
+        assert_eq!(slab.iter().copied().collect::<Vec<_>>(), [42]);
+    }
+}

@@ -1,0 +1,218 @@
+//! What cancels a scope from outside the tree: its deadline timer, or a foreign token.
+//!
+//! Neither costs a task. A deadline is a Tokio `Sleep` that is polled once, by hand, with a
+//! waker that holds only a `Weak` reference to the scope: Tokio's timer wheel calls that waker
+//! when the deadline passes, and the waker cancels the scope. Dropping the scope drops the
+//! `Sleep`, which takes the entry out of the wheel, so nothing outlives the context. A token
+//! watch is the same idea over the token's `cancelled()` future.
+//!
+//! Outside a Tokio runtime there is no timer wheel, and when a runtime shuts down Tokio fires
+//! every timer early. In both cases the deadline moves to one crate-wide thread that sleeps on
+//! the system clock (the clock `tokio::time::Instant` reads when no runtime is around).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
+use std::task::{self, Poll, Wake, Waker};
+
+use tokio::task::Unconstrained;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::error::{Cause, Error};
+use crate::tree::Scope;
+
+/// Something that can cancel a scope from outside; dropping it disarms it.
+pub(crate) enum Source {
+    /// A deadline in a Tokio runtime's timer wheel.
+    Tokio { _sleep: Pin<Box<Unconstrained<Sleep>>> },
+    /// A deadline on the crate's fallback timer thread.
+    Fallback { _entry: FallbackEntry },
+    /// A watch on a foreign `CancellationToken`.
+    Token { _cancelled: Pin<Box<WaitForCancellationFutureOwned>> },
+}
+
+/// Arms a timer that calls [`Scope::deadline_fired`] at `at`; `None` if `at` has passed.
+///
+/// # Panics
+///
+/// Inside a Tokio runtime built without the time driver, as `tokio::time::sleep` does.
+pub(crate) fn arm_timer(scope: &Arc<Scope>, at: Instant) -> Option<Source> {
+    if at <= Instant::now() {
+        return None;
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Some(fallback_timer(scope, at));
+    }
+    // `unconstrained`: a task that has used up its cooperative budget would otherwise get a
+    // `Pending` without the timer being registered.
+    let mut sleep = Box::pin(tokio::task::unconstrained(tokio::time::sleep_until(at)));
+    let waker = Waker::from(Arc::new(TimerWaker(Arc::downgrade(scope))));
+    match sleep.as_mut().poll(&mut task::Context::from_waker(&waker)) {
+        Poll::Ready(()) => None,
+        Poll::Pending => Some(Source::Tokio { _sleep: sleep }),
+    }
+}
+
+struct TimerWaker(Weak<Scope>);
+
+impl Wake for TimerWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(scope) = self.0.upgrade() {
+            scope.deadline_fired();
+        }
+    }
+}
+
+/// Watches `token` for `scope`; `None` if the token is already cancelled.
+pub(crate) fn watch_token(scope: &Arc<Scope>, token: CancellationToken) -> Option<Source> {
+    let mut cancelled = Box::pin(token.clone().cancelled_owned());
+    let waker = Waker::from(Arc::new(TokenWaker {
+        scope: Arc::downgrade(scope),
+        token,
+    }));
+    match cancelled.as_mut().poll(&mut task::Context::from_waker(&waker)) {
+        Poll::Ready(()) => None,
+        Poll::Pending => Some(Source::Token {
+            _cancelled: cancelled,
+        }),
+    }
+}
+
+struct TokenWaker {
+    scope: Weak<Scope>,
+    token: CancellationToken,
+}
+
+impl Wake for TokenWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // tokio-util wakes waiters only after releasing its own locks, so asking the token is
+        // safe here. A wake without a cancellation never happens today; if it ever did, the
+        // watch is simply renewed.
+        let Some(scope) = self.scope.upgrade() else {
+            return;
+        };
+        if self.token.is_cancelled() {
+            scope.cancel(Error::Canceled, Cause::from(Error::Canceled));
+        } else if let Some(renewed) = watch_token(&scope, self.token.clone()) {
+            scope.set_source(renewed);
+        } else {
+            scope.cancel(Error::Canceled, Cause::from(Error::Canceled));
+        }
+    }
+}
+
+/// Schedules [`Scope::deadline_fired`] at `at` on the crate's fallback timer thread.
+pub(crate) fn fallback_timer(scope: &Arc<Scope>, at: Instant) -> Source {
+    let fallback = Fallback::get();
+    let key = (at.into_std(), fallback.next_id.fetch_add(1, Ordering::Relaxed));
+    let earliest = {
+        let mut queue = fallback.lock();
+        queue.insert(key, Arc::downgrade(scope));
+        queue.keys().next() == Some(&key)
+    };
+    if earliest {
+        fallback.changed.notify_one();
+    }
+    Source::Fallback {
+        _entry: FallbackEntry { key },
+    }
+}
+
+type Key = (std::time::Instant, u64);
+
+/// A deadline on the fallback thread; dropping it takes it off the queue.
+pub(crate) struct FallbackEntry {
+    key: Key,
+}
+
+impl Drop for FallbackEntry {
+    fn drop(&mut self) {
+        let removed = Fallback::get().lock().remove(&self.key);
+        drop(removed);
+    }
+}
+
+struct Fallback {
+    queue: Mutex<BTreeMap<Key, Weak<Scope>>>,
+    changed: Condvar,
+    next_id: AtomicU64,
+}
+
+impl Fallback {
+    fn get() -> &'static Fallback {
+        static FALLBACK: OnceLock<Fallback> = OnceLock::new();
+        let mut started = false;
+        let fallback = FALLBACK.get_or_init(|| {
+            started = true;
+            Fallback {
+                queue: Mutex::new(BTreeMap::new()),
+                changed: Condvar::new(),
+                next_id: AtomicU64::new(0),
+            }
+        });
+        if started {
+            let spawned = std::thread::Builder::new()
+                .name("taskctx-timer".into())
+                .spawn(|| Fallback::get().run());
+            if let Err(err) = spawned {
+                tracing::error!(
+                    target: "taskctx",
+                    error = %err,
+                    "cannot start the timer thread: deadlines set outside a runtime will not fire",
+                );
+            }
+        }
+        fallback
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Weak<Scope>>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run(&self) {
+        let mut queue = self.lock();
+        loop {
+            let now = std::time::Instant::now();
+            let mut due = Vec::new();
+            while let Some(entry) = queue.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                due.push(entry.remove());
+            }
+            if !due.is_empty() {
+                drop(queue);
+                for scope in due.iter().filter_map(Weak::upgrade) {
+                    scope.deadline_fired();
+                }
+                drop(due);
+                queue = self.lock();
+                continue;
+            }
+            queue = match queue.keys().next() {
+                Some(&(at, _)) => {
+                    let wait = at.saturating_duration_since(now);
+                    self.changed
+                        .wait_timeout(queue, wait)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .changed
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+    }
+}

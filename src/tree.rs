@@ -1,0 +1,551 @@
+//! The cancellation tree: the state machine behind every context that can become done.
+//!
+//! A [`Scope`] is one node that can be cancelled: made by `with_cancel`, `with_deadline`,
+//! `merge` and `with_token`. Value and `without_cancel` contexts are not scopes; they point at
+//! the scope that governs them (or at none, and are never done).
+//!
+//! # State machine
+//!
+//! `state` moves once, `LIVE → CANCELED` or `LIVE → DEADLINE_EXCEEDED`, and never back. The move
+//! is made by [`Scope::finish`] under the scope's own lock, which in the same critical section
+//! sets `cause` (a write-once cell) and takes every registration out of `inner`. Hence:
+//!
+//! 1. `cause` is set before `state` is published (`Release` store), so a reader that sees a done
+//!    `state` (`Acquire` load) sees the cause too: `err()` and `cause()` never disagree.
+//! 2. Once done, a scope's registrations are empty forever: [`Scope::attach`], waiter and
+//!    callback registration all check `state` under the same lock and refuse a done scope. A
+//!    registration index that a done scope handed out is therefore never reused, and removing
+//!    one from a done scope is a no-op.
+//! 3. A child is attached under its parent's lock after checking the parent's state, so either
+//!    the child is in the parent's registrations when the parent finishes, or the child is born
+//!    done with the parent's error and cause. No cancellation is lost.
+//!
+//! # Who wakes whom
+//!
+//! [`Scope::cancel`] finishes the scope, then walks its subtree with an explicit stack (no
+//! recursion, so a chain of any length is safe), finishing every live descendant with the same
+//! error and cause. Only after the whole subtree is done does it, with no lock held: drop timers
+//! and token watches, cancel tokens handed out by `Context::token`, wake every `done()` future,
+//! then run `after_func` callbacks (a panic in one is caught and reported; the rest still run).
+//! When any waiter or callback runs, every descendant already reports done.
+//!
+//! # Deadlock safety
+//!
+//! - No lock is held while calling out: wakers, callbacks, timer and token drops, and drops of
+//!   anything taken out of a registration slab (a waker or closure may own a `Context` whose drop
+//!   takes a lock) all happen after the lock is released.
+//! - At most two scope locks are ever held at once, in one place: while a new scope is linked
+//!   into its parents ([`Scope::new`]) it holds its own lock, then takes each parent's in turn.
+//!   Nobody ever locks a child while holding its parent (propagation takes the registrations
+//!   out and unlocks first), so the order new-child → parent cannot form a cycle. Holding the
+//!   new scope's lock makes a concurrent cancellation of a parent wait until the links are
+//!   complete, so it always sees them.
+//! - The slot a scope occupies in a parent (`links`) is written once during [`Scope::new`] and
+//!   cleared by [`Scope::unlink`], which runs only after [`Scope::finish`] won or in `Drop`.
+//!
+//! # Memory orderings
+//!
+//! `state` is written only under the lock, with `Release`; lock-free readers (`is_done`, `err`)
+//! load it with `Acquire`, which is all invariant 1 needs. Every other field is read and written
+//! under a lock. `links` are atomics only so that they can be cleared through `&self`.
+
+use std::fmt;
+use std::mem;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::task::{self, Poll, Waker};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{Context, release};
+use crate::error::{Cause, Error};
+use crate::slab::Slab;
+use crate::source::{self, Source};
+
+const LIVE: u8 = 0;
+const CANCELED: u8 = 1;
+const DEADLINE_EXCEEDED: u8 = 2;
+
+/// What made a scope, and what it needs beyond the common fields.
+pub(crate) enum Kind {
+    /// `with_cancel`, `with_cancel_cause`, or a timeout that did not fit in an `Instant`.
+    Cancel,
+    /// `with_deadline` and `with_timeout`: `at` is the requested deadline, `cause` what to
+    /// report when it fires.
+    Deadline { at: Instant, cause: Option<Cause> },
+    /// `merge`: done when the parent or `other` is.
+    Merge(Context),
+    /// `with_token`: done when the parent is, or when a foreign token is cancelled.
+    Token,
+}
+
+pub(crate) type Callback = Box<dyn FnOnce() + Send + 'static>;
+
+/// One registration in a scope's slab.
+enum Reg {
+    Child(Weak<Scope>),
+    Waiter(Waker),
+    Callback(Callback),
+}
+
+/// The fields guarded by `Scope::inner`.
+struct Inner {
+    regs: Slab<Reg>,
+    /// What can cancel this scope from outside the tree: its deadline timer or a token watch.
+    source: Option<Source>,
+    /// The token behind `Context::token`, made on first use and cancelled with the scope.
+    mirror: Option<CancellationToken>,
+}
+
+/// What [`Scope::finish`] takes out of a scope, to be handled with no lock held.
+struct Taken {
+    regs: Slab<Reg>,
+    source: Option<Source>,
+    mirror: Option<CancellationToken>,
+}
+
+pub(crate) struct Scope {
+    /// The context this scope was derived from: link 0 of the tree, and the chain that value
+    /// lookups and `Display` walk.
+    parent: Context,
+    kind: Kind,
+    /// The earliest of this scope's own deadline and those of everything it follows.
+    deadline: Option<Instant>,
+    /// `LIVE`, `CANCELED` or `DEADLINE_EXCEEDED`. Written under `inner`'s lock, read lock-free.
+    state: AtomicU8,
+    /// Set once, under `inner`'s lock, just before `state` leaves `LIVE`.
+    cause: OnceLock<Cause>,
+    /// 1 + this scope's index in the registrations of its parent scope (link 0) and, for a
+    /// merge, of `other`'s scope (link 1); 0 when not registered there.
+    links: [AtomicUsize; 2],
+    inner: Mutex<Inner>,
+}
+
+impl Scope {
+    /// Creates a scope under `parent` and links it into the tree. The scope is born done if a
+    /// parent already is, or if its own deadline has passed.
+    pub(crate) fn new(parent: &Context, kind: Kind) -> Arc<Scope> {
+        let other = match &kind {
+            Kind::Merge(other) => Some(other),
+            _ => None,
+        };
+        let inherited = earliest(parent.deadline(), other.and_then(Context::deadline));
+        let own = match &kind {
+            Kind::Deadline { at, .. } => Some(*at),
+            _ => None,
+        };
+        // A deadline no earlier than an inherited one would only fire after the ancestor's
+        // timer has already cancelled this scope: no timer of its own is needed.
+        let arm_at = own.filter(|at| inherited.is_none_or(|inherited| *at < inherited));
+        let parents = [parent.scope().cloned(), other.and_then(|o| o.scope().cloned())];
+        let scope = Arc::new(Scope {
+            parent: parent.clone(),
+            kind,
+            deadline: earliest(inherited, own),
+            state: AtomicU8::new(LIVE),
+            cause: OnceLock::new(),
+            links: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            inner: Mutex::new(Inner {
+                regs: Slab::new(),
+                source: None,
+                mirror: None,
+            }),
+        });
+
+        // Link into the parents while holding our own lock (see "Deadlock safety").
+        let mut refused = None;
+        {
+            let _linking = scope.lock();
+            for (link, parent) in parents.iter().enumerate() {
+                let Some(parent) = parent else { continue };
+                if let Err(done) = parent.attach(&scope, link) {
+                    refused = Some(done);
+                    break;
+                }
+            }
+        }
+        if let Some((err, cause)) = refused {
+            scope.cancel_quietly(err, cause);
+        } else if let Some(at) = arm_at {
+            scope.arm(at);
+        }
+        scope
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // No code that can panic runs under this lock, but if it ever did, the state it
+        // guards is still consistent: every update is a single assignment.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn parent(&self) -> &Context {
+        &self.parent
+    }
+
+    pub(crate) fn kind(&self) -> &Kind {
+        &self.kind
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub(crate) fn err(&self) -> Option<Error> {
+        decode(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.load(Ordering::Acquire) != LIVE
+    }
+
+    pub(crate) fn cause(&self) -> Option<&Cause> {
+        // Check `state` first (invariant 1), so that a cause is never visible before the error.
+        if self.is_done() {
+            self.cause.get()
+        } else {
+            None
+        }
+    }
+
+    /// The error and cause of a done scope, read under its lock.
+    fn done_reason(&self, state: u8) -> Option<(Error, Cause)> {
+        let err = decode(state)?;
+        let cause = self.cause.get().cloned().unwrap_or(Cause::from(err));
+        Some((err, cause))
+    }
+
+    /// Registers `child` as this scope's child on the child's link `link`, or reports why this
+    /// scope is already done.
+    fn attach(&self, child: &Arc<Scope>, link: usize) -> Result<(), (Error, Cause)> {
+        let mut inner = self.lock();
+        if let Some(done) = self.done_reason(self.state.load(Ordering::Relaxed)) {
+            return Err(done);
+        }
+        let index = inner.regs.insert(Reg::Child(Arc::downgrade(child)));
+        child.links[link].store(index + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Removes this scope from the registrations of every parent it is linked into.
+    fn unlink(&self) {
+        for (link, slot) in self.links.iter().enumerate() {
+            let slot = slot.swap(0, Ordering::Relaxed);
+            if slot == 0 {
+                continue;
+            }
+            let Some(parent) = self.link_parent(link) else {
+                continue;
+            };
+            if parent.is_done() {
+                continue; // invariant 2: its registrations are already gone
+            }
+            let me: *const Scope = self;
+            let removed = parent.lock().regs.remove_if(slot - 1, |reg| {
+                matches!(reg, Reg::Child(weak) if std::ptr::eq(weak.as_ptr(), me))
+            });
+            drop(removed);
+        }
+    }
+
+    fn link_parent(&self, link: usize) -> Option<&Arc<Scope>> {
+        match (link, &self.kind) {
+            (0, _) => self.parent.scope(),
+            (1, Kind::Merge(other)) => other.scope(),
+            _ => None,
+        }
+    }
+
+    /// Moves a live scope to done and takes its registrations. `None` if it was already done.
+    fn finish(&self, err: Error, cause: &Cause) -> Option<Taken> {
+        let mut inner = self.lock();
+        if self.state.load(Ordering::Relaxed) != LIVE {
+            return None;
+        }
+        let _ = self.cause.set(cause.clone());
+        self.state.store(encode(err), Ordering::Release);
+        Some(Taken {
+            regs: mem::replace(&mut inner.regs, Slab::new()),
+            source: inner.source.take(),
+            mirror: inner.mirror.take(),
+        })
+    }
+
+    /// Cancels this scope and, before returning, every scope below it; emits a debug event.
+    pub(crate) fn cancel(self: &Arc<Self>, err: Error, cause: Cause) {
+        if let Some(descendants) = self.cancel_quietly(err, cause) {
+            tracing::debug!(
+                target: "taskctx",
+                error = %err,
+                cause = %self.cause().map_or(String::new(), ToString::to_string),
+                descendants,
+                "context done",
+            );
+        }
+    }
+
+    /// [`Scope::cancel`] without the event; returns how many descendants it finished, or `None`
+    /// if this scope was already done.
+    fn cancel_quietly(self: &Arc<Self>, err: Error, cause: Cause) -> Option<usize> {
+        let taken = self.finish(err, &cause)?;
+        self.unlink();
+        let mut released = Released::default();
+        let mut stack = Vec::new();
+        released.absorb(taken, &mut stack);
+        let mut descendants = 0;
+        while let Some(scope) = stack.pop() {
+            if let Some(taken) = scope.finish(err, &cause) {
+                descendants += 1;
+                scope.unlink(); // from a merge's other parent, which may still be live
+                released.absorb(taken, &mut stack);
+            }
+        }
+        released.run();
+        Some(descendants)
+    }
+
+    /// Arms this scope's own deadline.
+    fn arm(self: &Arc<Self>, at: Instant) {
+        match source::arm_timer(self, at) {
+            Some(timer) => self.set_source(timer),
+            None => self.deadline_fired(),
+        }
+    }
+
+    /// Installs what can cancel this scope from outside. A done scope drops it at once.
+    pub(crate) fn set_source(&self, source: Source) {
+        let replaced = {
+            let mut inner = self.lock();
+            if self.is_done() {
+                Some(source)
+            } else {
+                inner.source.replace(source)
+            }
+        };
+        drop(replaced);
+    }
+
+    /// Called when the deadline timer says it has fired.
+    pub(crate) fn deadline_fired(self: &Arc<Self>) {
+        let Kind::Deadline { at, cause } = &self.kind else {
+            return;
+        };
+        if self.is_done() {
+            return;
+        }
+        if Instant::now() < *at {
+            // Tokio fires every timer early when its runtime shuts down. The deadline has not
+            // passed: keep it on the crate's own timer thread instead.
+            self.set_source(source::fallback_timer(self, *at));
+            return;
+        }
+        let cause = cause.clone().unwrap_or(Cause::from(Error::DeadlineExceeded));
+        self.cancel(Error::DeadlineExceeded, cause);
+    }
+
+    /// Polls for done on behalf of a `done()` future whose registration is `slot` (0: none).
+    pub(crate) fn poll_done(&self, slot: &mut usize, cx: &mut task::Context<'_>) -> Poll<Error> {
+        if let Some(err) = self.err() {
+            *slot = 0;
+            return Poll::Ready(err);
+        }
+        let mut inner = self.lock();
+        if let Some(err) = self.err() {
+            drop(inner);
+            *slot = 0;
+            return Poll::Ready(err);
+        }
+        let mut stale = None;
+        match slot.checked_sub(1).and_then(|i| inner.regs.get_mut(i)) {
+            Some(Reg::Waiter(waker)) => {
+                if !waker.will_wake(cx.waker()) {
+                    stale = Some(mem::replace(waker, cx.waker().clone()));
+                }
+            }
+            _ => *slot = inner.regs.insert(Reg::Waiter(cx.waker().clone())) + 1,
+        }
+        drop(inner);
+        drop(stale);
+        Poll::Pending
+    }
+
+    /// Drops the registration of a `done()` future that goes away before the scope is done.
+    pub(crate) fn forget_waiter(&self, slot: usize) {
+        if slot == 0 || self.is_done() {
+            return;
+        }
+        let removed = self
+            .lock()
+            .regs
+            .remove_if(slot - 1, |reg| matches!(reg, Reg::Waiter(_)));
+        drop(removed);
+    }
+
+    /// Registers an `after_func` callback; hands it back if the scope is already done.
+    pub(crate) fn add_callback(&self, f: Callback) -> Result<usize, Callback> {
+        let mut inner = self.lock();
+        if self.is_done() {
+            return Err(f);
+        }
+        Ok(inner.regs.insert(Reg::Callback(f)) + 1)
+    }
+
+    /// Unregisters an `after_func` callback; false if it was already taken to run.
+    pub(crate) fn remove_callback(&self, slot: usize) -> bool {
+        if self.is_done() {
+            return false;
+        }
+        let removed = self
+            .lock()
+            .regs
+            .remove_if(slot - 1, |reg| matches!(reg, Reg::Callback(_)));
+        removed.is_some()
+    }
+
+    /// A token cancelled with this scope. Tokens are made lazily, one per scope, each a child of
+    /// its parent scope's token, so that a token handed out keeps following the ancestors even
+    /// after every handle to this scope is gone.
+    pub(crate) fn token(self: &Arc<Self>) -> CancellationToken {
+        let mut path = Vec::new();
+        let mut current = Some(self.clone());
+        let mut token = None;
+        while let Some(scope) = current {
+            if let Some(existing) = scope.existing_mirror() {
+                token = Some(existing);
+                break;
+            }
+            current = scope.parent.scope().cloned();
+            path.push(scope);
+        }
+        for scope in path.into_iter().rev() {
+            let fresh = token.map_or_else(CancellationToken::new, |t| t.child_token());
+            token = Some(scope.install_mirror(fresh));
+        }
+        token.map_or_else(CancellationToken::new, |t| t.child_token())
+    }
+
+    fn existing_mirror(&self) -> Option<CancellationToken> {
+        let mirror = self.lock().mirror.clone();
+        if mirror.is_none() && self.is_done() {
+            let cancelled = CancellationToken::new();
+            cancelled.cancel();
+            return Some(cancelled);
+        }
+        mirror
+    }
+
+    fn install_mirror(&self, token: CancellationToken) -> CancellationToken {
+        let mut inner = self.lock();
+        if let Some(existing) = &inner.mirror {
+            return existing.clone();
+        }
+        if self.is_done() {
+            drop(inner);
+            token.cancel();
+            return token;
+        }
+        inner.mirror = Some(token.clone());
+        token
+    }
+
+    /// Removes this scope from its parents and hands its parent contexts to the caller, so that
+    /// a long chain can be released iteratively rather than by recursive drops.
+    pub(crate) fn detach_parents(&mut self) -> (Context, Option<Context>) {
+        self.unlink();
+        let other = match &mut self.kind {
+            Kind::Merge(other) => Some(mem::take(other)),
+            _ => None,
+        };
+        (mem::take(&mut self.parent), other)
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let (parent, other) = self.detach_parents();
+        release(parent);
+        if let Some(other) = other {
+            release(other);
+        }
+    }
+}
+
+impl fmt::Debug for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scope")
+            .field("err", &self.err())
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a cancellation took out of the tree, handled once no lock is held.
+#[derive(Default)]
+struct Released {
+    sources: Vec<Source>,
+    mirrors: Vec<CancellationToken>,
+    wakers: Vec<Waker>,
+    callbacks: Vec<Callback>,
+}
+
+impl Released {
+    fn absorb(&mut self, taken: Taken, stack: &mut Vec<Arc<Scope>>) {
+        for reg in taken.regs.into_values() {
+            match reg {
+                Reg::Child(child) => stack.extend(child.upgrade()),
+                Reg::Waiter(waker) => self.wakers.push(waker),
+                Reg::Callback(f) => self.callbacks.push(f),
+            }
+        }
+        self.sources.extend(taken.source);
+        self.mirrors.extend(taken.mirror);
+    }
+
+    fn run(self) {
+        drop(self.sources);
+        for token in self.mirrors {
+            token.cancel();
+        }
+        for waker in self.wakers {
+            waker.wake();
+        }
+        for f in self.callbacks {
+            run_callback(f);
+        }
+    }
+}
+
+/// Runs an `after_func` callback. A panic is caught and reported, never propagated: the
+/// canceller may be a timer or another task that has nothing to do with the callback.
+pub(crate) fn run_callback(f: Callback) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a non-string panic payload");
+        tracing::error!(target: "taskctx", panic = message, "after_func callback panicked");
+    }
+}
+
+fn encode(err: Error) -> u8 {
+    match err {
+        Error::Canceled => CANCELED,
+        Error::DeadlineExceeded => DEADLINE_EXCEEDED,
+    }
+}
+
+fn decode(state: u8) -> Option<Error> {
+    match state {
+        LIVE => None,
+        CANCELED => Some(Error::Canceled),
+        _ => Some(Error::DeadlineExceeded),
+    }
+}
+
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -1,0 +1,78 @@
+//! Request-scoped values: the nodes that carry them and the typed keys that name them.
+
+use std::any::{Any, TypeId};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::context::Context;
+use crate::tree::Scope;
+
+/// A typed key for request-scoped values: a type that names one value slot.
+///
+/// Go keys values by any comparable value, so two packages can collide on the same key, and a
+/// lookup hands back an untyped `any`. Here a key is a type you own: no other crate can name it,
+/// and the compiler knows the type of the value it stores. Use a key when the value's own type
+/// is too general to be unique (two `String`s, a `u64` user id next to a `u64` tenant id); when
+/// the type is yours and says what it holds, [`Context::with_value`] keyed by the type alone
+/// is simpler.
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::{Context, Key};
+///
+/// /// The request id, as the load balancer sent it.
+/// struct RequestId;
+/// impl Key for RequestId {
+///     type Value = String;
+/// }
+///
+/// /// The user the request acts for.
+/// struct UserName;
+/// impl Key for UserName {
+///     type Value = String;
+/// }
+///
+/// let ctx = Context::background()
+///     .with_key::<RequestId>("req-7".to_string())
+///     .with_key::<UserName>("ana".to_string());
+/// assert_eq!(ctx.get::<RequestId>().map(String::as_str), Some("req-7"));
+/// assert_eq!(ctx.get::<UserName>().map(String::as_str), Some("ana"));
+/// // A value stored by key is not visible by type, and the other way round.
+/// assert_eq!(ctx.value::<String>(), None);
+/// ```
+pub trait Key: 'static {
+    /// The type of the value stored under this key.
+    type Value: Send + Sync + 'static;
+}
+
+/// Keeps keyed values apart from values keyed by their own type, even if a key type is also
+/// used as a value type.
+pub(crate) struct KeyTag<K>(PhantomData<K>);
+
+pub(crate) fn key_id<K: Key>() -> TypeId {
+    TypeId::of::<KeyTag<K>>()
+}
+
+/// How a value node was keyed, for `Display`: names only, never contents.
+pub(crate) enum Label {
+    Type(&'static str),
+    Key(&'static str),
+}
+
+/// A context that carries one value. `V` is `dyn Any` behind the `Arc`: the value is stored
+/// inline, so deriving a value context is one allocation.
+pub(crate) struct ValueNode<V: ?Sized + Send + Sync = dyn Any + Send + Sync> {
+    pub(crate) parent: Context,
+    /// The scope that governs this context, cached so that queries need no walk.
+    pub(crate) scope: Option<Arc<Scope>>,
+    pub(crate) key: TypeId,
+    pub(crate) label: Label,
+    pub(crate) value: V,
+}
+
+impl<V: ?Sized + Send + Sync> Drop for ValueNode<V> {
+    fn drop(&mut self) {
+        crate::context::release(std::mem::take(&mut self.parent));
+    }
+}
