@@ -95,6 +95,7 @@ mod handle;
 mod slab;
 mod source;
 mod task;
+pub mod testing;
 mod timeout;
 mod tree;
 mod value;

@@ -81,8 +81,7 @@ impl<T> Slab<T> {
         })
     }
 
-    #[cfg(test)]
-    fn iter(&self) -> impl Iterator<Item = &T> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
         self.entries.iter().filter_map(|entry| match entry {
             Entry::Full(value) => Some(value),
             Entry::Vacant { .. } => None,

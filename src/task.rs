@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{self, Poll, ready};
 
 use tokio::task::JoinHandle;
@@ -10,6 +11,7 @@ use tracing::Instrument;
 
 use crate::context::Context;
 use crate::error::Error;
+use crate::tree::Scope;
 
 /// Handle of a task started by [`Context::spawn`](crate::Context::spawn); resolves once the task
 /// has stopped.
@@ -51,7 +53,11 @@ impl<T: Send + 'static> TaskHandle<T> {
         F: Future<Output = T> + Send + 'static,
     {
         let ctx = ctx.clone();
-        let task = async move { ctx.run_until_cancelled(future).await };
+        let counted = TaskCount::new(&ctx);
+        let task = async move {
+            let _counted = counted;
+            ctx.run_until_cancelled(future).await
+        };
         TaskHandle {
             join: tokio::spawn(task.instrument(tracing::Span::current())),
         }
@@ -108,6 +114,28 @@ impl<T> Future for TaskHandle<T> {
             Ok(result) => Poll::Ready(result),
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Poll::Ready(Err(Error::Canceled)),
+        }
+    }
+}
+
+/// Counts a spawned task in its context's scope for the leak check, for as long as the task's
+/// future exists (until it completes, or is dropped by an abort or a runtime shutdown).
+struct TaskCount(Option<Arc<Scope>>);
+
+impl TaskCount {
+    fn new(ctx: &Context) -> Self {
+        let scope = ctx.scope().cloned();
+        if let Some(scope) = &scope {
+            scope.task_started();
+        }
+        TaskCount(scope)
+    }
+}
+
+impl Drop for TaskCount {
+    fn drop(&mut self) {
+        if let Some(scope) = &self.0 {
+            scope.task_ended();
         }
     }
 }

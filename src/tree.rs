@@ -62,6 +62,7 @@ use crate::context::{Context, release};
 use crate::error::{Cause, Error};
 use crate::slab::Slab;
 use crate::source::{self, Source};
+use crate::testing::Census;
 
 const LIVE: u8 = 0;
 const CANCELED: u8 = 1;
@@ -120,6 +121,8 @@ pub(crate) struct Scope {
     /// merge, of `other`'s scope (link 1); 0 when not registered there.
     links: [AtomicUsize; 2],
     inner: Mutex<Inner>,
+    /// Tasks started with `Context::spawn` on a context this scope governs and not yet ended.
+    tasks: AtomicUsize,
 }
 
 impl Scope {
@@ -146,6 +149,7 @@ impl Scope {
             state: AtomicU8::new(LIVE),
             cause: OnceLock::new(),
             links: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            tasks: AtomicUsize::new(0),
             inner: Mutex::new(Inner {
                 regs: Slab::new(),
                 source: None,
@@ -457,6 +461,48 @@ impl Scope {
             _ => None,
         };
         (mem::take(&mut self.parent), other)
+    }
+}
+
+impl Scope {
+    pub(crate) fn task_started(&self) {
+        self.tasks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn task_ended(&self) {
+        self.tasks.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts what is alive at and below this scope: registered descendant scopes, their armed
+    /// timers and token watches, and the waiters, callbacks and tasks of all of them.
+    pub(crate) fn census(self: &Arc<Self>) -> Census {
+        let mut census = Census::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = vec![(self.clone(), true)];
+        while let Some((scope, is_root)) = stack.pop() {
+            if !seen.insert(Arc::as_ptr(&scope)) {
+                continue; // a merge is registered in two parents
+            }
+            let inner = scope.lock();
+            for reg in inner.regs.iter() {
+                match reg {
+                    Reg::Child(child) => stack.extend(child.upgrade().map(|c| (c, false))),
+                    Reg::Waiter(_) => census.waiters += 1,
+                    Reg::Callback(_) => census.callbacks += 1,
+                }
+            }
+            if !is_root {
+                census.contexts += 1;
+                match inner.source {
+                    Some(Source::Token { .. }) => census.token_watches += 1,
+                    Some(_) => census.timers += 1,
+                    None => {}
+                }
+            }
+            drop(inner);
+            census.tasks += scope.tasks.load(Ordering::Relaxed);
+        }
+        census
     }
 }
 

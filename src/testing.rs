@@ -1,0 +1,161 @@
+//! Leak checks for tests: is anything derived from a context still alive?
+//!
+//! Go's usual leak check counts goroutines for the whole process, which breaks as soon as tests
+//! run in parallel. These look at one tree only: what hangs below the context you pass in.
+//! Create a root with [`Context::with_cancel`], run the code under test with it (or with
+//! contexts derived from it), then check the root.
+//!
+//! ```
+//! use std::time::Duration;
+//! use taskctx::Context;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let (root, _cancel) = Context::background().with_cancel();
+//! {
+//!     let (ctx, _cancel) = root.with_timeout(Duration::from_secs(30));
+//!     let worker = ctx.spawn(|ctx| async move { ctx.done().await });
+//!     assert_eq!(taskctx::testing::census(&root).contexts, 1);
+//!     drop(_cancel); // the request ends
+//!     worker.await.ok();
+//! }
+//! taskctx::testing::assert_no_leaks(&root).await;
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::context::Context;
+
+/// What is alive at and below a context, as counted by [`census`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use taskctx::{Context, testing::census};
+///
+/// let (root, _cancel) = Context::background().with_cancel();
+/// let (_child, _cancel_child) = root.with_timeout(Duration::from_secs(5));
+/// let counted = census(&root);
+/// assert_eq!((counted.contexts, counted.timers, counted.tasks), (1, 1, 0));
+/// println!("{counted}"); // 1 contexts, 1 timers, 0 token watches, 0 tasks, 0 waiters, 0 callbacks
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Census {
+    /// Cancellable contexts derived from the root (directly or not) that are still registered
+    /// in it: not yet done, and still held by someone. Value and `without_cancel` contexts
+    /// are not registered anywhere and are not counted.
+    pub contexts: usize,
+    /// Deadline timers armed by those contexts.
+    pub timers: usize,
+    /// Token watches of those contexts (from [`Context::with_token`]).
+    pub token_watches: usize,
+    /// Tasks started with [`Context::spawn`] on the root or below it that have not ended.
+    pub tasks: usize,
+    /// `done()` futures waiting on the root or below it.
+    pub waiters: usize,
+    /// `after_func` callbacks registered on the root or below it.
+    pub callbacks: usize,
+}
+
+impl Census {
+    /// Whether nothing that would outlive the work is left: no derived context, timer, token
+    /// watch, task or waiter. Callbacks registered on the root itself do not count.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, testing::census};
+    ///
+    /// let (root, _cancel) = Context::background().with_cancel();
+    /// assert!(census(&root).is_clean());
+    /// let (_child, _cancel_child) = root.with_cancel();
+    /// assert!(!census(&root).is_clean());
+    /// ```
+    pub fn is_clean(&self) -> bool {
+        self.contexts == 0
+            && self.timers == 0
+            && self.token_watches == 0
+            && self.tasks == 0
+            && self.waiters == 0
+    }
+}
+
+impl fmt::Display for Census {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} contexts, {} timers, {} token watches, {} tasks, {} waiters, {} callbacks",
+            self.contexts,
+            self.timers,
+            self.token_watches,
+            self.tasks,
+            self.waiters,
+            self.callbacks
+        )
+    }
+}
+
+/// Counts what is alive at and below `root`. A context that can never be done (background, or
+/// below `without_cancel`) has nothing registered in it, and counts as empty.
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::{Context, testing::census};
+///
+/// let (root, _cancel) = Context::background().with_cancel();
+/// let (child, cancel_child) = root.with_cancel();
+/// assert_eq!(census(&root).contexts, 1);
+/// drop(cancel_child); // a done context leaves its parent at once
+/// assert_eq!(census(&root).contexts, 0);
+/// # drop(child);
+/// ```
+pub fn census(root: &Context) -> Census {
+    root.scope().map(|scope| scope.census()).unwrap_or_default()
+}
+
+/// Panics unless nothing derived from `root` is still alive (see [`Census::is_clean`]).
+///
+/// Cleanup that is already under way (a task that was told to stop but has not yet been
+/// polled to its end) gets a chance to finish: the check yields to the runtime and retries for
+/// up to a second of Tokio time before it gives up. Under a paused clock that second passes
+/// instantly once the runtime has nothing else to do.
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::Context;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (root, _cancel) = Context::background().with_cancel();
+/// let (ctx, cancel) = root.with_cancel();
+/// let task = ctx.spawn(|ctx| async move { ctx.done().await });
+/// drop(task); // detached: only the context stops it
+/// cancel.cancel();
+/// taskctx::testing::assert_no_leaks(&root).await; // waits for the task to wind down
+/// # }
+/// ```
+///
+/// # Panics
+///
+/// If something is still alive after the retries, with the census in the message.
+pub async fn assert_no_leaks(root: &Context) {
+    const ROUNDS: u32 = 100;
+    for round in 0..ROUNDS {
+        if census(root).is_clean() {
+            return;
+        }
+        if round < ROUNDS / 2 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let left = census(root);
+    assert!(left.is_clean(), "contexts derived from {root} are still alive: {left}");
+}
