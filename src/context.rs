@@ -215,7 +215,10 @@ impl Context {
     /// ```
     pub fn with_cancel_cause(&self) -> (Context, CancelCauseHandle) {
         let scope = Scope::new(self, Kind::Cancel);
-        (Context::from_scope(scope.clone()), CancelCauseHandle::new(scope))
+        (
+            Context::from_scope(scope.clone()),
+            CancelCauseHandle::new(scope),
+        )
     }
 
     /// Derives a child that is done at `deadline` at the latest, with

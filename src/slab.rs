@@ -105,7 +105,11 @@ mod tests {
         assert_eq!(d, b, "a vacant entry is reused");
         assert_eq!(slab.get_mut(a).copied(), Some("a"));
         assert_eq!(slab.get_mut(c).copied(), Some("c"));
-        assert_eq!(slab.remove_if(c, |v| *v == "x"), None, "the predicate is honoured");
+        assert_eq!(
+            slab.remove_if(c, |v| *v == "x"),
+            None,
+            "the predicate is honoured"
+        );
         assert_eq!(slab.len(), 3);
         let mut all: Vec<_> = slab.into_values().collect();
         all.sort();

@@ -27,11 +27,15 @@ use crate::tree::Scope;
 /// Something that can cancel a scope from outside; dropping it disarms it.
 pub(crate) enum Source {
     /// A deadline in a Tokio runtime's timer wheel.
-    Tokio { _sleep: Pin<Box<Unconstrained<Sleep>>> },
+    Tokio {
+        _sleep: Pin<Box<Unconstrained<Sleep>>>,
+    },
     /// A deadline on the crate's fallback timer thread.
     Fallback { _entry: FallbackEntry },
     /// A watch on a foreign `CancellationToken`.
-    Token { _cancelled: Pin<Box<WaitForCancellationFutureOwned>> },
+    Token {
+        _cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    },
 }
 
 /// Arms a timer that calls [`Scope::deadline_fired`] at `at`; `None` if `at` has passed.
@@ -77,7 +81,10 @@ pub(crate) fn watch_token(scope: &Arc<Scope>, token: CancellationToken) -> Optio
         scope: Arc::downgrade(scope),
         token,
     }));
-    match cancelled.as_mut().poll(&mut task::Context::from_waker(&waker)) {
+    match cancelled
+        .as_mut()
+        .poll(&mut task::Context::from_waker(&waker))
+    {
         Poll::Ready(()) => None,
         Poll::Pending => Some(Source::Token {
             _cancelled: cancelled,
@@ -115,7 +122,10 @@ impl Wake for TokenWaker {
 /// Schedules [`Scope::deadline_fired`] at `at` on the crate's fallback timer thread.
 pub(crate) fn fallback_timer(scope: &Arc<Scope>, at: Instant) -> Source {
     let fallback = Fallback::get();
-    let key = (at.into_std(), fallback.next_id.fetch_add(1, Ordering::Relaxed));
+    let key = (
+        at.into_std(),
+        fallback.next_id.fetch_add(1, Ordering::Relaxed),
+    );
     let earliest = {
         let mut queue = fallback.lock();
         queue.insert(key, Arc::downgrade(scope));

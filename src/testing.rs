@@ -157,5 +157,8 @@ pub async fn assert_no_leaks(root: &Context) {
         }
     }
     let left = census(root);
-    assert!(left.is_clean(), "contexts derived from {root} are still alive: {left}");
+    assert!(
+        left.is_clean(),
+        "contexts derived from {root} are still alive: {left}"
+    );
 }

@@ -141,7 +141,10 @@ impl Scope {
         // A deadline no earlier than an inherited one would only fire after the ancestor's
         // timer has already cancelled this scope: no timer of its own is needed.
         let arm_at = own.filter(|at| inherited.is_none_or(|inherited| *at < inherited));
-        let parents = [parent.scope().cloned(), other.and_then(|o| o.scope().cloned())];
+        let parents = [
+            parent.scope().cloned(),
+            other.and_then(|o| o.scope().cloned()),
+        ];
         let scope = Arc::new(Scope {
             parent: parent.clone(),
             kind,
@@ -245,9 +248,10 @@ impl Scope {
                 continue; // invariant 2: its registrations are already gone
             }
             let me: *const Scope = self;
-            let removed = parent.lock().regs.remove_if(slot - 1, |reg| {
-                matches!(reg, Reg::Child(weak) if std::ptr::eq(weak.as_ptr(), me))
-            });
+            let removed = parent.lock().regs.remove_if(
+                slot - 1,
+                |reg| matches!(reg, Reg::Child(weak) if std::ptr::eq(weak.as_ptr(), me)),
+            );
             drop(removed);
         }
     }
@@ -343,7 +347,9 @@ impl Scope {
             self.set_source(source::fallback_timer(self, *at));
             return;
         }
-        let cause = cause.clone().unwrap_or(Cause::from(Error::DeadlineExceeded));
+        let cause = cause
+            .clone()
+            .unwrap_or(Cause::from(Error::DeadlineExceeded));
         self.cancel(Error::DeadlineExceeded, cause);
     }
 
