@@ -1,8 +1,8 @@
 //! The handle of an `after_func` registration.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use crate::tree::Scope;
 
@@ -16,7 +16,8 @@ const NEVER: usize = usize::MAX;
 /// from running.
 ///
 /// Dropping the handle does not stop the callback: it stays registered until the context is
-/// done (and then runs) or is dropped (and then is dropped too).
+/// done (and then runs) or is released (and then is dropped too). The handle does not keep the
+/// context alive.
 ///
 /// # Examples
 ///
@@ -30,7 +31,8 @@ const NEVER: usize = usize::MAX;
 /// cancel.cancel();
 /// ```
 pub struct AfterFunc {
-    scope: Option<Arc<Scope>>,
+    /// Weak, so that the handle does not keep the context (and its values) alive.
+    scope: Weak<Scope>,
     /// 1 + the callback's index in the scope's registrations, or `SPENT` / `NEVER`.
     slot: AtomicUsize,
 }
@@ -38,28 +40,29 @@ pub struct AfterFunc {
 impl AfterFunc {
     pub(crate) fn registered(scope: Arc<Scope>, slot: usize) -> Self {
         AfterFunc {
-            scope: Some(scope),
+            scope: Arc::downgrade(&scope),
             slot: AtomicUsize::new(slot),
         }
     }
 
     pub(crate) fn ran() -> Self {
         AfterFunc {
-            scope: None,
+            scope: Weak::new(),
             slot: AtomicUsize::new(SPENT),
         }
     }
 
     pub(crate) fn unregistered() -> Self {
         AfterFunc {
-            scope: None,
+            scope: Weak::new(),
             slot: AtomicUsize::new(NEVER),
         }
     }
 
     /// Stops the callback from running. Returns true only if this call prevented it: false if
-    /// the callback has already started (it may still be running: `stop` does not wait for it)
-    /// or was already stopped.
+    /// the callback has already started (it may still be running: `stop` does not wait for it),
+    /// was already stopped, or was dropped unrun with its context. As in Go, on a context that
+    /// can never be done the first call returns true.
     ///
     /// Safe to call from anywhere, including from inside the callback itself (it then returns
     /// false).
@@ -79,9 +82,10 @@ impl AfterFunc {
         match self.slot.swap(SPENT, Ordering::AcqRel) {
             SPENT => false,
             NEVER => true,
+            // A context released before it was done dropped its callbacks unrun.
             slot => self
                 .scope
-                .as_ref()
+                .upgrade()
                 .is_some_and(|scope| scope.remove_callback(slot)),
         }
     }

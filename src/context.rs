@@ -231,7 +231,10 @@ impl Context {
     /// Arming the deadline costs no task: it sits in Tokio's timer wheel and is taken out when
     /// the context is cancelled or dropped. Outside a Tokio runtime, the deadline is kept by one
     /// crate-wide timer thread on the system clock instead; the same thread takes over if the
-    /// runtime that armed the deadline shuts down before it passes.
+    /// runtime that armed the deadline shuts down before it passes. As with any Tokio timer,
+    /// the runtime that armed the deadline drives it: a current-thread runtime does so only
+    /// while it runs (inside `block_on`), so a context moved to another runtime sees its
+    /// deadline fire only while the arming runtime runs or after it is dropped.
     ///
     /// # Examples
     ///
@@ -584,6 +587,13 @@ impl Context {
     /// cancel it through a token either. The first call on a context allocates the token the
     /// children hang from; a token of a never-done context is never cancelled.
     ///
+    /// A token does not keep its context alive, so that a token nobody cancels cannot pin a
+    /// context in its parent (Go's leak). Once every handle to the context is dropped (its
+    /// clones and its cancel handle, which cancels it unless disarmed), the context is released
+    /// together with its own deadline timer, token watch and registration in a merge partner;
+    /// the token then still follows the contexts this one was derived from (for a merge, the
+    /// first). Keep the context, or its cancel handle, for as long as the token must follow it.
+    ///
     /// # Examples
     ///
     /// ```
@@ -856,6 +866,10 @@ impl Context {
     /// [`Context::run_until_cancelled`], and the same side wins). Awaiting the handle is how a
     /// caller confirms that the work has really stopped. Dropping the handle detaches the task,
     /// which still stops when the context is done.
+    ///
+    /// A future that watches the context itself (say, by selecting on `ctx.done()`) and
+    /// returns when it is done may be the first to notice a cancellation; the handle then
+    /// resolves to `Ok` with what the future returned. Match on both if the future does that.
     ///
     /// # Examples
     ///

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{self, Poll};
+use std::task::{self, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
@@ -62,7 +62,7 @@ where
     Timeout {
         future: f(child),
         done,
-        _handle: handle,
+        handle,
     }
 }
 
@@ -92,7 +92,7 @@ pin_project! {
         #[pin]
         future: F,
         done: DoneOwned,
-        _handle: CancelHandle,
+        handle: CancelHandle,
     }
 }
 
@@ -101,7 +101,10 @@ impl<F: Future> Future for Timeout<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        race(this.done, this.future, cx)
+        let result = ready!(race(this.done, this.future, cx));
+        // Go's `defer cancel()`: nothing the work started outlives the guard's answer.
+        this.handle.cancel();
+        Poll::Ready(result)
     }
 }
 

@@ -121,7 +121,8 @@ pub(crate) struct Scope {
     /// merge, of `other`'s scope (link 1); 0 when not registered there.
     links: [AtomicUsize; 2],
     inner: Mutex<Inner>,
-    /// Tasks started with `Context::spawn` on a context this scope governs and not yet ended.
+    /// Tasks started with `Context::spawn` on a context this scope or a descendant governs, and
+    /// not yet ended.
     tasks: AtomicUsize,
 }
 
@@ -413,8 +414,9 @@ impl Scope {
     }
 
     /// A token cancelled with this scope. Tokens are made lazily, one per scope, each a child of
-    /// its parent scope's token, so that a token handed out keeps following the ancestors even
-    /// after every handle to this scope is gone.
+    /// its parent scope's (link 0) token, so that a token handed out keeps following the
+    /// ancestors even after every handle to this scope is gone and the scope, with its own
+    /// timer, token watch and merge link, is released.
     pub(crate) fn token(self: &Arc<Self>) -> CancellationToken {
         let mut path = Vec::new();
         let mut current = Some(self.clone());
@@ -471,16 +473,29 @@ impl Scope {
 }
 
 impl Scope {
-    pub(crate) fn task_started(&self) {
-        self.tasks.fetch_add(1, Ordering::Relaxed);
+    /// Counts a task started on a context this scope governs, in this scope and every scope
+    /// above it (along link 0), so that a census of any ancestor sees the task until it ends,
+    /// even after this scope is done and has left its parent.
+    pub(crate) fn task_started(self: &Arc<Self>) {
+        self.for_each_ancestor(|scope| scope.tasks.fetch_add(1, Ordering::Relaxed));
     }
 
-    pub(crate) fn task_ended(&self) {
-        self.tasks.fetch_sub(1, Ordering::Relaxed);
+    /// Undoes [`Scope::task_started`].
+    pub(crate) fn task_ended(self: &Arc<Self>) {
+        self.for_each_ancestor(|scope| scope.tasks.fetch_sub(1, Ordering::Relaxed));
+    }
+
+    fn for_each_ancestor(self: &Arc<Self>, mut f: impl FnMut(&Scope) -> usize) {
+        let mut current = Some(&**self);
+        while let Some(scope) = current {
+            f(scope);
+            current = scope.parent.scope().map(|parent| &**parent);
+        }
     }
 
     /// Counts what is alive at and below this scope: registered descendant scopes, their armed
-    /// timers and token watches, and the waiters, callbacks and tasks of all of them.
+    /// timers and token watches, the waiters and callbacks of all of them, and the tasks
+    /// started at or below this scope that have not ended.
     pub(crate) fn census(self: &Arc<Self>) -> Census {
         let mut census = Census::default();
         let mut seen = std::collections::HashSet::new();
@@ -505,9 +520,8 @@ impl Scope {
                     None => {}
                 }
             }
-            drop(inner);
-            census.tasks += scope.tasks.load(Ordering::Relaxed);
         }
+        census.tasks = self.tasks.load(Ordering::Relaxed);
         census
     }
 }

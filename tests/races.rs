@@ -1,0 +1,557 @@
+//! Concurrency: many threads cancelling, deriving, reading, waiting and stopping at once, over
+//! many iterations with a seeded xorshift PRNG. Every test asserts an outcome that must hold
+//! whatever the interleaving (no timing asserts); timeouts only guard against real hangs.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use taskctx::testing::census;
+use taskctx::{CancelCauseHandle, CancelHandle, Context, Error};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// xorshift64*: small, deterministic, good enough to shuffle work.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+    /// Busy-spins a random number of iterations, to vary where threads meet.
+    fn spin(&mut self, max: usize) {
+        for _ in 0..self.below(max) {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn cause_text(ctx: &Context) -> Option<String> {
+    ctx.cause().map(ToString::to_string)
+}
+
+/// Reads `err`, `cause`, `err` and checks they never disagree: an error is never visible
+/// without its cause, a cause never without an error, and the error never changes. Returns a
+/// consistent snapshot: `(None, None)` or `(Some(err), Some(cause))`.
+fn read_consistently(ctx: &Context) -> (Option<Error>, Option<String>) {
+    let before = ctx.err();
+    let cause = cause_text(ctx);
+    let after = ctx.err();
+    if before.is_some() {
+        assert!(cause.is_some(), "error {before:?} visible without a cause");
+        assert_eq!(before, after, "the error changed");
+    }
+    match cause {
+        Some(cause) => {
+            assert!(after.is_some(), "cause {cause:?} visible before the error");
+            (after, Some(cause))
+        }
+        None => (None, None),
+    }
+}
+
+struct Node {
+    ctx: Context,
+    handle: CancelCauseHandle,
+    parent: Option<usize>,
+}
+
+fn build_tree(rng: &mut Rng, size: usize) -> Vec<Node> {
+    let (ctx, handle) = Context::background().with_cancel_cause();
+    let mut nodes = vec![Node {
+        ctx,
+        handle,
+        parent: None,
+    }];
+    for i in 1..size {
+        // Half the time extend the newest node (deep paths), else any node (bushy).
+        let parent = if rng.below(2) == 0 {
+            i - 1
+        } else {
+            rng.below(i)
+        };
+        let base = if rng.below(3) == 0 {
+            nodes[parent].ctx.with_value(i)
+        } else {
+            nodes[parent].ctx.clone()
+        };
+        let (ctx, handle) = base.with_cancel_cause();
+        nodes.push(Node {
+            ctx,
+            handle,
+            parent: Some(parent),
+        });
+    }
+    nodes
+}
+
+fn is_ancestor_or_self(nodes: &[Node], ancestor: usize, mut node: usize) -> bool {
+    loop {
+        if node == ancestor {
+            return true;
+        }
+        match nodes[node].parent {
+            Some(p) => node = p,
+            None => return false,
+        }
+    }
+}
+
+#[test]
+fn concurrent_cancels_of_a_random_tree_leave_every_node_done_with_a_consistent_cause() {
+    const ITERATIONS: u64 = 200;
+    const SIZE: usize = 128;
+    const THREADS: usize = 4;
+    for iteration in 0..ITERATIONS {
+        let mut rng = Rng::new(iteration);
+        let nodes = build_tree(&mut rng, SIZE);
+        let mut order: Vec<usize> = (0..SIZE).collect();
+        rng.shuffle(&mut order);
+        let barrier = Barrier::new(THREADS + 1);
+        let finished = AtomicBool::new(false);
+        let (nodes, order, barrier, finished) = (&nodes, &order, &barrier, &finished);
+
+        thread::scope(|s| {
+            for t in 0..THREADS {
+                let seed = iteration * 100 + t as u64;
+                s.spawn(move || {
+                    let mut rng = Rng::new(seed);
+                    barrier.wait();
+                    for &i in order.iter().skip(t).step_by(THREADS) {
+                        rng.spin(64);
+                        nodes[i].handle.cancel(format!("node-{i}"));
+                        // And cancel someone else's node again: idempotent, racing.
+                        let j = rng.below(SIZE);
+                        nodes[j].handle.cancel(format!("node-{j}"));
+                    }
+                });
+            }
+            // Observer: once a node reports done, it must report the same thing forever.
+            let observer = s.spawn(move || {
+                let mut seen: Vec<Option<(Error, String)>> = vec![None; SIZE];
+                let mut rng = Rng::new(iteration ^ 0xABCD);
+                barrier.wait();
+                while !finished.load(Ordering::Acquire) {
+                    let i = rng.below(SIZE);
+                    let (err, cause) = read_consistently(&nodes[i].ctx);
+                    match (&seen[i], err, cause) {
+                        (Some(before), err, cause) => {
+                            assert_eq!(Some(before.0), err, "node {i}: err changed");
+                            assert_eq!(Some(&before.1), cause.as_ref(), "node {i}: cause changed");
+                        }
+                        (None, Some(err), Some(cause)) => seen[i] = Some((err, cause)),
+                        (None, None, None) => {}
+                        (None, err, cause) => panic!("node {i}: {err:?} with {cause:?}"),
+                    }
+                }
+                seen
+            });
+            // Every node gets cancelled by some canceller, so this ends; then stop the observer.
+            while !nodes.iter().all(|n| n.ctx.is_done()) {
+                thread::yield_now();
+            }
+            finished.store(true, Ordering::Release);
+            let seen = observer.join().unwrap();
+            for (i, first) in seen.into_iter().enumerate() {
+                if let Some((err, cause)) = first {
+                    assert_eq!(nodes[i].ctx.err(), Some(err));
+                    assert_eq!(cause_text(&nodes[i].ctx), Some(cause));
+                }
+            }
+        });
+
+        for (i, node) in nodes.iter().enumerate() {
+            assert_eq!(node.ctx.err(), Some(Error::Canceled), "node {i}");
+            let cause = cause_text(&node.ctx).expect("a done node has a cause");
+            let k: usize = cause
+                .strip_prefix("node-")
+                .and_then(|k| k.parse().ok())
+                .unwrap_or_else(|| panic!("node {i}: unexpected cause {cause:?}"));
+            assert!(
+                is_ancestor_or_self(nodes, k, i),
+                "iteration {iteration}: node {i} reports the cause of node {k}, not an ancestor"
+            );
+            // Either this node was cancelled first by its own handle, or it inherited its
+            // parent's cause as the parent's cancellation reached it.
+            if let Some(p) = node.parent {
+                let parents = cause_text(&nodes[p].ctx).unwrap();
+                assert!(
+                    cause == format!("node-{i}") || cause == parents,
+                    "iteration {iteration}: node {i} has {cause:?}, parent {p} has {parents:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Something derived from the parent while it was being cancelled, kept alive with whatever
+/// handle it came with.
+#[allow(dead_code)] // the handles are held, not read
+enum Derived {
+    Plain(Context),
+    Cancel(Context, CancelHandle),
+    Cause(Context, CancelCauseHandle),
+}
+
+impl Derived {
+    fn ctx(&self) -> &Context {
+        match self {
+            Derived::Plain(c) | Derived::Cancel(c, _) | Derived::Cause(c, _) => c,
+        }
+    }
+}
+
+#[test]
+fn child_derived_while_parent_is_cancelled_is_done_with_the_parents_error_and_cause() {
+    const ITERATIONS: u64 = 600;
+    const DERIVED: usize = 40;
+    let (other, _cancel_other) = Context::background().with_cancel();
+    for iteration in 0..ITERATIONS {
+        let (root, _cancel_root) = Context::background().with_cancel();
+        let (parent, cancel_parent) = root.with_cancel_cause();
+        let barrier = Barrier::new(2);
+        let expected = format!("parent-{iteration}");
+        let derived = thread::scope(|s| {
+            s.spawn(|| {
+                let mut rng = Rng::new(iteration);
+                barrier.wait();
+                rng.spin(2_000);
+                cancel_parent.cancel(expected.clone());
+            });
+            let deriver = s.spawn(|| {
+                let mut rng = Rng::new(iteration + 7);
+                let mut derived: Vec<Derived> = Vec::new();
+                barrier.wait();
+                for n in 0..DERIVED {
+                    // Derive from the parent, or from something derived from it already.
+                    let from = if n == 0 || rng.below(2) == 0 {
+                        parent.clone()
+                    } else {
+                        derived[rng.below(derived.len())].ctx().clone()
+                    };
+                    let made = match rng.below(7) {
+                        0 => {
+                            let (c, h) = from.with_cancel();
+                            Derived::Cancel(c, h)
+                        }
+                        1 => {
+                            let (c, h) = from.with_cancel_cause();
+                            Derived::Cause(c, h)
+                        }
+                        2 => {
+                            // Outside a runtime: kept by the crate's timer thread.
+                            let (c, h) = from.with_timeout(Duration::from_secs(3600));
+                            Derived::Cancel(c, h)
+                        }
+                        3 => {
+                            let (c, h) = from.with_value(n).with_cancel();
+                            Derived::Cancel(c, h)
+                        }
+                        4 => Derived::Plain(from.merge(&other)),
+                        5 => Derived::Plain(other.merge(&from)),
+                        _ => Derived::Plain(from.with_token(CancellationToken::new())),
+                    };
+                    derived.push(made);
+                }
+                derived
+            });
+            deriver.join().unwrap()
+        });
+        for (n, d) in derived.iter().enumerate() {
+            assert_eq!(
+                d.ctx().err(),
+                Some(Error::Canceled),
+                "iteration {iteration}, #{n}"
+            );
+            assert_eq!(
+                cause_text(d.ctx()).as_deref(),
+                Some(expected.as_str()),
+                "iteration {iteration}, #{n}"
+            );
+        }
+        assert!(!other.is_done());
+        assert_eq!(
+            census(&other).contexts,
+            0,
+            "merged children left the live parent"
+        );
+        assert!(census(&root).is_clean(), "{}", census(&root));
+    }
+}
+
+#[test]
+fn err_and_cause_never_disagree_while_a_deadline_races_a_cancel() {
+    const ITERATIONS: u64 = 500;
+    let mut deadline_won = 0;
+    for iteration in 0..ITERATIONS {
+        let mut rng = Rng::new(iteration);
+        // Outside a runtime, so the crate's timer thread fires it, concurrently with the
+        // canceller below. Which one wins is up to the scheduler.
+        let at = Instant::now() + Duration::from_micros(rng.below(300) as u64);
+        let (ctx, cancel) = Context::background().with_deadline_cause(at, "deadline");
+        let (child, _c) = ctx.with_value(iteration).with_cancel();
+        let barrier = Barrier::new(4);
+        let done_reading = AtomicBool::new(false);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let mut rng = Rng::new(iteration + 1);
+                barrier.wait();
+                rng.spin(20_000);
+                cancel.cancel();
+                done_reading.store(true, Ordering::Release);
+            });
+            for _reader in 0..2 {
+                let (barrier, done_reading, ctx, child) = (&barrier, &done_reading, &ctx, &child);
+                s.spawn(move || {
+                    barrier.wait();
+                    loop {
+                        let stop = done_reading.load(Ordering::Acquire);
+                        for watched in [ctx, child] {
+                            match read_consistently(watched) {
+                                (None, None) => {}
+                                (Some(Error::DeadlineExceeded), Some(c)) => {
+                                    assert_eq!(c, "deadline")
+                                }
+                                (Some(Error::Canceled), Some(c)) => {
+                                    assert_eq!(c, Error::Canceled.to_string())
+                                }
+                                other => panic!("mismatched err and cause: {other:?}"),
+                            }
+                        }
+                        if stop {
+                            break;
+                        }
+                    }
+                });
+            }
+            barrier.wait();
+        });
+        let (err, cause) = read_consistently(&ctx);
+        let expected_cause = match err {
+            Some(Error::DeadlineExceeded) => "deadline".to_string(),
+            Some(Error::Canceled) => Error::Canceled.to_string(),
+            None => panic!("cancel() returned but the context is live"),
+        };
+        assert_eq!(cause.as_deref(), Some(expected_cause.as_str()));
+        assert_eq!(read_consistently(&child), (err, cause), "the child agrees");
+        deadline_won += usize::from(err == Some(Error::DeadlineExceeded));
+    }
+    // Not an assertion on timing: both outcomes are legal, this only reports the mix.
+    println!("the deadline won {deadline_won} of {ITERATIONS} races");
+}
+
+#[test]
+fn cause_read_while_two_cancellations_race_is_none_or_the_final_cause() {
+    const ITERATIONS: u64 = 1_000;
+    for iteration in 0..ITERATIONS {
+        let (parent, cancel_parent) = Context::background().with_cancel_cause();
+        let (child, cancel_child) = parent.with_cancel_cause();
+        let (grandchild, _c) = child.with_cancel();
+        let barrier = Barrier::new(3);
+        let cancellers_done = AtomicUsize::new(0);
+        let observed = thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                Rng::new(iteration).spin(500);
+                cancel_parent.cancel("parent");
+                cancellers_done.fetch_add(1, Ordering::Release);
+            });
+            s.spawn(|| {
+                barrier.wait();
+                Rng::new(iteration + 1).spin(500);
+                cancel_child.cancel("child");
+                cancellers_done.fetch_add(1, Ordering::Release);
+            });
+            let reader = s.spawn(|| {
+                let mut observed = Vec::new();
+                barrier.wait();
+                loop {
+                    let stop = cancellers_done.load(Ordering::Acquire) == 2;
+                    observed.push(read_consistently(&grandchild));
+                    if stop {
+                        return observed;
+                    }
+                }
+            });
+            reader.join().unwrap()
+        });
+        let final_cause = cause_text(&grandchild).expect("done");
+        assert!(final_cause == "parent" || final_cause == "child");
+        assert_eq!(cause_text(&child), Some(final_cause.clone()));
+        for (err, cause) in observed {
+            match (err, cause) {
+                (None, None) => {}
+                (Some(Error::Canceled), Some(c)) => assert_eq!(c, final_cause),
+                other => panic!("observed {other:?}, final cause {final_cause:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn done_futures_registered_concurrently_with_cancel_are_always_woken() {
+    const ITERATIONS: u64 = 300;
+    const WAITERS: usize = 16;
+    let (root, _cancel_root) = Context::background().with_cancel();
+    for iteration in 0..ITERATIONS {
+        let (ctx, cancel) = root.with_cancel();
+        let mut waiters = Vec::new();
+        for w in 0..WAITERS {
+            let ctx = ctx.clone();
+            let mut rng = Rng::new(iteration * 1000 + w as u64);
+            let style = rng.below(3);
+            waiters.push(tokio::spawn(async move {
+                for _ in 0..rng.below(3) {
+                    tokio::task::yield_now().await;
+                }
+                match style {
+                    0 => ctx.done().await,
+                    1 => ctx.done_owned().await,
+                    _ => {
+                        // Register from this task, then finish waiting in another one, so
+                        // the registered waker is replaced while cancel may be running.
+                        let mut done = ctx.done_owned();
+                        let _ = futures::poll!(&mut done);
+                        tokio::spawn(done).await.unwrap()
+                    }
+                }
+            }));
+        }
+        let seed = iteration;
+        let canceller = tokio::task::spawn_blocking(move || {
+            Rng::new(seed).spin(5_000);
+            cancel.cancel();
+        });
+        let all = futures::future::join_all(waiters);
+        let results = tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .unwrap_or_else(|_| panic!("iteration {iteration}: a done() waiter was never woken"));
+        for result in results {
+            assert_eq!(result.unwrap(), Error::Canceled);
+        }
+        canceller.await.unwrap();
+    }
+    assert!(census(&root).is_clean(), "{}", census(&root));
+}
+
+#[test]
+fn after_func_stop_racing_cancel_exactly_one_of_ran_or_stopped() {
+    const ITERATIONS: u64 = 5_000;
+    let mut stopped_count = 0;
+    for iteration in 0..ITERATIONS {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let registration = ctx.after_func(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        let barrier = Barrier::new(2);
+        let stopped = thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                Rng::new(iteration).spin(200);
+                cancel.cancel();
+            });
+            barrier.wait();
+            Rng::new(iteration + 1).spin(200);
+            registration.stop()
+        });
+        let ran = runs.load(Ordering::SeqCst);
+        assert!(ran <= 1, "iteration {iteration}: ran {ran} times");
+        assert!(
+            stopped != (ran == 1),
+            "iteration {iteration}: stopped = {stopped}, ran = {ran}"
+        );
+        stopped_count += usize::from(stopped);
+    }
+    // Not an assertion on timing: both outcomes are legal, this only reports the mix.
+    println!("stop won {stopped_count} of {ITERATIONS} races");
+}
+
+#[test]
+fn after_func_registered_concurrently_with_cancel_runs_exactly_once() {
+    const ITERATIONS: u64 = 2_000;
+    const CALLBACKS: usize = 8;
+    for iteration in 0..ITERATIONS {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let barrier = Barrier::new(2);
+        let registrations = Mutex::new(Vec::new());
+        thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                Rng::new(iteration).spin(500);
+                cancel.cancel();
+            });
+            barrier.wait();
+            for _ in 0..CALLBACKS {
+                let r = runs.clone();
+                let registration = ctx.after_func(move || {
+                    r.fetch_add(1, Ordering::SeqCst);
+                });
+                registrations.lock().unwrap().push(registration);
+            }
+        });
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            CALLBACKS,
+            "iteration {iteration}: every callback runs exactly once"
+        );
+    }
+}
+
+#[test]
+fn children_dropped_while_parent_is_cancelled_leave_nothing_registered() {
+    const ITERATIONS: u64 = 400;
+    const CHILDREN: usize = 64;
+    for iteration in 0..ITERATIONS {
+        let (root, _cancel_root) = Context::background().with_cancel();
+        let (parent, cancel_parent) = root.with_cancel();
+        let (other, _cancel_other) = root.with_cancel();
+        let mut children = Vec::new();
+        for n in 0..CHILDREN {
+            let (c, h) = parent.with_cancel();
+            h.disarm();
+            // Some are merges, registered in `other` as well.
+            children.push(if n % 4 == 0 { c.merge(&other) } else { c });
+        }
+        let half = children.split_off(CHILDREN / 2);
+        let barrier = Barrier::new(3);
+        thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                Rng::new(iteration).spin(2_000);
+                cancel_parent.cancel();
+            });
+            s.spawn(|| {
+                barrier.wait();
+                drop(children);
+            });
+            s.spawn(|| {
+                barrier.wait();
+                drop(half);
+            });
+        });
+        assert!(parent.is_done());
+        assert_eq!(census(&other).contexts, 0, "iteration {iteration}");
+        let left = census(&root);
+        assert_eq!(left.contexts, 1, "only `other` is left: {left}");
+    }
+}
