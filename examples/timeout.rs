@@ -90,11 +90,11 @@ pub async fn run() {
     println!(
         "  ctx.err() is still {:?}; ctx.cause() says why: {:?}.",
         ctx.err(),
-        ctx.cause().map(ToString::to_string),
+        ctx.cause().map(|cause| cause.to_string()),
     );
     assert_eq!(result, Err(Error::DeadlineExceeded));
     assert_eq!(
-        ctx.cause().map(ToString::to_string).as_deref(),
+        ctx.cause().map(|cause| cause.to_string()).as_deref(),
         Some("inventory service took longer than 50 ms")
     );
 }

@@ -417,12 +417,12 @@ impl Context {
     }
 
     fn with_node<T: Send + Sync + 'static>(&self, key: TypeId, label: Label, value: T) -> Context {
-        let node: Arc<ValueNode> = Arc::new(ValueNode {
+        let node = Arc::new(ValueNode {
             parent: self.clone(),
             scope: self.scope().cloned(),
             key,
             label,
-            value,
+            value: Box::new(value),
         });
         Context {
             node: Node::Value(node),
@@ -473,7 +473,7 @@ impl Context {
         loop {
             if let Node::Value(node) = &current.node {
                 if node.key == key {
-                    return Some(&node.value);
+                    return Some(&*node.value);
                 }
             }
             current = current.parent()?;
@@ -778,7 +778,7 @@ impl Context {
     /// cancel.cancel();
     /// assert_eq!(plain.cause().unwrap().downcast_ref::<Error>(), Some(&Error::Canceled));
     /// ```
-    pub fn cause(&self) -> Option<&Cause> {
+    pub fn cause(&self) -> Option<Cause> {
         self.scope().and_then(|scope| scope.cause())
     }
 

@@ -110,6 +110,11 @@ impl Cause {
         }
     }
 
+    /// Whether this cause is just `err` itself, as when no cause was given.
+    pub(crate) fn is_plain(&self, err: Error) -> bool {
+        matches!(self.0, Repr::Plain(plain) if plain == err)
+    }
+
     /// The cause as a plain error trait object.
     ///
     /// # Examples

@@ -10,6 +10,12 @@ pub(crate) struct Slab<T> {
     len: usize,
 }
 
+impl<T> Default for Slab<T> {
+    fn default() -> Self {
+        Slab::new()
+    }
+}
+
 enum Entry<T> {
     Full(T),
     Vacant { next_free: usize },
@@ -24,8 +30,7 @@ impl<T> Slab<T> {
         }
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 

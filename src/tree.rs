@@ -6,19 +6,31 @@
 //!
 //! # State machine
 //!
-//! `state` moves once, `LIVE → CANCELED` or `LIVE → DEADLINE_EXCEEDED`, and never back. The move
-//! is made by [`Scope::finish`] under the scope's own lock, which in the same critical section
-//! sets `cause` (a write-once cell) and takes every registration out of `inner`. Hence:
+//! One atomic byte, `state`, holds everything a lock-free reader needs:
 //!
-//! 1. `cause` is set before `state` is published (`Release` store), so a reader that sees a done
-//!    `state` (`Acquire` load) sees the cause too: `err()` and `cause()` never disagree.
-//! 2. Once done, a scope's registrations are empty forever: [`Scope::attach`], waiter and
-//!    callback registration all check `state` under the same lock and refuse a done scope. A
-//!    registration index that a done scope handed out is therefore never reused, and removing
-//!    one from a done scope is a no-op.
-//! 3. A child is attached under its parent's lock after checking the parent's state, so either
-//!    the child is in the parent's registrations when the parent finishes, or the child is born
-//!    done with the parent's error and cause. No cancellation is lost.
+//! - `ERR` (two bits): `LIVE`, then `CANCELED` or `DEADLINE_EXCEEDED`. Set once, never cleared.
+//! - `CUSTOM_CAUSE`: the cause is not the error itself and is stored in `inner.cause`. Without
+//!   it, the cause *is* the error, so the common cancellation publishes error and cause in one
+//!   store.
+//! - `BUSY`: `inner` may hold something that finishing must take (children, waiters,
+//!   callbacks, a timer or token watch, a mirror token). Set under the lock before anything is
+//!   added; never cleared while live.
+//!
+//! [`Scope::finish`] is the only way `ERR` is set. If `BUSY` is clear and the cause is plain,
+//! it is a single compare-and-swap from a value without `BUSY`; otherwise it takes the lock,
+//! sets `BUSY` (from then on no lock-free finish can win), stores a custom cause, sets `ERR` and
+//! takes everything out of `inner`. Hence:
+//!
+//! 1. A custom cause is written under the lock before `CUSTOM_CAUSE` is published; a reader
+//!    that sees `CUSTOM_CAUSE` takes the lock to read it. `err()` and `cause()` never disagree.
+//! 2. Registration ([`Scope::claim`], under the lock) sets `BUSY` by a read-modify-write of
+//!    `state` and looks at the value it replaced: if `ERR` was already set, it refuses; if not,
+//!    any later finish sees `BUSY`, fails the lock-free swap and waits for the lock. So either
+//!    the registration is taken by the finish, or it is refused. Once done, `inner` stays
+//!    empty forever, a registration index is never reused, and removing one is a no-op.
+//! 3. A child is attached under its parent's lock through that same check, so either the child
+//!    is in the parent's registrations when the parent finishes, or the child is born done with
+//!    the parent's error and cause. No cancellation is lost.
 //!
 //! # Who wakes whom
 //!
@@ -34,25 +46,30 @@
 //! - No lock is held while calling out: wakers, callbacks, timer and token drops, and drops of
 //!   anything taken out of a registration slab (a waker or closure may own a `Context` whose drop
 //!   takes a lock) all happen after the lock is released.
-//! - At most two scope locks are ever held at once, in one place: while a new scope is linked
-//!   into its parents ([`Scope::new`]) it holds its own lock, then takes each parent's in turn.
-//!   Nobody ever locks a child while holding its parent (propagation takes the registrations
-//!   out and unlocks first), so the order new-child → parent cannot form a cycle. Holding the
-//!   new scope's lock makes a concurrent cancellation of a parent wait until the links are
-//!   complete, so it always sees them.
+//! - At most two scope locks are ever held at once, in one place: while a new merge is linked
+//!   into its two parents ([`Scope::new`]) it holds its own lock (and is born `BUSY`, so that no
+//!   lock-free finish can bypass that lock), then takes each parent's in turn. Nobody ever
+//!   locks a child while holding its parent (propagation takes the registrations out and
+//!   unlocks first), so the order new-child → parent cannot form a cycle. A concurrent
+//!   cancellation of one parent therefore waits until both links are complete and sees them.
+//!   A scope with one parent needs no such lock: its one link is written under the parent's
+//!   lock, which the parent's own finish takes afterwards.
 //! - The slot a scope occupies in a parent (`links`) is written once during [`Scope::new`] and
 //!   cleared by [`Scope::unlink`], which runs only after [`Scope::finish`] won or in `Drop`.
 //!
 //! # Memory orderings
 //!
-//! `state` is written only under the lock, with `Release`; lock-free readers (`is_done`, `err`)
-//! load it with `Acquire`, which is all invariant 1 needs. Every other field is read and written
-//! under a lock. `links` are atomics only so that they can be cleared through `&self`.
+//! Every change to `state` is a read-modify-write with `AcqRel` (or `Acquire` on failure), so
+//! all changes to it form one total order that also orders the critical sections around them;
+//! lock-free readers (`is_done`, `err`, `cause`) load it with `Acquire`, which is all invariant
+//! 1 needs. Every other field is read and written under a lock. `links` are atomics only so
+//! that they can be cleared through `&self`; they are read and written under the parent's lock
+//! (or with exclusive access in `Drop`).
 
 use std::fmt;
 use std::mem;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{self, Poll, Waker};
 
 use tokio::time::Instant;
@@ -67,6 +84,9 @@ use crate::testing::Census;
 const LIVE: u8 = 0;
 const CANCELED: u8 = 1;
 const DEADLINE_EXCEEDED: u8 = 2;
+const ERR: u8 = 0b0011;
+const CUSTOM_CAUSE: u8 = 0b0100;
+const BUSY: u8 = 0b1000;
 
 /// What made a scope, and what it needs beyond the common fields.
 pub(crate) enum Kind {
@@ -93,6 +113,8 @@ enum Reg {
 /// The fields guarded by `Scope::inner`.
 struct Inner {
     regs: Slab<Reg>,
+    /// The cause, when it is not the error itself (`CUSTOM_CAUSE`).
+    cause: Option<Cause>,
     /// What can cancel this scope from outside the tree: its deadline timer or a token watch.
     source: Option<Source>,
     /// The token behind `Context::token`, made on first use and cancelled with the scope.
@@ -100,6 +122,7 @@ struct Inner {
 }
 
 /// What [`Scope::finish`] takes out of a scope, to be handled with no lock held.
+#[derive(Default)]
 struct Taken {
     regs: Slab<Reg>,
     source: Option<Source>,
@@ -113,10 +136,8 @@ pub(crate) struct Scope {
     kind: Kind,
     /// The earliest of this scope's own deadline and those of everything it follows.
     deadline: Option<Instant>,
-    /// `LIVE`, `CANCELED` or `DEADLINE_EXCEEDED`. Written under `inner`'s lock, read lock-free.
+    /// `ERR`, `CUSTOM_CAUSE` and `BUSY` bits (see "State machine").
     state: AtomicU8,
-    /// Set once, under `inner`'s lock, just before `state` leaves `LIVE`.
-    cause: OnceLock<Cause>,
     /// 1 + this scope's index in the registrations of its parent scope (link 0) and, for a
     /// merge, of `other`'s scope (link 1); 0 when not registered there.
     links: [AtomicUsize; 2],
@@ -142,37 +163,27 @@ impl Scope {
         // A deadline no earlier than an inherited one would only fire after the ancestor's
         // timer has already cancelled this scope: no timer of its own is needed.
         let arm_at = own.filter(|at| inherited.is_none_or(|inherited| *at < inherited));
-        let parents = [
-            parent.scope().cloned(),
-            other.and_then(|o| o.scope().cloned()),
-        ];
+        let is_merge = other.is_some();
         let scope = Arc::new(Scope {
             parent: parent.clone(),
             kind,
             deadline: earliest(inherited, own),
-            state: AtomicU8::new(LIVE),
-            cause: OnceLock::new(),
+            state: AtomicU8::new(if is_merge { BUSY } else { LIVE }),
             links: [AtomicUsize::new(0), AtomicUsize::new(0)],
             tasks: AtomicUsize::new(0),
             inner: Mutex::new(Inner {
                 regs: Slab::new(),
+                cause: None,
                 source: None,
                 mirror: None,
             }),
         });
 
-        // Link into the parents while holding our own lock (see "Deadlock safety").
-        let mut refused = None;
-        {
-            let _linking = scope.lock();
-            for (link, parent) in parents.iter().enumerate() {
-                let Some(parent) = parent else { continue };
-                if let Err(done) = parent.attach(&scope, link) {
-                    refused = Some(done);
-                    break;
-                }
-            }
-        }
+        let refused = {
+            // A merge links into two parents while holding its own lock (see "Deadlock safety").
+            let _linking = is_merge.then(|| scope.lock());
+            (0..2).find_map(|link| scope.link_parent(link)?.attach(&scope, link).err())
+        };
         if let Some((err, cause)) = refused {
             scope.cancel_quietly(err, cause);
         } else if let Some(at) = arm_at {
@@ -204,31 +215,47 @@ impl Scope {
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        self.state.load(Ordering::Acquire) != LIVE
+        self.state.load(Ordering::Acquire) & ERR != LIVE
     }
 
-    pub(crate) fn cause(&self) -> Option<&Cause> {
-        // Check `state` first (invariant 1), so that a cause is never visible before the error.
-        if self.is_done() {
-            self.cause.get()
-        } else {
-            None
-        }
-    }
-
-    /// The error and cause of a done scope, read under its lock.
-    fn done_reason(&self, state: u8) -> Option<(Error, Cause)> {
+    pub(crate) fn cause(&self) -> Option<Cause> {
+        let state = self.state.load(Ordering::Acquire);
         let err = decode(state)?;
-        let cause = self.cause.get().cloned().unwrap_or(Cause::from(err));
-        Some((err, cause))
+        if state & CUSTOM_CAUSE == 0 {
+            return Some(Cause::from(err));
+        }
+        // Invariant 1: written under this lock before `CUSTOM_CAUSE` was published.
+        Some(self.lock().cause.clone().unwrap_or(Cause::from(err)))
+    }
+
+    /// Called with `inner` locked, before adding anything to it: marks the scope `BUSY` and
+    /// returns `Some(state)` if it is already done (invariant 2).
+    fn claim(&self) -> Option<u8> {
+        let state = self.state.load(Ordering::Acquire);
+        let state = if state & BUSY == 0 {
+            self.state.fetch_or(BUSY, Ordering::AcqRel)
+        } else {
+            state // with `BUSY` set, `ERR` only changes under the lock we hold
+        };
+        (state & ERR != LIVE).then_some(state)
+    }
+
+    /// The error and cause of a done scope, given its state and its locked `inner`.
+    fn done_reason(state: u8, inner: &Inner) -> (Error, Cause) {
+        let err = decode(state).unwrap_or(Error::Canceled);
+        let cause = match &inner.cause {
+            Some(cause) if state & CUSTOM_CAUSE != 0 => cause.clone(),
+            _ => Cause::from(err),
+        };
+        (err, cause)
     }
 
     /// Registers `child` as this scope's child on the child's link `link`, or reports why this
     /// scope is already done.
     fn attach(&self, child: &Arc<Scope>, link: usize) -> Result<(), (Error, Cause)> {
         let mut inner = self.lock();
-        if let Some(done) = self.done_reason(self.state.load(Ordering::Relaxed)) {
-            return Err(done);
+        if let Some(state) = self.claim() {
+            return Err(Scope::done_reason(state, &inner));
         }
         let index = inner.regs.insert(Reg::Child(Arc::downgrade(child)));
         child.links[link].store(index + 1, Ordering::Relaxed);
@@ -265,16 +292,39 @@ impl Scope {
         }
     }
 
-    /// Moves a live scope to done and takes its registrations. `None` if it was already done.
+    /// Moves a live scope to done and takes what it holds. `None` if it was already done.
     fn finish(&self, err: Error, cause: &Cause) -> Option<Taken> {
+        let plain = cause.is_plain(err);
+        let mut state = self.state.load(Ordering::Acquire);
+        while plain && state & BUSY == 0 {
+            if state & ERR != LIVE {
+                return None;
+            }
+            // Nothing to take and nothing to store: one swap publishes error and cause.
+            match self.state.compare_exchange_weak(
+                state,
+                state | encode(err),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Taken::default()),
+                Err(actual) => state = actual,
+            }
+        }
+
         let mut inner = self.lock();
-        if self.state.load(Ordering::Relaxed) != LIVE {
+        // `claim` sets `BUSY`, so from here on no lock-free finish can win: `ERR` only changes
+        // under the lock we hold.
+        if self.claim().is_some() {
             return None;
         }
-        let _ = self.cause.set(cause.clone());
-        self.state.store(encode(err), Ordering::Release);
+        if !plain {
+            inner.cause = Some(cause.clone()); // unseen until `CUSTOM_CAUSE` is published
+        }
+        let done = encode(err) | if plain { 0 } else { CUSTOM_CAUSE };
+        self.state.fetch_or(done, Ordering::AcqRel);
         Some(Taken {
-            regs: mem::replace(&mut inner.regs, Slab::new()),
+            regs: mem::take(&mut inner.regs),
             source: inner.source.take(),
             mirror: inner.mirror.take(),
         })
@@ -286,7 +336,7 @@ impl Scope {
             tracing::debug!(
                 target: "taskctx",
                 error = %err,
-                cause = %self.cause().map_or(String::new(), ToString::to_string),
+                cause = %self.cause().map_or(String::new(), |cause| cause.to_string()),
                 descendants,
                 "context done",
             );
@@ -298,6 +348,9 @@ impl Scope {
     fn cancel_quietly(self: &Arc<Self>, err: Error, cause: Cause) -> Option<usize> {
         let taken = self.finish(err, &cause)?;
         self.unlink();
+        if taken.is_empty() {
+            return Some(0);
+        }
         let mut released = Released::default();
         let mut stack = Vec::new();
         released.absorb(taken, &mut stack);
@@ -325,10 +378,9 @@ impl Scope {
     pub(crate) fn set_source(&self, source: Source) {
         let replaced = {
             let mut inner = self.lock();
-            if self.is_done() {
-                Some(source)
-            } else {
-                inner.source.replace(source)
+            match self.claim() {
+                Some(_) => Some(source),
+                None => inner.source.replace(source),
             }
         };
         drop(replaced);
@@ -361,10 +413,10 @@ impl Scope {
             return Poll::Ready(err);
         }
         let mut inner = self.lock();
-        if let Some(err) = self.err() {
+        if let Some(state) = self.claim() {
             drop(inner);
             *slot = 0;
-            return Poll::Ready(err);
+            return Poll::Ready(decode(state).unwrap_or(Error::Canceled));
         }
         let mut stale = None;
         match slot.checked_sub(1).and_then(|i| inner.regs.get_mut(i)) {
@@ -395,7 +447,7 @@ impl Scope {
     /// Registers an `after_func` callback; hands it back if the scope is already done.
     pub(crate) fn add_callback(&self, f: Callback) -> Result<usize, Callback> {
         let mut inner = self.lock();
-        if self.is_done() {
+        if self.claim().is_some() {
             return Err(f);
         }
         Ok(inner.regs.insert(Reg::Callback(f)) + 1)
@@ -451,7 +503,7 @@ impl Scope {
         if let Some(existing) = &inner.mirror {
             return existing.clone();
         }
-        if self.is_done() {
+        if self.claim().is_some() {
             drop(inner);
             token.cancel();
             return token;
@@ -523,6 +575,12 @@ impl Scope {
         }
         census.tasks = self.tasks.load(Ordering::Relaxed);
         census
+    }
+}
+
+impl Taken {
+    fn is_empty(&self) -> bool {
+        self.regs.len() == 0 && self.source.is_none() && self.mirror.is_none()
     }
 }
 
@@ -602,7 +660,7 @@ fn encode(err: Error) -> u8 {
 }
 
 fn decode(state: u8) -> Option<Error> {
-    match state {
+    match state & ERR {
         LIVE => None,
         CANCELED => Some(Error::Canceled),
         _ => Some(Error::DeadlineExceeded),

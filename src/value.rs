@@ -60,18 +60,18 @@ pub(crate) enum Label {
     Key(&'static str),
 }
 
-/// A context that carries one value. `V` is `dyn Any` behind the `Arc`: the value is stored
-/// inline, so deriving a value context is one allocation.
-pub(crate) struct ValueNode<V: ?Sized + Send + Sync = dyn Any + Send + Sync> {
+/// A context that carries one value. The header is sized and the value boxed, so that a
+/// lookup walks fixed offsets: one dependent load per layer.
+pub(crate) struct ValueNode {
     pub(crate) parent: Context,
     /// The scope that governs this context, cached so that queries need no walk.
     pub(crate) scope: Option<Arc<Scope>>,
     pub(crate) key: TypeId,
     pub(crate) label: Label,
-    pub(crate) value: V,
+    pub(crate) value: Box<dyn Any + Send + Sync>,
 }
 
-impl<V: ?Sized + Send + Sync> Drop for ValueNode<V> {
+impl Drop for ValueNode {
     fn drop(&mut self) {
         crate::context::release(std::mem::take(&mut self.parent));
     }

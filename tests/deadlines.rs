@@ -11,7 +11,7 @@ use tokio::time::{Instant, advance};
 const MS: Duration = Duration::from_millis(1);
 
 fn cause_text(ctx: &Context) -> Option<String> {
-    ctx.cause().map(ToString::to_string)
+    ctx.cause().map(|cause| cause.to_string())
 }
 
 #[tokio::test(start_paused = true)]

@@ -44,7 +44,7 @@ impl Rng {
 }
 
 fn cause_text(ctx: &Context) -> Option<String> {
-    ctx.cause().map(ToString::to_string)
+    ctx.cause().map(|cause| cause.to_string())
 }
 
 /// Reads `err`, `cause`, `err` and checks they never disagree: an error is never visible
