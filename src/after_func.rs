@@ -1,7 +1,7 @@
 //! The handle of an `after_func` registration.
 
+use crate::sync::{AtomicUsize, Ordering};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use crate::tree::Scope;

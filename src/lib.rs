@@ -94,11 +94,15 @@ mod future;
 mod handle;
 mod slab;
 mod source;
+mod sync;
 mod task;
 pub mod testing;
 mod timeout;
 mod tree;
 mod value;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
 
 pub use after_func::AfterFunc;
 pub use context::Context;

@@ -68,8 +68,7 @@
 
 use std::fmt;
 use std::mem;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::task::{self, Poll, Waker};
 
 use tokio::time::Instant;
@@ -79,6 +78,7 @@ use crate::context::{Context, release};
 use crate::error::{Cause, Error};
 use crate::slab::Slab;
 use crate::source::{self, Source};
+use crate::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::testing::Census;
 
 const LIVE: u8 = 0;
