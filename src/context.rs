@@ -193,7 +193,7 @@ impl Context {
     /// assert!(ctx.is_done()); // ...and so the context is already done
     /// ```
     pub fn with_cancel(&self) -> (Context, CancelHandle) {
-        let scope = Scope::new(self, Kind::Cancel);
+        let scope = Scope::new(self, Kind::Cancel, None);
         (Context::from_scope(scope.clone()), CancelHandle::new(scope))
     }
 
@@ -214,7 +214,7 @@ impl Context {
     /// assert_eq!(child.cause().unwrap().to_string(), "upstream closed the connection");
     /// ```
     pub fn with_cancel_cause(&self) -> (Context, CancelCauseHandle) {
-        let scope = Scope::new(self, Kind::Cancel);
+        let scope = Scope::new(self, Kind::Cancel, None);
         (
             Context::from_scope(scope.clone()),
             CancelCauseHandle::new(scope),
@@ -258,11 +258,17 @@ impl Context {
     /// Inside a Tokio runtime built without the time driver (`enable_time`), with Tokio's own
     /// message, like `tokio::time::sleep`. Outside any runtime it does not panic.
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelHandle) {
-        let kind = Kind::Deadline {
-            at: deadline,
-            cause: None,
-        };
-        let scope = Scope::new(self, kind);
+        self.with_deadline_at(deadline, None, None)
+    }
+
+    /// `now`, if the caller has just read the clock.
+    fn with_deadline_at(
+        &self,
+        at: Instant,
+        cause: Option<Cause>,
+        now: Option<Instant>,
+    ) -> (Context, CancelHandle) {
+        let scope = Scope::new(self, Kind::Deadline { at, cause }, now);
         (Context::from_scope(scope.clone()), CancelHandle::new(scope))
     }
 
@@ -293,12 +299,7 @@ impl Context {
         deadline: Instant,
         cause: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
     ) -> (Context, CancelHandle) {
-        let kind = Kind::Deadline {
-            at: deadline,
-            cause: Some(Cause::new(cause.into())),
-        };
-        let scope = Scope::new(self, kind);
-        (Context::from_scope(scope.clone()), CancelHandle::new(scope))
+        self.with_deadline_at(deadline, Some(Cause::new(cause.into())), None)
     }
 
     /// Derives a child that is done `timeout` from now at the latest: `with_deadline(now +
@@ -329,8 +330,9 @@ impl Context {
     ///
     /// As [`Context::with_deadline`].
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelHandle) {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.with_deadline(deadline),
+        let now = Instant::now();
+        match now.checked_add(timeout) {
+            Some(deadline) => self.with_deadline_at(deadline, None, Some(now)),
             None => self.with_cancel(),
         }
     }
@@ -360,8 +362,11 @@ impl Context {
         timeout: Duration,
         cause: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
     ) -> (Context, CancelHandle) {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.with_deadline_cause(deadline, cause),
+        let now = Instant::now();
+        match now.checked_add(timeout) {
+            Some(deadline) => {
+                self.with_deadline_at(deadline, Some(Cause::new(cause.into())), Some(now))
+            }
             None => self.with_cancel(),
         }
     }
@@ -531,7 +536,7 @@ impl Context {
     /// assert!(!request.is_done());
     /// ```
     pub fn merge(&self, other: &Context) -> Context {
-        Context::from_scope(Scope::new(self, Kind::Merge(other.clone())))
+        Context::from_scope(Scope::new(self, Kind::Merge(other.clone()), None))
     }
 
     /// Derives a child that is done when this context is or when `token` is cancelled, with
@@ -553,7 +558,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
     pub fn with_token(&self, token: CancellationToken) -> Context {
-        let scope = Scope::new(self, Kind::Token);
+        let scope = Scope::new(self, Kind::Token, None);
         if !scope.is_done() {
             match source::watch_token(&scope, token) {
                 Some(watch) => scope.set_source(watch),

@@ -38,15 +38,13 @@ pub(crate) enum Source {
     },
 }
 
-/// Arms a timer that calls [`Scope::deadline_fired`] at `at`; `None` if `at` has passed.
+/// Arms a timer that calls [`Scope::deadline_fired`] at `at`, which the caller has checked is
+/// in the future; `None` if Tokio says it has passed all the same.
 ///
 /// # Panics
 ///
 /// Inside a Tokio runtime built without the time driver, as `tokio::time::sleep` does.
 pub(crate) fn arm_timer(scope: &Arc<Scope>, at: Instant) -> Option<Source> {
-    if at <= Instant::now() {
-        return None;
-    }
     if tokio::runtime::Handle::try_current().is_err() {
         return Some(fallback_timer(scope, at));
     }

@@ -36,9 +36,10 @@
 //!
 //! [`Scope::cancel`] finishes the scope, then walks its subtree with an explicit stack (no
 //! recursion, so a chain of any length is safe), finishing every live descendant with the same
-//! error and cause. Only after the whole subtree is done does it, with no lock held: drop timers
-//! and token watches, cancel tokens handed out by `Context::token`, wake every `done()` future,
-//! then run `after_func` callbacks (a panic in one is caught and reported; the rest still run).
+//! error and cause, and dropping their timers and token watches as it goes. Only after the whole
+//! subtree is done does it, with no lock held: cancel tokens handed out by `Context::token`, wake
+//! every `done()` future, then run `after_func` callbacks (a panic in one is caught and
+//! reported; the rest still run).
 //! When any waiter or callback runs, every descendant already reports done.
 //!
 //! # Deadlock safety
@@ -149,8 +150,9 @@ pub(crate) struct Scope {
 
 impl Scope {
     /// Creates a scope under `parent` and links it into the tree. The scope is born done if a
-    /// parent already is, or if its own deadline has passed.
-    pub(crate) fn new(parent: &Context, kind: Kind) -> Arc<Scope> {
+    /// parent already is, or if its own deadline has passed. `now`, if the caller has just read
+    /// the clock, saves reading it again.
+    pub(crate) fn new(parent: &Context, kind: Kind, now: Option<Instant>) -> Arc<Scope> {
         let other = match &kind {
             Kind::Merge(other) => Some(other),
             _ => None,
@@ -187,7 +189,7 @@ impl Scope {
         if let Some((err, cause)) = refused {
             scope.cancel_quietly(err, cause);
         } else if let Some(at) = arm_at {
-            scope.arm(at);
+            scope.arm(at, now);
         }
         scope
     }
@@ -367,7 +369,10 @@ impl Scope {
     }
 
     /// Arms this scope's own deadline.
-    fn arm(self: &Arc<Self>, at: Instant) {
+    fn arm(self: &Arc<Self>, at: Instant, now: Option<Instant>) {
+        if at <= now.unwrap_or_else(Instant::now) {
+            return self.deadline_fired();
+        }
         match source::arm_timer(self, at) {
             Some(timer) => self.set_source(timer),
             None => self.deadline_fired(),
@@ -603,13 +608,13 @@ impl fmt::Debug for Scope {
     }
 }
 
-/// Everything a cancellation took out of the tree, handled once no lock is held.
+/// Everything a cancellation took out of the tree, handled once no lock is held. Small batches
+/// stay on the stack, so waking a few waiters allocates nothing.
 #[derive(Default)]
 struct Released {
-    sources: Vec<Source>,
-    mirrors: Vec<CancellationToken>,
-    wakers: Vec<Waker>,
-    callbacks: Vec<Callback>,
+    mirrors: Batch<CancellationToken>,
+    wakers: Batch<Waker>,
+    callbacks: Batch<Callback>,
 }
 
 impl Released {
@@ -621,12 +626,12 @@ impl Released {
                 Reg::Callback(f) => self.callbacks.push(f),
             }
         }
-        self.sources.extend(taken.source);
+        // A timer or token watch observes nothing: drop it now (no lock is held here).
+        drop(taken.source);
         self.mirrors.extend(taken.mirror);
     }
 
     fn run(self) {
-        drop(self.sources);
         for token in self.mirrors {
             token.cancel();
         }
@@ -636,6 +641,46 @@ impl Released {
         for f in self.callbacks {
             run_callback(f);
         }
+    }
+}
+
+/// A list that keeps its first few items inline.
+struct Batch<T> {
+    inline: [Option<T>; 4],
+    spilled: Vec<T>,
+}
+
+impl<T> Default for Batch<T> {
+    fn default() -> Self {
+        Batch {
+            inline: [None, None, None, None],
+            spilled: Vec::new(),
+        }
+    }
+}
+
+impl<T> Batch<T> {
+    fn push(&mut self, item: T) {
+        match self.inline.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(item),
+            None => self.spilled.push(item),
+        }
+    }
+
+    fn extend(&mut self, items: impl IntoIterator<Item = T>) {
+        items.into_iter().for_each(|item| self.push(item));
+    }
+}
+
+impl<T> IntoIterator for Batch<T> {
+    type Item = T;
+    type IntoIter = std::iter::Chain<
+        std::iter::Flatten<std::array::IntoIter<Option<T>, 4>>,
+        std::vec::IntoIter<T>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.inline.into_iter().flatten().chain(self.spilled)
     }
 }
 
