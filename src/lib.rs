@@ -100,6 +100,7 @@ pub mod testing;
 mod timeout;
 mod tree;
 mod value;
+mod wheel;
 
 #[cfg(all(test, loom))]
 mod loom_tests;

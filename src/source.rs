@@ -6,6 +6,9 @@
 //! `Sleep`, which takes the entry out of the wheel, so nothing outlives the context. A token
 //! watch is the same idea over the token's `cancelled()` future.
 //!
+//! On the workers of a multi-thread runtime, deadlines go into a wheel per worker instead (see
+//! `wheel.rs`), which spares every worker a trip through Tokio's one timer lock.
+//!
 //! Outside a Tokio runtime there is no timer wheel, and when a runtime shuts down Tokio fires
 //! every timer early. In both cases the deadline moves to one crate-wide thread that sleeps on
 //! the system clock (the clock `tokio::time::Instant` reads when no runtime is around).
@@ -30,6 +33,8 @@ pub(crate) enum Source {
     Tokio {
         _sleep: Pin<Box<Unconstrained<Sleep>>>,
     },
+    /// A deadline in this worker thread's wheel (multi-thread runtimes).
+    Wheel { _entry: crate::wheel::WheelEntry },
     /// A deadline on the crate's fallback timer thread.
     Fallback { _entry: FallbackEntry },
     /// A watch on a foreign `CancellationToken`.
@@ -45,6 +50,9 @@ pub(crate) enum Source {
 ///
 /// Inside a Tokio runtime built without the time driver, as `tokio::time::sleep` does.
 pub(crate) fn arm_timer(scope: &Arc<Scope>, at: Instant) -> Option<Source> {
+    if let Some(entry) = crate::wheel::insert(scope, at) {
+        return Some(Source::Wheel { _entry: entry });
+    }
     if tokio::runtime::Handle::try_current().is_err() {
         return Some(fallback_timer(scope, at));
     }

@@ -304,3 +304,74 @@ async fn deadline_fires_on_a_multi_thread_runtime_without_any_waiter() {
         .expect("callback dropped without running");
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Deadlines armed by tasks of a multi-thread runtime go into a wheel per worker thread.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_wheel_fires_deadlines_in_order_and_keeps_later_ones() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let root2 = root.clone();
+    let order = tokio::spawn(async move {
+        let short = root2.with_timeout(Duration::from_millis(20));
+        let long = root2.with_timeout(Duration::from_millis(60));
+        let never = root2.with_timeout(Duration::from_secs(3600));
+        assert_eq!(short.0.done().await, Error::DeadlineExceeded);
+        assert!(!long.0.is_done(), "a later deadline stays armed");
+        assert_eq!(long.0.done().await, Error::DeadlineExceeded);
+        assert!(!never.0.is_done());
+        assert_eq!(
+            taskctx::testing::census(&root2).timers,
+            1,
+            "only the hour is left"
+        );
+        drop(never);
+    })
+    .await;
+    order.unwrap();
+    assert!(taskctx::testing::census(&root).is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_wheel_entries_leave_when_cancelled_or_dropped() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let root2 = root.clone();
+    tokio::spawn(async move {
+        let mut live = Vec::new();
+        for i in 0..1000u64 {
+            live.push(root2.with_timeout(Duration::from_secs(60 + i)));
+        }
+        assert_eq!(taskctx::testing::census(&root2).timers, 1000);
+        for (ctx, cancel) in live.drain(..500) {
+            cancel.cancel();
+            assert_eq!(ctx.err(), Some(Error::Canceled));
+        }
+        assert_eq!(taskctx::testing::census(&root2).timers, 500);
+    })
+    .await
+    .unwrap();
+    assert!(taskctx::testing::census(&root).is_clean());
+}
+
+#[test]
+fn worker_wheel_hands_its_deadlines_to_the_timer_thread_when_the_runtime_shuts_down() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let (ctx, cancel) = runtime
+        .block_on(async {
+            tokio::spawn(async { Context::background().with_timeout(Duration::from_millis(50)) })
+                .await
+        })
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _registration = ctx.after_func(move || tx.send(()).unwrap());
+    drop(runtime); // the worker's wheel is woken early and retires
+
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the deadline still fires, on the fallback thread");
+    assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    drop(cancel);
+}

@@ -1,0 +1,338 @@
+//! Worker-local deadline wheels, for deadlines armed on a multi-thread runtime's workers.
+//!
+//! Tokio's timer driver keeps every timer behind one lock. When every worker arms and disarms a
+//! timer per request, they queue on that lock, and two workers do less than one. Go keeps a
+//! timer heap per P; this is the same idea. Each thread that arms deadlines from inside a task
+//! of a multi-thread runtime gets a wheel of its own, behind a lock that only a cancellation
+//! from another thread (or the timer itself) contends for, and driven by a single Tokio `Sleep`
+//! armed at the earliest tick the wheel holds.
+//!
+//! Only multi-thread runtimes use wheels: their clock cannot be paused, so a wheel keeps real
+//! time whichever runtime's driver fires its `Sleep`. Current-thread runtimes, where tests
+//! pause the clock, keep one Tokio timer per context (see `source.rs`).
+//!
+//! # Layout
+//!
+//! `SLOTS` buckets of one millisecond each (Tokio's own resolution). An entry due at `at` goes
+//! in tick `ceil((at - origin) / 1 ms)`, in bucket `tick % SLOTS`: a doubly linked list threaded
+//! through a slab, so inserting and removing are O(1) whatever the number of live deadlines.
+//! The `Sleep` is armed at the earliest tick known when it is armed, and at most one rotation
+//! ahead; entries due in a later rotation stay in their bucket until then.
+//!
+//! # Invariants
+//!
+//! - Every field of `State` is guarded by `Wheel::state`. No callback, waker or scope code runs
+//!   under that lock: due entries are taken out and fired after it is released, and a new
+//!   `Sleep` is polled with no lock held.
+//! - Ticks below `processed` have been fired; an insert never goes below it.
+//! - An entry is identified by its slab index and a serial number, so that removing an entry
+//!   that already fired (and whose index was reused) is a no-op.
+//! - Tokio fires a timer early only when its runtime shuts down. A wake before the armed
+//!   instant therefore retires the wheel: every entry is handed to its scope, which moves its
+//!   deadline to the crate's fallback timer thread, and the thread gets a new wheel next time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{self, Wake, Waker};
+use std::time::Duration;
+
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::task::Unconstrained;
+use tokio::time::{Instant, Sleep};
+
+use crate::slab::Slab;
+use crate::tree::Scope;
+
+const SLOTS: u64 = 1024;
+const NIL: usize = usize::MAX;
+const TICK: Duration = Duration::from_millis(1);
+
+pub(crate) struct Wheel {
+    state: Mutex<State>,
+    /// Set once the runtime that drives this wheel has shut down.
+    retired: AtomicBool,
+}
+
+struct State {
+    origin: Instant,
+    entries: Slab<Entry>,
+    heads: Vec<usize>,
+    serial: u64,
+    processed: u64,
+    /// The tick the `Sleep` is armed for, and the `Sleep`.
+    armed: Option<(u64, Pin<Box<Unconstrained<Sleep>>>)>,
+}
+
+struct Entry {
+    serial: u64,
+    tick: u64,
+    scope: Weak<Scope>,
+    prev: usize,
+    next: usize,
+}
+
+/// A scope's place in a wheel; dropping it takes the entry out.
+pub(crate) struct WheelEntry {
+    wheel: Arc<Wheel>,
+    index: usize,
+    serial: u64,
+}
+
+impl Drop for WheelEntry {
+    fn drop(&mut self) {
+        let removed = self.wheel.lock().remove(self.index, self.serial);
+        drop(removed);
+    }
+}
+
+/// What a thread knows about deadline wheels.
+struct Local {
+    /// This thread's wheel.
+    wheel: Option<Arc<Wheel>>,
+    /// The task for which we last asked whether the runtime is a multi-thread one, and the
+    /// answer.
+    checked: Option<(tokio::task::Id, bool)>,
+}
+
+std::thread_local! {
+    static LOCAL: std::cell::RefCell<Local> =
+        const { std::cell::RefCell::new(Local { wheel: None, checked: None }) };
+}
+
+/// Puts `scope`'s deadline `at` (in the future) in this thread's wheel, if this thread is
+/// running a task of a multi-thread runtime; `None` otherwise.
+pub(crate) fn insert(scope: &Arc<Scope>, at: Instant) -> Option<WheelEntry> {
+    let wheel = local_wheel()?;
+    let (index, serial, arm) = {
+        let mut state = wheel.lock();
+        let tick = state.tick_of(at).max(state.processed);
+        let serial = state.serial;
+        state.serial += 1;
+        let index = state.link(Entry {
+            serial,
+            tick,
+            scope: Arc::downgrade(scope),
+            prev: NIL,
+            next: NIL,
+        });
+        let arm = match &state.armed {
+            Some((armed, _)) if *armed <= tick => None,
+            _ => Some(tick),
+        };
+        (index, serial, arm)
+    };
+    if let Some(tick) = arm {
+        wheel.arm(tick);
+    }
+    Some(WheelEntry {
+        wheel,
+        index,
+        serial,
+    })
+}
+
+fn local_wheel() -> Option<Arc<Wheel>> {
+    let task = tokio::task::try_id()?;
+    LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        let eligible = match local.checked {
+            Some((checked, eligible)) if checked == task => eligible,
+            _ => {
+                // Cached per task: asking for the handle touches a count shared by all workers.
+                let eligible = Handle::try_current()
+                    .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
+                local.checked = Some((task, eligible));
+                eligible
+            }
+        };
+        if !eligible {
+            return None;
+        }
+        match &local.wheel {
+            Some(wheel) if !wheel.retired.load(Ordering::Acquire) => Some(wheel.clone()),
+            _ => {
+                let wheel = Arc::new(Wheel {
+                    state: Mutex::new(State {
+                        origin: Instant::now(),
+                        entries: Slab::new(),
+                        heads: vec![NIL; SLOTS as usize],
+                        serial: 0,
+                        processed: 0,
+                        armed: None,
+                    }),
+                    retired: AtomicBool::new(false),
+                });
+                local.wheel = Some(wheel.clone());
+                Some(wheel)
+            }
+        }
+    })
+}
+
+impl Wheel {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Arms the `Sleep` for `tick`, unless it is already armed no later.
+    fn arm(self: &Arc<Self>, tick: u64) {
+        let at = self.lock().instant_of(tick);
+        let mut sleep = Box::pin(tokio::task::unconstrained(tokio::time::sleep_until(at)));
+        let waker = Waker::from(Arc::new(WheelWaker(Arc::downgrade(self))));
+        if sleep
+            .as_mut()
+            .poll(&mut task::Context::from_waker(&waker))
+            .is_ready()
+        {
+            return self.fire(Some(at));
+        }
+        let replaced = {
+            let mut state = self.lock();
+            match &state.armed {
+                Some((armed, _)) if *armed <= tick => Some(sleep), // armed earlier meanwhile
+                _ => state.armed.replace((tick, sleep)).map(|(_, old)| old),
+            }
+        };
+        drop(replaced);
+    }
+
+    /// Fires what is due. `armed_at` is when the `Sleep` that woke us was due.
+    fn fire(self: &Arc<Self>, armed_at: Option<Instant>) {
+        let now = Instant::now();
+        let (due, next, old_sleep) = {
+            let mut state = self.lock();
+            let old_sleep = state.armed.take();
+            let armed_at = armed_at.or(old_sleep.as_ref().map(|(tick, _)| state.instant_of(*tick)));
+            if armed_at.is_some_and(|armed_at| now < armed_at) {
+                // Only a runtime shutting down fires a timer early: retire this wheel.
+                self.retired.store(true, Ordering::Release);
+                let due = state.drain_all();
+                (due, None, old_sleep)
+            } else {
+                let due = state.take_due(now);
+                (due, state.next_tick(), old_sleep)
+            }
+        };
+        drop(old_sleep);
+        if let Some(tick) = next {
+            self.arm(tick);
+        }
+        for scope in due.iter().filter_map(Weak::upgrade) {
+            scope.deadline_fired();
+        }
+    }
+}
+
+impl State {
+    fn tick_of(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.origin);
+        let ticks = since.as_nanos().div_ceil(TICK.as_nanos());
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+
+    fn instant_of(&self, tick: u64) -> Instant {
+        // A tick past what `Instant` can hold is never reached; a year ahead is as good.
+        let far = Duration::from_secs(365 * 24 * 3600);
+        self.origin
+            .checked_add(Duration::from_millis(tick))
+            .unwrap_or_else(|| Instant::now() + far)
+    }
+
+    fn link(&mut self, entry: Entry) -> usize {
+        let bucket = (entry.tick % SLOTS) as usize;
+        let head = self.heads[bucket];
+        let index = self.entries.insert(Entry {
+            next: head,
+            ..entry
+        });
+        if let Some(old) = self.entries.get_mut(head) {
+            old.prev = index;
+        }
+        self.heads[bucket] = index;
+        index
+    }
+
+    fn unlink(&mut self, index: usize) -> Option<Entry> {
+        let entry = self.entries.remove_if(index, |_| true)?;
+        match self.entries.get_mut(entry.prev) {
+            Some(prev) => prev.next = entry.next,
+            None => self.heads[(entry.tick % SLOTS) as usize] = entry.next,
+        }
+        if let Some(next) = self.entries.get_mut(entry.next) {
+            next.prev = entry.prev;
+        }
+        Some(entry)
+    }
+
+    fn remove(&mut self, index: usize, serial: u64) -> Option<Entry> {
+        match self.entries.get_mut(index) {
+            Some(entry) if entry.serial == serial => self.unlink(index),
+            _ => None,
+        }
+    }
+
+    /// Takes every entry due by `now`, and marks those ticks processed.
+    fn take_due(&mut self, now: Instant) -> Vec<Weak<Scope>> {
+        let now_tick = now.saturating_duration_since(self.origin).as_nanos() / TICK.as_nanos();
+        let now_tick = u64::try_from(now_tick).unwrap_or(u64::MAX);
+        let mut due = Vec::new();
+        if now_tick < self.processed {
+            return due;
+        }
+        let span = (now_tick - self.processed + 1).min(SLOTS);
+        for tick in self.processed..self.processed + span {
+            let mut index = self.heads[(tick % SLOTS) as usize];
+            while let Some(entry) = self.entries.get_mut(index) {
+                let next = entry.next;
+                if entry.tick <= now_tick {
+                    due.extend(self.unlink(index).map(|entry| entry.scope));
+                }
+                index = next;
+            }
+        }
+        self.processed = now_tick + 1;
+        due
+    }
+
+    /// The tick to wake at next: the earliest entry within one rotation, or one rotation ahead
+    /// if every entry is further out. `None` when empty.
+    fn next_tick(&mut self) -> Option<u64> {
+        if self.entries.len() == 0 {
+            return None;
+        }
+        for tick in self.processed..self.processed + SLOTS {
+            let mut index = self.heads[(tick % SLOTS) as usize];
+            while let Some(entry) = self.entries.get_mut(index) {
+                if entry.tick == tick {
+                    return Some(tick);
+                }
+                index = entry.next;
+            }
+        }
+        Some(self.processed + SLOTS)
+    }
+
+    fn drain_all(&mut self) -> Vec<Weak<Scope>> {
+        self.heads.fill(NIL);
+        std::mem::take(&mut self.entries)
+            .into_values()
+            .map(|entry| entry.scope)
+            .collect()
+    }
+}
+
+struct WheelWaker(Weak<Wheel>);
+
+impl Wake for WheelWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(wheel) = self.0.upgrade() {
+            wheel.fire(None);
+        }
+    }
+}
