@@ -555,3 +555,72 @@ fn children_dropped_while_parent_is_cancelled_leave_nothing_registered() {
         assert_eq!(left.contexts, 1, "only `other` is left: {left}");
     }
 }
+
+/// Deadlines armed by tasks of a multi-thread runtime live in per-worker wheels. Tasks on every
+/// worker arm short and long timeouts, cancel some from other threads, and let others fire:
+/// each context ends done exactly once, with the right error, and every wheel entry is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_wheels_fire_or_cancel_every_deadline_exactly_once_under_contention() {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 200;
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let fired = Arc::new(AtomicUsize::new(0));
+    let (to_cancel_tx, to_cancel_rx) = std::sync::mpsc::channel::<CancelHandle>();
+    let canceller = thread::spawn(move || {
+        for handle in to_cancel_rx {
+            handle.cancel(); // from a thread that owns no wheel
+        }
+    });
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let (root, fired, to_cancel) = (root.clone(), fired.clone(), to_cancel_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..PER_TASK {
+                let short = (i + task) % 3 == 0;
+                let timeout = if short {
+                    Duration::from_millis(1 + (i % 7) as u64)
+                } else {
+                    Duration::from_secs(3600)
+                };
+                let (ctx, cancel) = root.with_timeout(timeout);
+                let counter = fired.clone();
+                let _registration = ctx.after_func(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                });
+                if short {
+                    mine.push((ctx, Some(cancel)));
+                } else {
+                    to_cancel.send(cancel).unwrap();
+                    mine.push((ctx, None));
+                }
+                if i % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            for (ctx, handle) in &mine {
+                let err = ctx.done().await;
+                let expected = if handle.is_some() {
+                    Error::DeadlineExceeded
+                } else {
+                    Error::Canceled
+                };
+                assert_eq!(err, expected);
+            }
+        }));
+    }
+    drop(to_cancel_tx);
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("no deadline was lost")
+            .unwrap();
+    }
+    canceller.join().unwrap();
+    assert_eq!(
+        fired.load(Ordering::SeqCst),
+        TASKS * PER_TASK,
+        "each ran once"
+    );
+    taskctx::testing::assert_no_leaks(&root).await;
+}
