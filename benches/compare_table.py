@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Joins Go's context benchmarks and taskctx's port of them (benches/go_suite.rs) into tables.
+
+Both inputs are `go test -bench` style output: one line per benchmark,
+`BenchmarkName-P  N  value unit  value unit ...`. Rows are joined on the name with the `-P`
+suffix removed, in Go's order. Three tables come out:
+
+1. Go's suite: Go ns/op, taskctx ns/op, ratio Go/taskctx (above 1: taskctx is faster), B/op
+   and allocs/op of each.
+2. The context layer over a bare tokio-util CancellationToken doing the same work: each
+   `Token<Name>` row beside the taskctx row `<Name>`, with the overhead taskctx/token.
+3. Rows Go has no counterpart for (scale benchmarks, the spawn floor), with their metrics.
+
+Standard library only. Usage:
+    compare_table.py GO_OUTPUT TASKCTX_OUTPUT [--markdown FILE] [--csv FILE] [--header TEXT]
+"""
+
+import argparse
+import csv
+import re
+import sys
+
+SUFFIX = re.compile(r"-\d+$")
+CSV_FIELDS = [
+    "section", "benchmark",
+    "go_ns_op", "taskctx_ns_op", "ratio_go_over_taskctx",
+    "go_B_op", "taskctx_B_op", "go_allocs_op", "taskctx_allocs_op",
+    "token_ns_op", "taskctx_over_token", "token_B_op", "token_allocs_op",
+    "extra",
+]
+STANDARD_UNITS = ("ns/op", "B/op", "allocs/op")
+
+
+def parse(path):
+    """Benchmark name (without `Benchmark` and `-P`) -> {unit: value}, in file order."""
+    rows = {}
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or not fields[0].startswith("Benchmark"):
+                continue
+            name = SUFFIX.sub("", fields[0][len("Benchmark"):])
+            metrics = {"N": float(fields[1])}
+            for value, unit in zip(fields[2::2], fields[3::2]):
+                try:
+                    metrics[unit] = float(value)
+                except ValueError:
+                    break
+            rows[name] = metrics
+    return rows
+
+
+def ns(value):
+    """ns/op the way a reader scans it: 3 significant figures, thousands separated."""
+    if value is None:
+        return "—"
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def count(value):
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def ratio(numerator, denominator):
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def times(value):
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def extras(metrics):
+    """The metrics beyond Go's three, as `value unit` pairs."""
+    return ", ".join(f"{ns(v)} {u}" for u, v in metrics.items()
+                     if u != "N" and u not in STANDARD_UNITS)
+
+
+def build(go, ours):
+    """The three tables, each a list of dicts keyed by CSV_FIELDS."""
+    suite, tokens, extra = [], [], []
+    joined = set()
+    for name, g in go.items():
+        r = ours.get(name, {})
+        joined.add(name)
+        notes = ""
+        if "lookup-ns/op" in r:
+            notes = (f"spawn floor {ns(r['floor-ns/op'])} ns, "
+                     f"lookup ≈ {ns(r['lookup-ns/op'])} ns (same run)")
+        suite.append({
+            "section": "go", "benchmark": name,
+            "go_ns_op": g.get("ns/op"), "taskctx_ns_op": r.get("ns/op"),
+            "ratio_go_over_taskctx": ratio(g.get("ns/op"), r.get("ns/op")),
+            "go_B_op": g.get("B/op"), "taskctx_B_op": r.get("B/op"),
+            "go_allocs_op": g.get("allocs/op"), "taskctx_allocs_op": r.get("allocs/op"),
+            "extra": notes,
+        })
+    for name, t in ours.items():
+        if not name.startswith("Token"):
+            continue
+        base = name[len("Token"):]
+        r = ours.get(base, {})
+        joined.add(name)
+        tokens.append({
+            "section": "token", "benchmark": base,
+            "taskctx_ns_op": r.get("ns/op"), "token_ns_op": t.get("ns/op"),
+            "taskctx_over_token": ratio(r.get("ns/op"), t.get("ns/op")),
+            "taskctx_B_op": r.get("B/op"), "token_B_op": t.get("B/op"),
+            "taskctx_allocs_op": r.get("allocs/op"), "token_allocs_op": t.get("allocs/op"),
+            "extra": extras(r),
+        })
+    for name, r in ours.items():
+        if name in joined:
+            continue
+        extra.append({
+            "section": "extra", "benchmark": name,
+            "taskctx_ns_op": r.get("ns/op"),
+            "taskctx_B_op": r.get("B/op"), "taskctx_allocs_op": r.get("allocs/op"),
+            "extra": extras(r),
+        })
+    return suite, tokens, extra
+
+
+def tables(suite, tokens, extra):
+    """(title, header, rows of cells, right-aligned columns) for each non-empty table."""
+    out = []
+    if suite:
+        out.append((
+            "Go's suite (ratio above 1: taskctx is faster)",
+            ["benchmark", "Go ns/op", "taskctx ns/op", "Go/taskctx",
+             "Go allocs", "taskctx allocs", "Go B/op", "taskctx B/op", "notes"],
+            [[r["benchmark"], ns(r["go_ns_op"]), ns(r["taskctx_ns_op"]),
+              times(r["ratio_go_over_taskctx"]), count(r["go_allocs_op"]),
+              count(r["taskctx_allocs_op"]), count(r["go_B_op"]),
+              count(r["taskctx_B_op"]), r["extra"]] for r in suite],
+            range(1, 8),
+        ))
+    if tokens:
+        out.append((
+            "The context layer over a bare tokio-util CancellationToken doing the same work",
+            ["benchmark", "taskctx ns/op", "token ns/op", "taskctx/token",
+             "taskctx allocs", "token allocs", "taskctx B/op", "token B/op", "taskctx extra"],
+            [[r["benchmark"], ns(r["taskctx_ns_op"]), ns(r["token_ns_op"]),
+              times(r["taskctx_over_token"]), count(r["taskctx_allocs_op"]),
+              count(r["token_allocs_op"]), count(r["taskctx_B_op"]),
+              count(r["token_B_op"]), r["extra"]] for r in tokens],
+            range(1, 8),
+        ))
+    if extra:
+        out.append((
+            "Benchmarks Go lacks",
+            ["benchmark", "ns/op", "allocs/op", "B/op", "other metrics"],
+            [[r["benchmark"], ns(r["taskctx_ns_op"]), count(r["taskctx_allocs_op"]),
+              count(r["taskctx_B_op"]), r["extra"]] for r in extra],
+            range(1, 4),
+        ))
+    return out
+
+
+def markdown(header, tabled):
+    parts = [header.strip() + "\n"] if header else []
+    for title, head, rows, right in tabled:
+        align = ["---:" if i in right else "---" for i in range(len(head))]
+        lines = [f"## {title}", "", "| " + " | ".join(head) + " |",
+                 "|" + "|".join(align) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
+def text(tabled):
+    parts = []
+    for title, head, rows, right in tabled:
+        widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+
+        def fmt(cells):
+            return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+        parts.append("\n".join([f"== {title}", fmt(head)] + [fmt(r) for r in rows]))
+    return "\n\n".join(parts)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("go_output")
+    parser.add_argument("taskctx_output")
+    parser.add_argument("--markdown", help="also write the tables as markdown here")
+    parser.add_argument("--csv", help="also write every row as CSV here (for benches/chart.py)")
+    parser.add_argument("--header", default="", help="markdown put above the tables")
+    args = parser.parse_args()
+
+    go, ours = parse(args.go_output), parse(args.taskctx_output)
+    if not go or not ours:
+        sys.exit(f"no benchmark lines in {args.go_output if not go else args.taskctx_output}")
+    suite, tokens, extra = build(go, ours)
+    tabled = tables(suite, tokens, extra)
+    print(text(tabled))
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as out:
+            out.write(markdown(args.header, tabled))
+    if args.csv:
+        with open(args.csv, "w", newline="", encoding="utf-8") as out:
+            writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            for row in suite + tokens + extra:
+                writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+
+
+if __name__ == "__main__":
+    main()
