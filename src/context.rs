@@ -514,7 +514,8 @@ impl Context {
     }
 
     /// Derives a child that is done as soon as this context or `other` is, with the error and
-    /// cause of whichever was done first.
+    /// cause of whichever was done first. If both are already done when the merge is made, the
+    /// child reports this context's error and cause.
     ///
     /// Values are looked up in this context only; the deadline is the earlier of the two.
     /// Useful when work serves two lifetimes at once, such as a request and the server's
