@@ -149,6 +149,7 @@ impl Context {
     }
 
     /// The scope that decides when this context is done, if anything can.
+    #[inline]
     pub(crate) fn scope(&self) -> Option<&Arc<Scope>> {
         match &self.node {
             Node::Scope(scope) => Some(scope),
@@ -158,6 +159,7 @@ impl Context {
     }
 
     /// The context this one was derived from, along the chain values are looked up in.
+    #[inline]
     fn parent(&self) -> Option<&Context> {
         match &self.node {
             Node::Scope(scope) => Some(scope.parent()),
@@ -448,6 +450,7 @@ impl Context {
     /// assert_eq!(child.value::<u8>(), Some(&42));
     /// assert_eq!(child.value::<u16>(), None);
     /// ```
+    #[inline]
     pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.lookup(TypeId::of::<T>())?.downcast_ref()
     }
@@ -469,10 +472,12 @@ impl Context {
     /// let ctx = ctx.with_key::<Locale>("pt-BR".into());
     /// assert_eq!(ctx.get::<Locale>().map(String::as_str), Some("pt-BR"));
     /// ```
+    #[inline]
     pub fn get<K: Key>(&self) -> Option<&K::Value> {
         self.lookup(key_id::<K>())?.downcast_ref()
     }
 
+    #[inline]
     fn lookup(&self, key: TypeId) -> Option<&(dyn Any + Send + Sync)> {
         let mut current = self;
         loop {
@@ -697,6 +702,7 @@ impl Context {
     ///
     /// Cancel safe: dropping the future before it completes loses nothing, and a new one
     /// observes the same state. Use it freely in `tokio::select!` loops.
+    #[inline]
     pub fn done(&self) -> Done<'_> {
         Done::new(self.scope().map(|scope| &**scope))
     }
@@ -737,6 +743,7 @@ impl Context {
     /// drop(cancel);
     /// assert!(ctx.is_done());
     /// ```
+    #[inline]
     pub fn is_done(&self) -> bool {
         self.scope().is_some_and(|scope| scope.is_done())
     }
@@ -756,6 +763,7 @@ impl Context {
     /// cancel.cancel();
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
+    #[inline]
     pub fn err(&self) -> Option<Error> {
         self.scope().and_then(|scope| scope.err())
     }
@@ -804,6 +812,7 @@ impl Context {
     /// assert_eq!(inner.deadline(), Some(soon), "a child never outlives its parent's deadline");
     /// assert_eq!(Context::background().deadline(), None);
     /// ```
+    #[inline]
     pub fn deadline(&self) -> Option<Instant> {
         self.scope().and_then(|scope| scope.deadline())
     }

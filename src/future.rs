@@ -39,6 +39,7 @@ pub struct Done<'a> {
 }
 
 impl<'a> Done<'a> {
+    #[inline]
     pub(crate) fn new(scope: Option<&'a Scope>) -> Self {
         Done { scope, slot: 0 }
     }
@@ -47,6 +48,7 @@ impl<'a> Done<'a> {
 impl Future for Done<'_> {
     type Output = Error;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Error> {
         let this = self.get_mut();
         match this.scope {

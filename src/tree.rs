@@ -200,6 +200,7 @@ impl Scope {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    #[inline]
     pub(crate) fn parent(&self) -> &Context {
         &self.parent
     }
@@ -208,14 +209,17 @@ impl Scope {
         &self.kind
     }
 
+    #[inline]
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
 
+    #[inline]
     pub(crate) fn err(&self) -> Option<Error> {
         decode(self.state.load(Ordering::Acquire))
     }
 
+    #[inline]
     pub(crate) fn is_done(&self) -> bool {
         self.state.load(Ordering::Acquire) & ERR != LIVE
     }
@@ -412,11 +416,16 @@ impl Scope {
     }
 
     /// Polls for done on behalf of a `done()` future whose registration is `slot` (0: none).
+    #[inline]
     pub(crate) fn poll_done(&self, slot: &mut usize, cx: &mut task::Context<'_>) -> Poll<Error> {
         if let Some(err) = self.err() {
             *slot = 0;
             return Poll::Ready(err);
         }
+        self.register_waiter(slot, cx)
+    }
+
+    fn register_waiter(&self, slot: &mut usize, cx: &mut task::Context<'_>) -> Poll<Error> {
         let mut inner = self.lock();
         if let Some(state) = self.claim() {
             drop(inner);
@@ -438,10 +447,15 @@ impl Scope {
     }
 
     /// Drops the registration of a `done()` future that goes away before the scope is done.
+    #[inline]
     pub(crate) fn forget_waiter(&self, slot: usize) {
         if slot == 0 || self.is_done() {
             return;
         }
+        self.remove_waiter(slot);
+    }
+
+    fn remove_waiter(&self, slot: usize) {
         let removed = self
             .lock()
             .regs
@@ -704,6 +718,7 @@ fn encode(err: Error) -> u8 {
     }
 }
 
+#[inline]
 fn decode(state: u8) -> Option<Error> {
     match state & ERR {
         LIVE => None,
