@@ -245,18 +245,23 @@ fn deadline_created_outside_any_runtime_fires_on_its_own() {
     assert!(fired_at >= deadline.into_std(), "fired before the deadline");
 }
 
-#[test]
-fn deadline_created_outside_a_runtime_can_be_awaited_inside_one() {
-    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(30));
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Awaits `ctx.done()` in a fresh current-thread runtime; `HANG_GUARD` only catches a hang.
+fn await_done_in_a_new_runtime(ctx: &Context) -> Error {
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
-    let err = rt.block_on(async {
+    runtime.block_on(async {
         tokio::time::timeout(HANG_GUARD, ctx.done())
             .await
             .expect("never woken")
-    });
+    })
+}
+
+#[test]
+fn deadline_created_outside_a_runtime_can_be_awaited_inside_one() {
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(30));
+    let err = await_done_in_a_new_runtime(&ctx);
     assert_eq!(err, Error::DeadlineExceeded);
 }
 
@@ -271,15 +276,7 @@ fn deadline_created_in_one_runtime_is_awaited_in_another() {
     let (ctx, _cancel) = arming.block_on(async {
         Context::background().with_timeout_cause(Duration::from_millis(30), "from rt1")
     });
-    let awaiting = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let err = awaiting.block_on(async {
-        tokio::time::timeout(HANG_GUARD, ctx.done())
-            .await
-            .expect("never woken")
-    });
+    let err = await_done_in_a_new_runtime(&ctx);
     assert_eq!(err, Error::DeadlineExceeded);
     assert_eq!(ctx.cause().unwrap().to_string(), "from rt1");
     drop(arming);
@@ -299,15 +296,7 @@ fn deadline_created_in_a_runtime_that_is_gone_is_awaited_in_another() {
         !ctx.is_done() || Instant::now() >= deadline,
         "the shutdown fired the deadline early"
     );
-    let awaiting = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let err = awaiting.block_on(async {
-        tokio::time::timeout(HANG_GUARD, ctx.done())
-            .await
-            .expect("never woken")
-    });
+    let err = await_done_in_a_new_runtime(&ctx);
     assert_eq!(err, Error::DeadlineExceeded);
 }
 
