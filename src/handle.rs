@@ -70,6 +70,12 @@ impl CancelHandle {
     /// Cancels the context, and before returning every context derived from it, with
     /// [`Error::Canceled`]. Does nothing if the context is already done.
     ///
+    /// Either way, when `cancel()` returns, the context and all its descendants report done:
+    /// if another cancellation got there first (a deadline, an ancestor, another thread) and is
+    /// still walking the descendants, this call waits for the walk, as Go's does for the
+    /// parent's lock. Waking `done()` futures, cancelling tokens and running `after_func`
+    /// callbacks remain the work of the call that did the cancelling.
+    ///
     /// # Examples
     ///
     /// ```
@@ -141,7 +147,8 @@ impl CancelCauseHandle {
     /// Cancels the context with [`Error::Canceled`], recording `cause` as the reason, which the
     /// context and every context cancelled through it report from
     /// [`Context::cause`](crate::Context::cause). Does nothing if the context is already done:
-    /// the first cancellation's cause stays.
+    /// the first cancellation's cause stays. When it returns, every descendant reports done,
+    /// as with [`CancelHandle::cancel`].
     ///
     /// `cause` is any error, a `String` or a `&str`. Passing a [`Cause`] (say, another
     /// context's) records that cause itself, not a wrapper around it.

@@ -159,3 +159,28 @@ fn loom_parent_cancel_races_a_child_cancel_and_drop() {
         assert!(census(&parent).is_clean());
     });
 }
+
+#[test]
+fn loom_every_cancel_returns_after_the_subtree_is_done() {
+    loom::model(|| {
+        let (parent, cancel_parent) = Context::background().with_cancel();
+        let (child, cancel_child) = parent.with_cancel();
+        let (grandchild, _cancel_grandchild) = child.with_cancel();
+        let cancel_parent = Arc::new(cancel_parent);
+        let racers = [0, 1].map(|racer| {
+            let grandchild = grandchild.clone();
+            let cancel_parent = cancel_parent.clone();
+            thread::spawn(move || {
+                cancel_parent.cancel();
+                // The loser may find the parent done while the winner is still walking.
+                assert!(grandchild.is_done(), "racer {racer} returned too early");
+            })
+        });
+        // A third walk, from halfway down, that the parent's walk must wait for.
+        cancel_child.cancel();
+        assert!(grandchild.is_done());
+        for racer in racers {
+            racer.join().unwrap();
+        }
+    });
+}

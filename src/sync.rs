@@ -4,8 +4,35 @@
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 #[cfg(loom)]
-pub(crate) use loom::sync::{Mutex, MutexGuard};
+pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 #[cfg(not(loom))]
-pub(crate) use std::sync::{Mutex, MutexGuard};
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// Where threads sleep while another thread's cancellation finishes walking a subtree
+/// (`Scope::wait_settled` in `tree.rs`). One for the process: such sleeps are rare and short.
+pub(crate) struct ParkingLot {
+    pub(crate) mutex: Mutex<()>,
+    pub(crate) condvar: Condvar,
+}
+
+#[cfg(not(loom))]
+pub(crate) fn parking_lot() -> &'static ParkingLot {
+    static LOT: ParkingLot = ParkingLot {
+        mutex: Mutex::new(()),
+        condvar: Condvar::new(),
+    };
+    &LOT
+}
+
+#[cfg(loom)]
+pub(crate) fn parking_lot() -> &'static ParkingLot {
+    loom::lazy_static! {
+        static ref LOT: ParkingLot = ParkingLot {
+            mutex: Mutex::new(()),
+            condvar: Condvar::new(),
+        };
+    }
+    &LOT
+}

@@ -15,6 +15,9 @@
 //! - `BUSY`: `inner` may hold something that finishing must take (children, waiters,
 //!   callbacks, a timer or token watch, a mirror token). Set under the lock before anything is
 //!   added; never cleared while live.
+//! - `PROPAGATING`: set together with `ERR` by a finish that took registrations, cleared once
+//!   that cancellation has finished every scope below this one (see "Who wakes whom").
+//! - `SLEEPER`: a thread sleeps until `PROPAGATING` clears and must be notified.
 //!
 //! [`Scope::finish`] is the only way `ERR` is set. If `BUSY` is clear and the cause is plain,
 //! it is a single compare-and-swap from a value without `BUSY`; otherwise it takes the lock,
@@ -34,13 +37,28 @@
 //!
 //! # Who wakes whom
 //!
-//! [`Scope::cancel`] finishes the scope, then walks its subtree with an explicit stack (no
-//! recursion, so a chain of any length is safe), finishing every live descendant with the same
-//! error and cause, and dropping their timers and token watches as it goes. Only after the whole
-//! subtree is done does it, with no lock held: cancel tokens handed out by `Context::token`, wake
-//! every `done()` future, then run `after_func` callbacks (a panic in one is caught and
-//! reported; the rest still run).
+//! [`Scope::cancel`] finishes the scope, then walks its subtree depth first with an explicit
+//! stack (no recursion, so a chain of any length is safe), finishing every live descendant with
+//! the same error and cause, and dropping their timers and token watches as it goes. Only after
+//! the whole subtree is done does it, with no lock held: cancel tokens handed out by
+//! `Context::token`, wake every `done()` future, then run `after_func` callbacks (a panic in one
+//! is caught and reported; the rest still run).
 //! When any waiter or callback runs, every descendant already reports done.
+//!
+//! Another cancellation may have finished a scope first and still be walking below it: a
+//! second `cancel()` of that scope, a deadline firing, or a walk from an ancestor that reaches
+//! it. Go's answer is to walk the children under the parent's lock, so the late comer blocks;
+//! here the walk holds no lock, and `PROPAGATING` says instead that it is not over. A
+//! cancellation that finds a scope done and `PROPAGATING` waits (in [`Scope::wait_settled`])
+//! until it clears. Hence, whoever calls it: **when `cancel()` returns, every descendant
+//! reports done.** The walker clears a scope's bit when the walk leaves that scope, after its
+//! subtree, waits included; only then does the scope leave its parents' registrations, so a
+//! cancellation of a parent still finds it and waits. These waits cannot deadlock: a thread waits only with no lock
+//! held, for a scope strictly below the one it is walking, and the only bits it holds belong
+//! to the scopes on its current path, which are above that one; following who waits for whom
+//! always leads further down an acyclic tree, so it ends at a thread that is not waiting.
+//! No user code runs during a walk (the scopes a walk touches are dropped after it), so none
+//! can re-enter a wait on a bit its own thread holds.
 //!
 //! # Deadlock safety
 //!
@@ -79,7 +97,7 @@ use crate::context::{Context, release};
 use crate::error::{Cause, Error};
 use crate::slab::Slab;
 use crate::source::{self, Source};
-use crate::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering, parking_lot};
 use crate::testing::Census;
 
 const LIVE: u8 = 0;
@@ -88,6 +106,8 @@ const DEADLINE_EXCEEDED: u8 = 2;
 const ERR: u8 = 0b0011;
 const CUSTOM_CAUSE: u8 = 0b0100;
 const BUSY: u8 = 0b1000;
+const PROPAGATING: u8 = 0b1_0000;
+const SLEEPER: u8 = 0b10_0000;
 
 /// What made a scope, and what it needs beyond the common fields.
 pub(crate) enum Kind {
@@ -327,7 +347,10 @@ impl Scope {
         if !plain {
             inner.cause = Some(cause.clone()); // unseen until `CUSTOM_CAUSE` is published
         }
-        let done = encode(err) | if plain { 0 } else { CUSTOM_CAUSE };
+        let mut done = encode(err) | if plain { 0 } else { CUSTOM_CAUSE };
+        if inner.regs.len() != 0 {
+            done |= PROPAGATING; // one store with `ERR`: no one sees the one without the other
+        }
         self.state.fetch_or(done, Ordering::AcqRel);
         Some(Taken {
             regs: mem::take(&mut inner.regs),
@@ -350,26 +373,90 @@ impl Scope {
     }
 
     /// [`Scope::cancel`] without the event; returns how many descendants it finished, or `None`
-    /// if this scope was already done.
+    /// if this scope was already done (and then only once that cancellation has reached every
+    /// descendant).
     fn cancel_quietly(self: &Arc<Self>, err: Error, cause: Cause) -> Option<usize> {
-        let taken = self.finish(err, &cause)?;
-        self.unlink();
-        if taken.is_empty() {
-            return Some(0);
+        let Some(taken) = self.finish(err, &cause) else {
+            self.wait_settled();
+            return None;
+        };
+        if taken.regs.len() == 0 {
+            self.unlink();
+            if taken.is_empty() {
+                return Some(0);
+            }
         }
+        let propagating = taken.regs.len() != 0;
         let mut released = Released::default();
         let mut stack = Vec::new();
         released.absorb(taken, &mut stack);
         let mut descendants = 0;
-        while let Some(scope) = stack.pop() {
-            if let Some(taken) = scope.finish(err, &cause) {
-                descendants += 1;
-                scope.unlink(); // from a merge's other parent, which may still be live
-                released.absorb(taken, &mut stack);
+        while let Some(step) = stack.pop() {
+            match step {
+                Step::Enter(scope) => {
+                    match scope.finish(err, &cause) {
+                        Some(taken) if taken.regs.len() != 0 => {
+                            descendants += 1;
+                            stack.push(Step::Leave(scope));
+                            released.absorb(taken, &mut stack);
+                            continue;
+                        }
+                        Some(taken) => {
+                            descendants += 1;
+                            scope.unlink(); // from a merge's other parent, which may be live
+                            released.absorb(taken, &mut stack);
+                        }
+                        // Finished by another cancellation, which may still be below it.
+                        None => scope.wait_settled(),
+                    }
+                    released.scopes.push(scope);
+                }
+                Step::Leave(scope) => {
+                    scope.settle();
+                    released.scopes.push(scope);
+                }
             }
+        }
+        if propagating {
+            self.settle();
         }
         released.run();
         Some(descendants)
+    }
+
+    /// Returns once no cancellation is walking below this done scope (see "Who wakes whom").
+    fn wait_settled(&self) {
+        // Most walks are a few scopes long: spin briefly before sleeping.
+        for _ in 0..=SPINS {
+            if self.state.load(Ordering::Acquire) & PROPAGATING == 0 {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        let lot = parking_lot();
+        let mut guard = lot.mutex.lock().unwrap_or_else(PoisonError::into_inner);
+        // One read-modify-write on `state` each, here and in `settle`, so the two are ordered:
+        // either this sees the bit clear, or `settle` sees `SLEEPER` and notifies under the
+        // lot's lock, which this thread holds until it sleeps.
+        let mut state = self.state.fetch_or(SLEEPER, Ordering::AcqRel);
+        while state & PROPAGATING != 0 {
+            guard = lot
+                .condvar
+                .wait(guard)
+                .unwrap_or_else(PoisonError::into_inner);
+            state = self.state.load(Ordering::Acquire);
+        }
+    }
+
+    /// Ends this scope's walk: leaves its parents (not before, or a cancellation of a parent
+    /// would not find it and wait), clears `PROPAGATING` and wakes whoever waits for it.
+    fn settle(&self) {
+        self.unlink();
+        if self.state.fetch_and(!PROPAGATING, Ordering::AcqRel) & SLEEPER != 0 {
+            let lot = parking_lot();
+            drop(lot.mutex.lock().unwrap_or_else(PoisonError::into_inner));
+            lot.condvar.notify_all();
+        }
     }
 
     /// Arms this scope's own deadline.
@@ -622,20 +709,34 @@ impl fmt::Debug for Scope {
     }
 }
 
+/// One step of a cancellation's depth-first walk.
+enum Step {
+    /// Finish this scope and push its children.
+    Enter(Arc<Scope>),
+    /// This scope's subtree is done: clear its `PROPAGATING`.
+    Leave(Arc<Scope>),
+}
+
+/// How many times [`Scope::wait_settled`] polls before it sleeps.
+const SPINS: usize = if cfg!(loom) { 0 } else { 100 };
+
 /// Everything a cancellation took out of the tree, handled once no lock is held. Small batches
 /// stay on the stack, so waking a few waiters allocates nothing.
 #[derive(Default)]
 struct Released {
+    /// The scopes the walk reached: dropping the last handle to one may run user code (a
+    /// value's `Drop`), which must not run while the walk holds `PROPAGATING` bits.
+    scopes: Batch<Arc<Scope>>,
     mirrors: Batch<CancellationToken>,
     wakers: Batch<Waker>,
     callbacks: Batch<Callback>,
 }
 
 impl Released {
-    fn absorb(&mut self, taken: Taken, stack: &mut Vec<Arc<Scope>>) {
+    fn absorb(&mut self, taken: Taken, stack: &mut Vec<Step>) {
         for reg in taken.regs.into_values() {
             match reg {
-                Reg::Child(child) => stack.extend(child.upgrade()),
+                Reg::Child(child) => stack.extend(child.upgrade().map(Step::Enter)),
                 Reg::Waiter(waker) => self.wakers.push(waker),
                 Reg::Callback(f) => self.callbacks.push(f),
             }
@@ -646,6 +747,7 @@ impl Released {
     }
 
     fn run(self) {
+        drop(self.scopes);
         for token in self.mirrors {
             token.cancel();
         }

@@ -624,3 +624,54 @@ async fn worker_wheels_fire_or_cancel_every_deadline_exactly_once_under_contenti
     );
     taskctx::testing::assert_no_leaks(&root).await;
 }
+
+/// Whichever call wins, every `cancel()` that returns has seen the whole subtree done: the
+/// late comers wait for the walk in progress (Go blocks them on the parent's lock). Three
+/// cancellers meet on one tree: two on the root, one halfway down, where a merge also joins a
+/// second branch, so walks overlap and cross.
+#[test]
+fn every_cancel_returns_only_after_the_whole_subtree_is_done() {
+    const ITERATIONS: u64 = 300;
+    const DEPTH: usize = 64;
+    for iteration in 0..ITERATIONS {
+        let (root, cancel_root) = Context::background().with_cancel();
+        let mut chain = vec![root.clone()];
+        let mut handles = Vec::new();
+        for _ in 0..DEPTH {
+            let (child, handle) = chain.last().unwrap().with_value(iteration).with_cancel();
+            chain.push(child);
+            handles.push(handle);
+        }
+        let (branch, _branch_handle) = root.with_cancel();
+        let merged = chain[DEPTH / 2].merge(&branch);
+        let (below_merge, _below) = merged.with_cancel();
+        let middle = handles.remove(DEPTH / 2 - 1);
+        let leaves = [chain[DEPTH].clone(), below_merge];
+        let cancel_root = Arc::new(cancel_root);
+        let barrier = Barrier::new(3);
+        thread::scope(|s| {
+            for canceller in 0..3 {
+                let (barrier, leaves, cancel_root, middle) =
+                    (&barrier, &leaves, &cancel_root, &middle);
+                s.spawn(move || {
+                    let mut rng = Rng::new(iteration * 3 + canceller);
+                    barrier.wait();
+                    rng.spin(2_000);
+                    if canceller == 2 {
+                        middle.cancel();
+                    } else {
+                        cancel_root.cancel();
+                    }
+                    // The middle canceller's subtree holds the chain's leaf and the merge.
+                    for leaf in leaves {
+                        assert!(
+                            leaf.is_done(),
+                            "cancel() returned, a descendant is live: canceller {canceller}, {leaf}"
+                        );
+                    }
+                });
+            }
+        });
+        assert!(chain.iter().all(Context::is_done));
+    }
+}
