@@ -403,7 +403,7 @@ impl Scope {
         }
         let propagating = taken.regs.len() != 0;
         let mut released = Released::default();
-        let mut stack = Vec::new();
+        let mut stack = Stack::default();
         released.absorb(taken, &mut stack);
         let mut descendants = 0;
         while let Some(step) = stack.pop() {
@@ -748,7 +748,7 @@ struct Released {
 }
 
 impl Released {
-    fn absorb(&mut self, taken: Taken, stack: &mut Vec<Step>) {
+    fn absorb(&mut self, taken: Taken, stack: &mut Stack<Step>) {
         for reg in taken.regs.into_values() {
             match reg {
                 Reg::Child(child) => stack.extend(child.upgrade().map(Step::Enter)),
@@ -815,6 +815,48 @@ impl<T> IntoIterator for Batch<T> {
     }
 }
 
+/// A last-in first-out stack that keeps its first few items inline, so that a walk over a few
+/// scopes allocates nothing. Invariant: `spilled` is empty unless `inline` is full.
+struct Stack<T> {
+    inline: [Option<T>; 4],
+    len: usize,
+    spilled: Vec<T>,
+}
+
+impl<T> Default for Stack<T> {
+    fn default() -> Self {
+        Stack {
+            inline: [None, None, None, None],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
+}
+
+impl<T> Stack<T> {
+    fn push(&mut self, item: T) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(item);
+                self.len += 1;
+            }
+            None => self.spilled.push(item),
+        }
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        if let Some(item) = self.spilled.pop() {
+            return Some(item);
+        }
+        self.len = self.len.checked_sub(1)?;
+        self.inline[self.len].take()
+    }
+
+    fn extend(&mut self, items: impl IntoIterator<Item = T>) {
+        items.into_iter().for_each(|item| self.push(item));
+    }
+}
+
 /// Runs an `after_func` callback. A panic is caught and reported, never propagated: the
 /// canceller may be a timer or another task that has nothing to do with the callback.
 pub(crate) fn run_callback(f: Callback) {
@@ -874,5 +916,19 @@ mod tests {
         ] {
             assert!(at >= 112, "{name} at byte {at}");
         }
+    }
+
+    #[test]
+    fn walk_stack_is_last_in_first_out_across_the_spill() {
+        let mut stack = Stack::default();
+        stack.extend(0..6);
+        assert_eq!(stack.pop(), Some(5));
+        assert_eq!(stack.pop(), Some(4));
+        assert_eq!(stack.pop(), Some(3));
+        stack.push(10);
+        stack.push(11);
+        let rest: Vec<_> = std::iter::from_fn(|| stack.pop()).collect();
+        assert_eq!(rest, [11, 10, 2, 1, 0]);
+        assert_eq!(stack.pop(), None);
     }
 }
