@@ -198,20 +198,37 @@ impl Scope {
         // timer has already cancelled this scope: no timer of its own is needed.
         let arm_at = own.filter(|at| inherited.is_none_or(|inherited| *at < inherited));
         let is_merge = other.is_some();
+        // A parent seen done stays done: the scope is born done with its reason, without
+        // taking the parent's lock or linking (a parent being cancelled right now is seen live
+        // here and refuses the link below instead).
+        let born_done = [Some(parent), other]
+            .into_iter()
+            .flatten()
+            .find_map(|parent| Some((parent.err()?, parent.cause()?)));
+        let is_born_done = born_done.is_some();
+        let (state, cause) = match born_done {
+            None if is_merge => (BUSY, None),
+            None => (LIVE, None),
+            Some((err, cause)) if cause.is_plain(err) => (encode(err), None),
+            Some((err, cause)) => (encode(err) | CUSTOM_CAUSE, Some(cause)),
+        };
         let scope = Arc::new(Scope {
             parent: parent.clone(),
             kind,
             deadline: earliest(inherited, own),
-            state: AtomicU8::new(if is_merge { BUSY } else { LIVE }),
+            state: AtomicU8::new(state),
             links: [AtomicUsize::new(0), AtomicUsize::new(0)],
             tasks: AtomicUsize::new(0),
             inner: Mutex::new(Inner {
                 regs: Slab::new(),
-                cause: None,
+                cause,
                 source: None,
                 mirror: None,
             }),
         });
+        if is_born_done {
+            return scope;
+        }
 
         let refused = {
             // A merge links into two parents while holding its own lock (see "Deadlock safety").
