@@ -422,7 +422,7 @@ impl Scope {
         }
         let propagating = taken.regs.len() != 0;
         let mut released = Released::default();
-        let mut stack = Stack::default();
+        let mut stack = Batch::default();
         released.absorb(taken, &mut stack);
         let mut descendants = 0;
         while let Some(step) = stack.pop() {
@@ -767,7 +767,7 @@ struct Released {
 }
 
 impl Released {
-    fn absorb(&mut self, taken: Taken, stack: &mut Stack<Step>) {
+    fn absorb(&mut self, taken: Taken, stack: &mut Batch<Step>) {
         for reg in taken.regs.into_values() {
             match reg {
                 Reg::Child(child) => stack.extend(child.upgrade().map(Step::Enter)),
@@ -794,9 +794,12 @@ impl Released {
     }
 }
 
-/// A list that keeps its first few items inline.
+/// A list that keeps its first few items inline, so that waking a few waiters or walking a few
+/// scopes allocates nothing: popped last in first out (the walk), iterated in insertion order
+/// (what a cancellation releases). Invariant: `spilled` is empty unless `inline` is full.
 struct Batch<T> {
     inline: [Option<T>; 4],
+    len: usize,
     spilled: Vec<T>,
 }
 
@@ -804,55 +807,13 @@ impl<T> Default for Batch<T> {
     fn default() -> Self {
         Batch {
             inline: [None, None, None, None],
-            spilled: Vec::new(),
-        }
-    }
-}
-
-impl<T> Batch<T> {
-    fn push(&mut self, item: T) {
-        match self.inline.iter_mut().find(|slot| slot.is_none()) {
-            Some(slot) => *slot = Some(item),
-            None => self.spilled.push(item),
-        }
-    }
-
-    fn extend(&mut self, items: impl IntoIterator<Item = T>) {
-        items.into_iter().for_each(|item| self.push(item));
-    }
-}
-
-impl<T> IntoIterator for Batch<T> {
-    type Item = T;
-    type IntoIter = std::iter::Chain<
-        std::iter::Flatten<std::array::IntoIter<Option<T>, 4>>,
-        std::vec::IntoIter<T>,
-    >;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.inline.into_iter().flatten().chain(self.spilled)
-    }
-}
-
-/// A last-in first-out stack that keeps its first few items inline, so that a walk over a few
-/// scopes allocates nothing. Invariant: `spilled` is empty unless `inline` is full.
-struct Stack<T> {
-    inline: [Option<T>; 4],
-    len: usize,
-    spilled: Vec<T>,
-}
-
-impl<T> Default for Stack<T> {
-    fn default() -> Self {
-        Stack {
-            inline: [None, None, None, None],
             len: 0,
             spilled: Vec::new(),
         }
     }
 }
 
-impl<T> Stack<T> {
+impl<T> Batch<T> {
     fn push(&mut self, item: T) {
         match self.inline.get_mut(self.len) {
             Some(slot) => {
@@ -873,6 +834,18 @@ impl<T> Stack<T> {
 
     fn extend(&mut self, items: impl IntoIterator<Item = T>) {
         items.into_iter().for_each(|item| self.push(item));
+    }
+}
+
+impl<T> IntoIterator for Batch<T> {
+    type Item = T;
+    type IntoIter = std::iter::Chain<
+        std::iter::Flatten<std::array::IntoIter<Option<T>, 4>>,
+        std::vec::IntoIter<T>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.inline.into_iter().flatten().chain(self.spilled)
     }
 }
 
@@ -957,7 +930,7 @@ mod tests {
 
     #[test]
     fn walk_stack_is_last_in_first_out_across_the_spill() {
-        let mut stack = Stack::default();
+        let mut stack = Batch::default();
         stack.extend(0..6);
         assert_eq!(stack.pop(), Some(5));
         assert_eq!(stack.pop(), Some(4));
