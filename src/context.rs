@@ -988,7 +988,17 @@ impl fmt::Debug for Context {
 /// Each node owns its parent, so letting the last handle to a long chain drop would recurse once
 /// per node and overflow the stack. Instead, every node that this drop is the last owner of is
 /// emptied of its parents before it is dropped, and the parents are handled in this loop.
+#[inline]
 pub(crate) fn release(ctx: Context) {
+    // Roots own nothing, and most parents are still held by someone else.
+    match &ctx.node {
+        Node::Background | Node::Todo => {}
+        Node::Scope(scope) if Arc::strong_count(scope) > 1 => drop(ctx),
+        _ => release_chain(ctx),
+    }
+}
+
+fn release_chain(ctx: Context) {
     let mut next = Some(ctx);
     let mut others = Vec::new(); // only merges put anything here
     while let Some(ctx) = next.take().or_else(|| others.pop()) {

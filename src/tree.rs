@@ -144,8 +144,17 @@ struct Inner {
     mirror: Option<CancellationToken>,
 }
 
-/// What [`Scope::finish`] takes out of a scope, to be handled with no lock held.
-#[derive(Default)]
+/// What [`Scope::finish`] did.
+enum Finished {
+    /// Another cancellation finished the scope first.
+    Already,
+    /// Finished by the lock-free swap: the scope held nothing.
+    Bare,
+    /// Finished under the lock; what it held, to be handled with no lock held.
+    Took(Taken),
+}
+
+/// What [`Scope::finish`] takes out of a scope.
 struct Taken {
     regs: Slab<Reg>,
     source: Option<Source>,
@@ -318,13 +327,22 @@ impl Scope {
     }
 
     /// Removes this scope from the registrations of every parent it is linked into.
+    #[inline]
     fn unlink(&self) {
+        // Plain loads first: most scopes have one link or none left, and a swap is a
+        // read-modify-write even when it finds nothing.
+        if self
+            .links
+            .iter()
+            .any(|slot| slot.load(Ordering::Relaxed) != 0)
+        {
+            self.unlink_slow();
+        }
+    }
+
+    #[inline(never)] // keeps the check above small enough to inline
+    fn unlink_slow(&self) {
         for (link, slot) in self.links.iter().enumerate() {
-            // A plain load first: most scopes have one link or none left, and a swap is a
-            // read-modify-write even when it finds nothing.
-            if slot.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
             let slot = slot.swap(0, Ordering::Relaxed);
             if slot == 0 {
                 continue;
@@ -352,13 +370,13 @@ impl Scope {
         }
     }
 
-    /// Moves a live scope to done and takes what it holds. `None` if it was already done.
-    fn finish(&self, err: Error, cause: &Cause) -> Option<Taken> {
+    /// Moves a live scope to done and takes what it holds.
+    fn finish(&self, err: Error, cause: &Cause) -> Finished {
         let plain = cause.is_plain(err);
         let mut state = self.state.load(Ordering::Acquire);
         while plain && state & BUSY == 0 {
             if state & ERR != LIVE {
-                return None;
+                return Finished::Already;
             }
             // Nothing to take and nothing to store: one swap publishes error and cause.
             match self.state.compare_exchange_weak(
@@ -367,7 +385,7 @@ impl Scope {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Some(Taken::default()),
+                Ok(_) => return Finished::Bare,
                 Err(actual) => state = actual,
             }
         }
@@ -376,7 +394,7 @@ impl Scope {
         // `claim` sets `BUSY`, so from here on no lock-free finish can win: `ERR` only changes
         // under the lock we hold.
         if self.claim().is_some() {
-            return None;
+            return Finished::Already;
         }
         if !plain {
             inner.cause = Some(cause.clone()); // unseen until `CUSTOM_CAUSE` is published
@@ -386,7 +404,7 @@ impl Scope {
             done |= PROPAGATING; // one store with `ERR`: no one sees the one without the other
         }
         self.state.fetch_or(done, Ordering::AcqRel);
-        Some(Taken {
+        Finished::Took(Taken {
             regs: mem::take(&mut inner.regs),
             source: inner.source.take(),
             mirror: inner.mirror.take(),
@@ -410,9 +428,16 @@ impl Scope {
     /// if this scope was already done (and then only once that cancellation has reached every
     /// descendant).
     fn cancel_quietly(self: &Arc<Self>, err: Error, cause: Cause) -> Option<usize> {
-        let Some(taken) = self.finish(err, &cause) else {
-            self.wait_settled();
-            return None;
+        let taken = match self.finish(err, &cause) {
+            Finished::Already => {
+                self.wait_settled();
+                return None;
+            }
+            Finished::Bare => {
+                self.unlink();
+                return Some(0);
+            }
+            Finished::Took(taken) => taken,
         };
         if taken.regs.len() == 0 {
             self.unlink();
@@ -429,19 +454,23 @@ impl Scope {
             match step {
                 Step::Enter(scope) => {
                     match scope.finish(err, &cause) {
-                        Some(taken) if taken.regs.len() != 0 => {
+                        Finished::Took(taken) if taken.regs.len() != 0 => {
                             descendants += 1;
                             stack.push(Step::Leave(scope));
                             released.absorb(taken, &mut stack);
                             continue;
                         }
-                        Some(taken) => {
+                        Finished::Took(taken) => {
                             descendants += 1;
                             scope.unlink(); // from a merge's other parent, which may be live
                             released.absorb(taken, &mut stack);
                         }
+                        Finished::Bare => {
+                            descendants += 1;
+                            scope.unlink();
+                        }
                         // Finished by another cancellation, which may still be below it.
-                        None => scope.wait_settled(),
+                        Finished::Already => scope.wait_settled(),
                     }
                     released.scopes.push(scope);
                 }
