@@ -177,17 +177,30 @@ impl Wheel {
     }
 
     /// Arms the `Sleep` for `tick`, unless it is already armed no later.
+    ///
+    /// The `Sleep` is polled with no lock held, so it may fire before it is stored: its
+    /// `fire` then runs without seeing it, and the `Sleep` stored afterwards would never wake
+    /// again, blocking every later arm on this wheel. Its waker's `fired` flag says so; the
+    /// flag is set before that `fire` takes the lock, so reading it after the store (which
+    /// takes the same lock) cannot miss it, and the wheel is then fired again from here.
     fn arm(self: &Arc<Self>, tick: u64) {
         let at = self.lock().instant_of(tick);
         let mut sleep = Box::pin(tokio::task::unconstrained(tokio::time::sleep_until(at)));
-        let waker = Waker::from(Arc::new(WheelWaker(Arc::downgrade(self))));
+        let wheel_waker = Arc::new(WheelWaker {
+            wheel: Arc::downgrade(self),
+            at,
+            fired: AtomicBool::new(false),
+        });
+        let waker = Waker::from(wheel_waker.clone());
         if sleep
             .as_mut()
             .poll(&mut task::Context::from_waker(&waker))
             .is_ready()
         {
-            return self.fire(Some(at));
+            return self.fire(at);
         }
+        #[cfg(test)]
+        tests::pause_after_poll();
         let replaced = {
             let mut state = self.lock();
             match &state.armed {
@@ -196,16 +209,19 @@ impl Wheel {
             }
         };
         drop(replaced);
+        if wheel_waker.fired.load(Ordering::Acquire) {
+            self.fire(at);
+        }
     }
 
-    /// Fires what is due. `armed_at` is when the `Sleep` that woke us was due.
-    fn fire(self: &Arc<Self>, armed_at: Option<Instant>) {
+    /// Fires what is due. `armed_at` is when the `Sleep` that woke us was due; whatever
+    /// `Sleep` is armed now is replaced by one for the next tick due.
+    fn fire(self: &Arc<Self>, armed_at: Instant) {
         let now = Instant::now();
         let (due, next, old_sleep) = {
             let mut state = self.lock();
             let old_sleep = state.armed.take();
-            let armed_at = armed_at.or(old_sleep.as_ref().map(|(tick, _)| state.instant_of(*tick)));
-            if armed_at.is_some_and(|armed_at| now < armed_at) {
+            if now < armed_at {
                 // Only a runtime shutting down fires a timer early: retire this wheel.
                 self.retired.store(true, Ordering::Release);
                 let due = state.drain_all();
@@ -323,7 +339,14 @@ impl State {
     }
 }
 
-struct WheelWaker(Weak<Wheel>);
+/// The waker of one armed `Sleep`.
+struct WheelWaker {
+    wheel: Weak<Wheel>,
+    /// When that `Sleep` is due: a wake before it means the runtime is shutting down.
+    at: Instant,
+    /// Set when Tokio wakes it, before the wheel is fired (see [`Wheel::arm`]).
+    fired: AtomicBool,
+}
 
 impl Wake for WheelWaker {
     fn wake(self: Arc<Self>) {
@@ -331,8 +354,59 @@ impl Wake for WheelWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(wheel) = self.0.upgrade() {
-            wheel.fire(None);
+        self.fired.store(true, Ordering::Release);
+        if let Some(wheel) = self.wheel.upgrade() {
+            wheel.fire(self.at);
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::cell::Cell;
+    use std::time::Duration;
+
+    use crate::{Context, Error};
+
+    std::thread_local! {
+        static PAUSE: Cell<Duration> = const { Cell::new(Duration::ZERO) };
+    }
+
+    /// Widens the window between polling a new `Sleep` and storing it, on this thread.
+    pub(super) fn pause_after_poll() {
+        let pause = PAUSE.with(Cell::get);
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+
+    /// A `Sleep` that fires before `arm` stores it must not leave the wheel armed with a
+    /// `Sleep` that never wakes again: later deadlines on the same worker still fire.
+    #[test]
+    fn a_sleep_that_fires_before_it_is_stored_does_not_stall_the_wheel() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let outcome = tokio::spawn(async {
+                // The other worker drives the timer while this one pauses 20 ms after polling
+                // the 1 ms `Sleep`, so it fires inside the window.
+                PAUSE.with(|pause| pause.set(Duration::from_millis(20)));
+                let (first, _cancel_first) =
+                    Context::background().with_timeout(Duration::from_millis(1));
+                PAUSE.with(|pause| pause.set(Duration::ZERO));
+                let first = tokio::time::timeout(Duration::from_secs(10), first.done()).await;
+                let (second, _cancel_second) =
+                    Context::background().with_timeout(Duration::from_millis(30));
+                let second = tokio::time::timeout(Duration::from_secs(10), second.done()).await;
+                (first, second)
+            })
+            .await
+            .unwrap();
+            assert_eq!(outcome.0, Ok(Error::DeadlineExceeded));
+            assert_eq!(outcome.1, Ok(Error::DeadlineExceeded), "the wheel stalled");
+        });
     }
 }
