@@ -227,7 +227,10 @@ impl Context {
     /// [`Error::DeadlineExceeded`] if the deadline fires first.
     ///
     /// The child's [`deadline`](Context::deadline) is the earlier of `deadline` and this
-    /// context's. A deadline at or before now gives a child that is already done. Time is Tokio
+    /// context's. A deadline at or before now gives a child that is already done, with
+    /// [`Error::DeadlineExceeded`] and this call's cause, even when an earlier deadline of this
+    /// context has passed but its timer has not run yet (Go's `WithDeadline` returns a live
+    /// child then, until the parent's timer fires). Time is Tokio
     /// time, so `tokio::time::pause` and `advance` control it in tests.
     ///
     /// Arming the deadline costs no task: it sits in Tokio's timer wheel and is taken out when

@@ -204,8 +204,14 @@ impl Scope {
             _ => None,
         };
         // A deadline no earlier than an inherited one would only fire after the ancestor's
-        // timer has already cancelled this scope: no timer of its own is needed.
-        let arm_at = own.filter(|at| inherited.is_none_or(|inherited| *at < inherited));
+        // timer has already cancelled this scope: no timer of its own is needed. Unless it has
+        // passed: the ancestor's timer may not have run yet, and a deadline in the past means
+        // done at once.
+        let mut now = now;
+        let arm_at = own.filter(|&at| {
+            inherited.is_none_or(|inherited| at < inherited)
+                || at <= *now.get_or_insert_with(Instant::now)
+        });
         let is_merge = other.is_some();
         // A parent seen done stays done: the scope is born done with its reason, without
         // taking the parent's lock or linking (a parent being cancelled right now is seen live

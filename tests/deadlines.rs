@@ -375,3 +375,28 @@ fn worker_wheel_hands_its_deadlines_to_the_timer_thread_when_the_runtime_shuts_d
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
     drop(cancel);
 }
+
+/// A parent whose deadline has passed but whose timer has not run yet (its runtime is not
+/// running) is still live; a child given a deadline in the past is done at once all the same.
+#[test]
+fn past_deadline_under_a_parent_whose_timer_has_not_run_is_done_at_once() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let parent_deadline = std::time::Instant::now() + Duration::from_millis(1);
+    // Armed in `runtime`'s timer, which is driven only inside `block_on`.
+    let (parent, _cancel_parent) =
+        runtime.block_on(async { Context::background().with_deadline(parent_deadline.into()) });
+    let past = parent_deadline + Duration::from_millis(1);
+    while std::time::Instant::now() <= past {
+        std::thread::sleep(Duration::from_millis(1)); // a lower bound on time, not a wait
+    }
+    assert!(!parent.is_done(), "nothing has driven the parent's timer");
+
+    let (child, _cancel) = parent.with_deadline_cause(past.into(), "too late");
+    assert_eq!(child.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(cause_text(&child).as_deref(), Some("too late"));
+    assert!(!parent.is_done(), "the child's own deadline never flows up");
+    drop(runtime);
+}
