@@ -158,6 +158,18 @@ impl Context {
         }
     }
 
+    /// The nearest scope at or above this context, across `without_cancel` boundaries: where
+    /// the leak check counts a task started on this context.
+    pub(crate) fn counting_scope(&self) -> Option<&Arc<Scope>> {
+        let mut current = self;
+        loop {
+            if let Some(scope) = current.scope() {
+                return Some(scope);
+            }
+            current = current.parent()?;
+        }
+    }
+
     /// The context this one was derived from, along the chain values are looked up in.
     #[inline]
     fn parent(&self) -> Option<&Context> {

@@ -118,13 +118,15 @@ impl<T> Future for TaskHandle<T> {
     }
 }
 
-/// Counts a spawned task in its context's scope for the leak check, for as long as the task's
-/// future exists (until it completes, or is dropped by an abort or a runtime shutdown).
+/// Counts a spawned task for the leak check in the nearest scope above its context (across
+/// `without_cancel`, so detached work shows in the census of the request it came from), for as
+/// long as the task's future exists (until it completes, or is dropped by an abort or a
+/// runtime shutdown).
 struct TaskCount(Option<Arc<Scope>>);
 
 impl TaskCount {
     fn new(ctx: &Context) -> Self {
-        let scope = ctx.scope().cloned();
+        let scope = ctx.counting_scope().cloned();
         if let Some(scope) = &scope {
             scope.task_started();
         }

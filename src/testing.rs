@@ -53,7 +53,9 @@ pub struct Census {
     pub timers: usize,
     /// Token watches of those contexts (from [`Context::with_token`]).
     pub token_watches: usize,
-    /// Tasks started with [`Context::spawn`] on the root or below it that have not ended.
+    /// Tasks started with [`Context::spawn`] on the root or below it that have not ended,
+    /// including those below a [`Context::without_cancel`]: work detached from a request still
+    /// counts in the request's census until it ends.
     pub tasks: usize,
     /// `done()` futures waiting on the root or below it.
     pub waiters: usize,
@@ -99,8 +101,12 @@ impl fmt::Display for Census {
     }
 }
 
-/// Counts what is alive at and below `root`. A context that can never be done (background, or
-/// below `without_cancel`) has nothing registered in it, and counts as empty.
+/// Counts what is alive at and below `root`.
+///
+/// A context that can never be done (background, or directly below `without_cancel`) has
+/// nothing registered in it, and counts as empty: check the cancellable context above it
+/// instead. Contexts derived below a `without_cancel` are not registered in `root` (they do not
+/// follow its cancellation) and are not counted as `contexts`; the tasks that hold them are.
 ///
 /// # Examples
 ///
@@ -143,7 +149,13 @@ pub fn census(root: &Context) -> Census {
 ///
 /// # Panics
 ///
-/// If something is still alive after the retries, with the census in the message.
+/// If something is still alive after the retries, with the census in the message. Like
+/// `tokio::time::sleep`, which it uses between retries, inside a Tokio runtime built without the
+/// time driver (`enable_time`) once the first 50 retries have not seen a clean census.
+///
+/// # Cancel safety
+///
+/// Cancel safe: it only reads the census between waits; dropping it stops the check.
 pub async fn assert_no_leaks(root: &Context) {
     const ROUNDS: u32 = 100;
     for round in 0..ROUNDS {

@@ -701,8 +701,8 @@ impl Scope {
 
 impl Scope {
     /// Counts a task started on a context this scope governs, in this scope and every scope
-    /// above it (along link 0), so that a census of any ancestor sees the task until it ends,
-    /// even after this scope is done and has left its parent.
+    /// above it (along link 0, and across `without_cancel`), so that a census of any ancestor
+    /// sees the task until it ends, even after this scope is done and has left its parent.
     pub(crate) fn task_started(self: &Arc<Self>) {
         self.for_each_ancestor(|scope| scope.tasks.fetch_add(1, Ordering::Relaxed));
     }
@@ -716,7 +716,7 @@ impl Scope {
         let mut current = Some(&**self);
         while let Some(scope) = current {
             f(scope);
-            current = scope.parent.scope().map(|parent| &**parent);
+            current = scope.parent.counting_scope().map(|parent| &**parent);
         }
     }
 

@@ -201,6 +201,36 @@ async fn spawned_tasks_are_counted_until_they_finish() {
 }
 
 #[tokio::test]
+async fn tasks_detached_with_without_cancel_count_in_the_requests_census_until_they_end() {
+    let (root, cancel_root) = Context::background().with_cancel();
+    let detached = root.with_value(3u8).without_cancel();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let (below, _cancel_below) = detached.with_timeout(Duration::from_secs(60));
+    let direct = detached.spawn(|_| async move { finish_rx.await.unwrap() });
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let nested = below.spawn(|_| async move { release_rx.await.unwrap() });
+    assert_eq!(
+        census(&root).tasks,
+        2,
+        "detached work shows in the request's census"
+    );
+    assert_eq!(
+        census(&root).contexts,
+        0,
+        "contexts below without_cancel are not registered"
+    );
+
+    cancel_root.cancel(); // the request ends; the detached work goes on, and is still counted
+    tokio::task::yield_now().await;
+    assert_eq!(census(&root).tasks, 2);
+    finish_tx.send(()).unwrap();
+    assert_eq!(direct.await, Ok(()));
+    release_tx.send(()).unwrap();
+    assert_eq!(nested.await, Ok(()));
+    assert_no_leaks(&root).await;
+}
+
+#[tokio::test]
 async fn task_of_a_cancelled_child_is_counted_until_it_ends() {
     let (root, _cancel_root) = Context::background().with_cancel();
     let (ctx, cancel) = root.with_cancel();
