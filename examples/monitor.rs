@@ -1,18 +1,20 @@
 //! Confirming that a worker has stopped, without sleeping and hoping.
 //!
 //! In Go, cancelling a context only asks a goroutine to stop; to know that it has, the worker
-//! must close a `done` channel (or call `wg.Done()`) on its way out, and the caller must wait
-//! for that. `context.AfterFunc` callbacks run in goroutines of their own, so they may not have
-//! run yet when `cancel()` returns. Here the `TaskHandle` from `Context::spawn` resolves only
-//! once the worker has stopped (its future dropped, its cleanup done), and `after_func`
-//! callbacks have run by the time `cancel()` returns.
+//! must clean up and then close a `done` channel (or call `wg.Done()`), and the caller must wait
+//! for that. Waiting with `time.Sleep` instead is a guess. Here the caller waits for the work it
+//! asked for (acks, not a timer), and a worker that watches `ctx.done()` cleans up and only then
+//! sends its report on a oneshot. A worker that does not watch its context is stopped by
+//! `Context::spawn`, whose `TaskHandle` resolves once the worker has been dropped. `after_func`
+//! callbacks have run by the time `cancel()` returns (Go runs `AfterFunc` in a new goroutine).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use taskctx::{Context, Error};
-use tokio::time::{Instant, sleep};
+use tokio::sync::{mpsc, oneshot};
+
+const JOBS: u32 = 3;
 
 #[allow(dead_code)] // unused when tour.rs includes this file as a module
 #[tokio::main]
@@ -20,24 +22,46 @@ async fn main() {
     run().await;
 }
 
-/// Sets a flag when dropped: the worker's own cleanup, run however it stops.
-struct CleanupOnDrop(Arc<AtomicBool>);
-
-impl Drop for CleanupOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
+/// Acks jobs until it sees `ctx.done()`, cleans up, then confirms: Go's `defer close(done)`.
+async fn watching(
+    ctx: Context,
+    mut jobs: mpsc::Receiver<u32>,
+    acks: mpsc::Sender<u32>,
+    stopped: oneshot::Sender<(u32, Error)>,
+) {
+    let mut jobs_done = 0;
+    let why = loop {
+        tokio::select! {
+            biased; // a job queued behind the cancellation is not started
+            why = ctx.done() => break why,
+            Some(job) = jobs.recv() => {
+                jobs_done += 1;
+                let _ = acks.send(job).await;
+            }
+        }
+    };
+    // The cleanup the caller relies on: refuse new jobs and end the ack stream. It must come
+    // before the report, or the caller could see "stopped" while the worker still holds these.
+    jobs.close();
+    drop(acks);
+    let _ = stopped.send((jobs_done, why));
 }
 
-/// Ticks every 5 ms until the context is done; returns how many ticks it saw.
-async fn worker(ctx: Context, ticks: Arc<AtomicU32>, cleaned_up: Arc<AtomicBool>) -> u32 {
-    let _cleanup = CleanupOnDrop(cleaned_up);
-    let mut interval = tokio::time::interval(Duration::from_millis(5));
-    loop {
-        tokio::select! {
-            _ = ctx.done() => return ticks.load(Ordering::SeqCst),
-            _ = interval.tick() => { ticks.fetch_add(1, Ordering::SeqCst); }
-        }
+/// The same work with no eye on the context: only `Context::spawn` can stop it.
+async fn unwatching(mut jobs: mpsc::Receiver<u32>, acks: mpsc::Sender<u32>) -> u32 {
+    let mut jobs_done = 0;
+    while let Some(job) = jobs.recv().await {
+        jobs_done += 1;
+        let _ = acks.send(job).await;
+    }
+    jobs_done
+}
+
+/// Gives a worker `JOBS` jobs and waits for each ack: progress seen, not guessed with a timer.
+async fn feed(jobs: &mpsc::Sender<u32>, acks: &mut mpsc::Receiver<u32>) {
+    for job in 1..=JOBS {
+        jobs.send(job).await.expect("the worker is running");
+        assert_eq!(acks.recv().await, Some(job), "each job is acked");
     }
 }
 
@@ -49,49 +73,43 @@ pub async fn run() {
     let flag = pool_closed.clone();
     let _registration = ctx.after_func(move || flag.store(true, Ordering::SeqCst));
 
-    let ticks = Arc::new(AtomicU32::new(0));
-    let worker_cleaned_up = Arc::new(AtomicBool::new(false));
-    let (t, c) = (ticks.clone(), worker_cleaned_up.clone());
-    let handle = ctx.spawn(move |ctx| worker(ctx, t, c));
+    // Under plain tokio::spawn nothing else can stop the watching worker, so it always sees
+    // ctx.done() itself and always reports: the branch printed below does not vary.
+    let (jobs_w, jobs) = mpsc::channel(JOBS as usize);
+    let (acks, mut acks_w) = mpsc::channel(JOBS as usize);
+    let (stopped, report) = oneshot::channel();
+    tokio::spawn(watching(ctx.clone(), jobs, acks, stopped));
+    let (jobs_u, jobs) = mpsc::channel(JOBS as usize);
+    let (acks, mut acks_u) = mpsc::channel(JOBS as usize);
+    let handle = ctx.spawn(move |_ctx| unwatching(jobs, acks));
 
-    sleep(Duration::from_millis(30)).await;
-    let start = Instant::now();
+    feed(&jobs_w, &mut acks_w).await;
+    feed(&jobs_u, &mut acks_u).await;
     cancel.cancel();
     let closed_on_return = pool_closed.load(Ordering::SeqCst);
-    let result = handle.await;
-    let confirm = start.elapsed();
-    let ticks_at_stop = ticks.load(Ordering::SeqCst);
-    let cleaned_up = worker_cleaned_up.load(Ordering::SeqCst);
 
-    println!(
-        "The worker ticked {ticks_at_stop} times in 30 ms (every 5 ms, the first at once); then cancel()."
-    );
+    let (jobs_done, why) = report.await.expect("the watching worker always reports");
+    // Read at once, with no wait: the report was sent after the cleanup, so it shows already.
+    let cleaned_w = jobs_w.is_closed() && acks_w.recv().await.is_none();
+    let result = handle.await;
+    // Dropping the unwatching worker's future dropped its channel ends, its only cleanup.
+    let cleaned_u = jobs_u.is_closed() && acks_u.recv().await.is_none();
+
+    println!("Each worker acked {JOBS} jobs, and the caller waited for those acks; then cancel().");
     println!(
         "  The after_func callback (standing in for closing a connection pool) had already run"
     );
     println!(
         "  when cancel() returned: {closed_on_return}. (Go runs AfterFunc in a new goroutine.)"
     );
-    // Which of the two it is depends on whether the worker was running at that instant.
-    let how = match result {
-        Ok(n) => format!("the worker saw ctx.done() and returned after {n} ticks"),
-        Err(err) => format!("Context::spawn dropped the worker at its next .await ({err:?})"),
-    };
-    println!(
-        "  Awaiting the worker's handle took {:.0} µs: {how}.",
-        confirm.as_secs_f64() * 1e6
-    );
-    println!("  The worker's own cleanup (a Drop guard) had run by then: {cleaned_up}.");
-
-    sleep(Duration::from_millis(20)).await;
-    let ticks_later = ticks.load(Ordering::SeqCst);
-    println!(
-        "  20 ms later the tick count is still {ticks_later}: the confirmation was not premature."
-    );
+    println!("  Watching worker (tokio::spawn): saw ctx.done(), did {jobs_done} jobs, \"{why}\".");
+    println!("    When its report came, its job queue and ack stream were closed: {cleaned_w}.");
+    println!("  Unwatching worker (ctx.spawn): its TaskHandle resolved to {result:?}.");
+    println!("    By then its future was dropped, closing its queue and ack stream: {cleaned_u}.");
 
     assert!(closed_on_return);
-    assert!(matches!(result, Ok(_) | Err(Error::Canceled)));
-    assert!(cleaned_up);
-    assert!(ticks_at_stop >= 2);
-    assert_eq!(ticks_later, ticks_at_stop);
+    assert_eq!((jobs_done, why), (JOBS, Error::Canceled));
+    assert!(cleaned_w);
+    assert_eq!(result, Err(Error::Canceled));
+    assert!(cleaned_u);
 }
