@@ -924,6 +924,11 @@ impl Context {
     /// # }
     /// ```
     ///
+    /// # Cancel safety
+    ///
+    /// Awaiting the [`TaskHandle`] is cancel safe: dropping it detaches the task, which still
+    /// stops when this context is done.
+    ///
     /// # Panics
     ///
     /// Outside a Tokio runtime, as `tokio::spawn`. Awaiting the handle resumes a panic that

@@ -49,6 +49,11 @@ use crate::handle::CancelHandle;
 /// work that would complete at the very poll where the deadline is seen is reported as
 /// `DeadlineExceeded`. (`tokio::time::timeout` polls the work first.)
 ///
+/// # Cancel safety
+///
+/// The returned [`Timeout`] is as cancel safe as the work: dropping it drops the work and
+/// cancels the child context (see [`Timeout`]).
+///
 /// # Panics
 ///
 /// As [`Context::with_deadline`].
