@@ -1,7 +1,8 @@
-//! Hostile and unusual input: overflowing, zero and past timeouts, deadlines outside or across
-//! runtimes and through runtime shutdown, panicking and re-entrant callbacks, re-entrant drops,
-//! and chains deep enough to overflow a naive recursive drop. Waits on real time (where there
-//! is no runtime to pause) block on a channel; their 10 s bounds only ever catch hangs.
+//! Hostile and unusual input: overflowing, zero and past timeouts, deadlines, waiters and tasks
+//! outside or across runtimes and through runtime shutdown, panicking and re-entrant callbacks,
+//! re-entrant drops, and chains deep enough to overflow a naive recursive drop. Waits on real
+//! time (where there is no runtime to pause) block on a channel or a Tokio timeout; their 10 s
+//! bounds only ever catch hangs.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -298,6 +299,105 @@ fn deadline_created_in_a_runtime_that_is_gone_is_awaited_in_another() {
     );
     let err = await_done_in_a_new_runtime(&ctx);
     assert_eq!(err, Error::DeadlineExceeded);
+}
+
+#[test]
+fn deadline_armed_in_a_worker_task_of_one_runtime_fires_for_a_waiter_in_another() {
+    let arming = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    // Inside a worker task, the deadline goes into that worker's wheel, which `arming` drives.
+    let (ctx, _cancel) = arming
+        .block_on(async {
+            tokio::spawn(async {
+                Context::background()
+                    .with_timeout_cause(Duration::from_millis(5), "from a worker of rt1")
+            })
+            .await
+        })
+        .unwrap();
+    let err = await_done_in_a_new_runtime(&ctx);
+    assert_eq!(err, Error::DeadlineExceeded);
+    assert_eq!(ctx.cause().unwrap().to_string(), "from a worker of rt1");
+    drop(arming);
+}
+
+#[test]
+fn done_waiter_in_one_runtime_wakes_when_a_task_of_another_cancels() {
+    let waiting = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let cancelling = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let (ctx, cancel) = Context::background().with_cancel();
+    let in_task = ctx.clone();
+    let waiter = waiting.spawn(async move { in_task.done().await });
+    cancelling.block_on(async {
+        // Cancel only once the waiter's waker is registered, so that the wake crosses over.
+        tokio::time::timeout(HANG_GUARD, async {
+            while census(&ctx).waiters == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the waiter never registered");
+        tokio::spawn(async move { cancel.cancel() }).await.unwrap();
+    });
+    let woken = waiting.block_on(async { tokio::time::timeout(HANG_GUARD, waiter).await });
+    assert_eq!(woken.expect("never woken").unwrap(), Error::Canceled);
+    assert!(census(&ctx).is_clean());
+}
+
+#[test]
+fn task_spawned_in_one_runtime_stops_when_a_task_of_another_cancels_its_context() {
+    let spawning = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let cancelling = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let (ctx, cancel) = Context::background().with_cancel();
+    let marker = Arc::new(());
+    let held = marker.clone();
+    let entered = spawning.enter();
+    let worker = ctx.spawn(|_| async move {
+        let _held = held;
+        std::future::pending::<()>().await
+    });
+    drop(entered);
+    let stopped = cancelling.block_on(async {
+        // The task's `run_until_cancelled` registers a waiter once it is first polled.
+        tokio::time::timeout(HANG_GUARD, async {
+            while census(&ctx).waiters == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the task never started");
+        tokio::spawn(async move { cancel.cancel() }).await.unwrap();
+        tokio::time::timeout(HANG_GUARD, worker).await
+    });
+    assert_eq!(
+        stopped.expect("the task never stopped"),
+        Err(Error::Canceled)
+    );
+    assert_eq!(
+        Arc::strong_count(&marker),
+        1,
+        "the task's future was dropped"
+    );
+    assert!(census(&ctx).is_clean(), "{}", census(&ctx));
 }
 
 fn shut_down_with_live_timers_and_waiters(rt: tokio::runtime::Runtime) {

@@ -314,18 +314,25 @@ async fn worker_wheel_fires_deadlines_in_order_and_keeps_later_ones() {
     let root2 = root.clone();
     let order = tokio::spawn(async move {
         let short = root2.with_timeout(Duration::from_millis(20));
-        let long = root2.with_timeout(Duration::from_millis(60));
-        let never = root2.with_timeout(Duration::from_secs(3600));
-        assert_eq!(short.0.done().await, Error::DeadlineExceeded);
-        assert!(!long.0.is_done(), "a later deadline stays armed");
-        assert_eq!(long.0.done().await, Error::DeadlineExceeded);
-        assert!(!never.0.is_done());
+        let next = root2.with_timeout(Duration::from_millis(60));
+        // An hour away, so that "not yet fired" holds however long this worker stalls.
+        let hour = root2.with_timeout(Duration::from_secs(3600));
+        let done = |ctx: &Context| tokio::time::timeout(Duration::from_secs(10), ctx.done_owned());
+        let hang = "the deadline never fired (hang guard)";
+        assert_eq!(done(&short.0).await.expect(hang), Error::DeadlineExceeded);
+        assert!(!hour.0.is_done(), "a later deadline stays armed");
+        assert_eq!(
+            done(&next.0).await.expect(hang),
+            Error::DeadlineExceeded,
+            "the wheel re-arms for the next deadline it holds"
+        );
+        assert!(!hour.0.is_done(), "and still keeps the later one");
         assert_eq!(
             taskctx::testing::census(&root2).timers,
             1,
             "only the hour is left"
         );
-        drop(never);
+        drop(hour);
     })
     .await;
     order.unwrap();

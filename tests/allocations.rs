@@ -1,0 +1,290 @@
+//! The allocation claims of the docs: roots and queries cost nothing, deriving a cancellable
+//! context costs one allocation, and a `done()` future allocates neither when it is ready at
+//! once nor for the first waiter it registers. A counting global allocator counts what the
+//! current thread allocates, so tests running in parallel on other threads do not disturb it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::{Arc, Barrier};
+use std::task::{self, Poll, Waker};
+use std::time::Duration;
+
+use taskctx::testing::census;
+use taskctx::{Context, Error, Key};
+
+struct CountingAlloc;
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+thread_local! {
+    // `const`, with no destructor: usable from inside the allocator, even while a thread exits.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    // `try_with`: a thread that is tearing down its locals may still allocate.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: every method forwards to `System` unchanged; the counting touches only a const
+// thread-local without destructor, which does not allocate.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: the caller's contract is `System::alloc`'s.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Runs `f` and returns how many allocations this thread made meanwhile, with `f`'s output,
+/// which the caller drops outside the count.
+fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
+    let before = ALLOCATIONS.with(Cell::get);
+    let out = black_box(f());
+    (ALLOCATIONS.with(Cell::get) - before, out)
+}
+
+/// Polls `future` once with a waker that does nothing.
+fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut task::Context::from_waker(Waker::noop()))
+}
+
+#[test]
+fn the_counter_sees_this_threads_allocations_and_not_other_threads() {
+    let (n, boxed) = allocations(|| Box::new(7u64));
+    assert_eq!((n, *boxed), (1, 7), "one Box is one allocation");
+    let (n, grown) = allocations(|| {
+        let mut v = Vec::<u64>::with_capacity(1);
+        v.extend([1, 2]); // a realloc
+        v
+    });
+    assert_eq!((n, grown.len()), (2, 2), "an allocation and a realloc");
+
+    let barrier = Arc::new(Barrier::new(2));
+    let other = {
+        let barrier = barrier.clone();
+        std::thread::spawn(move || {
+            barrier.wait();
+            let boxes: Vec<Box<u64>> = (0..100).map(Box::new).collect();
+            barrier.wait();
+            boxes.len()
+        })
+    };
+    let (n, ()) = allocations(|| {
+        barrier.wait();
+        barrier.wait(); // the other thread has allocated 101 times in between
+    });
+    assert_eq!(other.join().unwrap(), 100);
+    assert_eq!(n, 0, "another thread's allocations are not counted here");
+}
+
+#[test]
+fn background_and_todo_and_their_clones_allocate_nothing() {
+    let (n, roots) = allocations(|| {
+        let background = Context::background();
+        let todo = Context::todo();
+        let clones = (background.clone(), todo.clone());
+        (background, todo, clones, Context::default())
+    });
+    assert_eq!(n, 0);
+    assert_eq!(roots.2.1.to_string(), "context.TODO");
+}
+
+#[tokio::test(start_paused = true)]
+async fn queries_allocate_nothing_live_or_done() {
+    let (ctx, cancel) = Context::background().with_timeout(Duration::from_secs(10));
+    let ctx = ctx.with_value(3u8);
+    let (n, live) = allocations(|| {
+        (
+            ctx.err(),
+            ctx.is_done(),
+            ctx.cause().is_none(),
+            ctx.deadline(),
+            ctx.remaining(),
+        )
+    });
+    assert_eq!(n, 0, "live: {live:?}");
+    assert_eq!(live.0, None);
+    assert!(!live.1 && live.2 && live.3.is_some());
+    assert_eq!(live.4, Some(Duration::from_secs(10)));
+
+    cancel.cancel();
+    let (n, done) = allocations(|| {
+        (
+            ctx.err(),
+            ctx.is_done(),
+            ctx.cause(),
+            ctx.deadline(),
+            ctx.remaining(),
+        )
+    });
+    assert_eq!(n, 0, "done: {done:?}");
+    assert_eq!(done.0, Some(Error::Canceled));
+    assert!(done.1);
+    assert_eq!(
+        done.2.unwrap().downcast_ref::<Error>(),
+        Some(&Error::Canceled),
+        "a plain cancel's cause is the error itself"
+    );
+    assert_eq!((done.3, done.4), (live.3, live.4), "the deadline is kept");
+}
+
+#[test]
+fn cause_of_a_custom_cancel_is_a_reference_count_not_an_allocation() {
+    let (ctx, cancel) = Context::background().with_cancel_cause();
+    cancel.cancel("client went away");
+    let (n, cause) = allocations(|| ctx.cause());
+    assert_eq!(n, 0);
+    assert_eq!(cause.unwrap().to_string(), "client went away");
+}
+
+#[derive(Debug, PartialEq)]
+struct RequestId(u64);
+
+/// One of the layers between the request id and the context the lookups start from.
+struct Layer(usize);
+
+struct TraceKey;
+impl Key for TraceKey {
+    type Value = &'static str;
+}
+
+struct MissingKey;
+impl Key for MissingKey {
+    type Value = RequestId;
+}
+
+#[test]
+fn value_and_get_through_ten_value_layers_allocate_nothing_on_hits_and_misses() {
+    let (root, _cancel) = Context::background().with_cancel();
+    let mut ctx = root
+        .with_value(RequestId(7))
+        .with_key::<TraceKey>("trace-1");
+    for i in 0..10 {
+        ctx = ctx.with_value(Layer(i));
+    }
+    let (n, found) = allocations(|| {
+        (
+            ctx.value::<RequestId>(),
+            ctx.get::<TraceKey>(),
+            ctx.value::<Layer>().map(|layer| layer.0),
+            ctx.value::<u128>(),
+            ctx.get::<MissingKey>(),
+        )
+    });
+    assert_eq!(n, 0, "{found:?}");
+    assert_eq!(found.0, Some(&RequestId(7)));
+    assert_eq!(found.1, Some(&"trace-1"));
+    assert_eq!(found.2, Some(9), "the innermost layer");
+    assert_eq!(
+        (found.3, found.4),
+        (None, None),
+        "misses walk the whole chain"
+    );
+}
+
+#[test]
+fn awaiting_done_on_a_done_context_allocates_nothing() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let ctx = ctx.with_value(RequestId(1));
+    cancel.cancel();
+    let (n, polled) = allocations(|| {
+        let borrowed = poll_once(pin!(ctx.done()));
+        let owned = poll_once(pin!(ctx.done_owned()));
+        (borrowed, owned)
+    });
+    assert_eq!(n, 0);
+    assert_eq!(
+        polled,
+        (Poll::Ready(Error::Canceled), Poll::Ready(Error::Canceled))
+    );
+}
+
+#[test]
+fn with_cancel_from_background_costs_one_allocation() {
+    let (n, (ctx, _cancel)) = allocations(|| Context::background().with_cancel());
+    assert_eq!(n, 1);
+    assert!(!ctx.is_done());
+}
+
+#[test]
+fn with_cancel_from_a_live_parent_costs_one_allocation_as_one_child_at_a_time_is_kept_inline() {
+    let (parent, _cancel_parent) = Context::background().with_cancel();
+    for round in 0..3 {
+        let (n, child) = allocations(|| parent.with_cancel());
+        assert_eq!(n, 1, "round {round}");
+        assert_eq!(
+            census(&parent).contexts,
+            1,
+            "round {round}: the child is registered in its parent"
+        );
+        drop(child);
+        assert!(census(&parent).is_clean(), "round {round}");
+    }
+}
+
+#[test]
+fn first_done_waiter_on_a_live_context_registers_without_allocating() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    for round in 0..3 {
+        let mut done = Box::pin(ctx.done());
+        let (n, polled) = allocations(|| poll_once(done.as_mut()));
+        assert_eq!((n, polled), (0, Poll::Pending), "round {round}");
+        assert_eq!(
+            census(&ctx).waiters,
+            1,
+            "round {round}: the waker is registered"
+        );
+        drop(done);
+        assert!(census(&ctx).is_clean(), "round {round}");
+    }
+    let mut done = Box::pin(ctx.done());
+    assert_eq!(poll_once(done.as_mut()), Poll::Pending);
+    cancel.cancel();
+    assert_eq!(poll_once(done.as_mut()), Poll::Ready(Error::Canceled));
+}
+
+#[test]
+fn cancelling_wakes_four_waiters_without_allocating() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let mut waiters: Vec<_> = (0..4).map(|_| Box::pin(ctx.done())).collect();
+    for done in &mut waiters {
+        assert_eq!(poll_once(done.as_mut()), Poll::Pending);
+    }
+    assert_eq!(census(&ctx).waiters, 4);
+    let (n, ()) = allocations(|| cancel.cancel());
+    assert_eq!(n, 0);
+    for done in &mut waiters {
+        assert_eq!(poll_once(done.as_mut()), Poll::Ready(Error::Canceled));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_in_a_tokio_runtime_adds_two_allocations_to_with_cancel() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let (n, (ctx, _cancel)) = allocations(|| root.with_timeout(Duration::from_secs(1)));
+    assert_eq!(n, 1 + 2, "the scope, a Tokio timer entry and its waker");
+    assert_eq!(census(&root).timers, 1);
+    assert_eq!(ctx.done().await, Error::DeadlineExceeded);
+}
