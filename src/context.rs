@@ -393,8 +393,8 @@ impl Context {
     /// The child is done exactly when this context is. A lookup finds the innermost binding of
     /// a type, so a child can shadow its parent's value. Values are for request-scoped data
     /// that crosses API boundaries (a request id, the caller's identity, a trace handle), not
-    /// for optional function arguments. Deriving costs one allocation; the value is stored
-    /// inline.
+    /// for optional function arguments. Deriving costs two allocations, the node and the boxed
+    /// value (one for a zero-sized value); lookups through it allocate nothing.
     ///
     /// # Examples
     ///

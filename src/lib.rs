@@ -70,9 +70,11 @@
 //!
 //! # Performance
 //!
-//! [`Context::is_done`] and [`Context::err`] are one atomic load. Deriving a cancellable or
-//! value context is one allocation; a deadline adds two (a Tokio timer entry and its waker)
-//! and no task. Awaiting [`Context::done`] on a context that is already done neither locks nor
+//! [`Context::is_done`] and [`Context::err`] are one atomic load. Deriving a cancellable
+//! context is one allocation; a deadline adds two (a Tokio timer entry and its waker) and no
+//! task. A value context is two (the node, and the value boxed behind it, which keeps every
+//! layer's key at a fixed offset so a lookup is one dependent load per layer); one for a
+//! zero-sized value. Awaiting [`Context::done`] on a context that is already done neither locks nor
 //! allocates. Cancellation walks the subtree iteratively, so chains of any depth are safe.
 //!
 //! # Observability

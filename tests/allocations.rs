@@ -229,6 +229,18 @@ fn with_cancel_from_background_costs_one_allocation() {
 }
 
 #[test]
+fn with_value_costs_the_node_and_the_boxed_value_and_one_for_a_zero_sized_value() {
+    let root = Context::background();
+    let (n, ctx) = allocations(|| root.with_value(7u64));
+    assert_eq!(n, 2);
+    assert_eq!(ctx.value::<u64>(), Some(&7));
+    struct Flag;
+    let (n, ctx) = allocations(|| ctx.with_value(Flag));
+    assert_eq!(n, 1);
+    assert!(ctx.value::<Flag>().is_some());
+}
+
+#[test]
 fn with_cancel_from_a_live_parent_costs_one_allocation_as_one_child_at_a_time_is_kept_inline() {
     let (parent, _cancel_parent) = Context::background().with_cancel();
     for round in 0..3 {
