@@ -232,11 +232,12 @@ impl Wheel {
             }
         };
         drop(old_sleep);
-        if let Some(tick) = next {
-            self.arm(tick);
-        }
+        // What is due first: arming may find the next tick already due and fire it inline.
         for scope in due.iter().filter_map(Weak::upgrade) {
             scope.deadline_fired();
+        }
+        if let Some(tick) = next {
+            self.arm(tick);
         }
     }
 }
