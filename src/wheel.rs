@@ -199,7 +199,7 @@ impl Wheel {
         {
             return self.fire(at);
         }
-        #[cfg(test)]
+        #[cfg(all(test, not(loom)))]
         tests::pause_after_poll();
         let replaced = {
             let mut state = self.lock();
