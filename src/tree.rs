@@ -418,7 +418,18 @@ impl Scope {
     }
 
     /// Cancels this scope and, before returning, every scope below it; emits a debug event.
+    #[inline]
     pub(crate) fn cancel(self: &Arc<Self>, err: Error, cause: Cause) {
+        // Already done, and no cancellation still walking below (`PROPAGATING` is set with
+        // `ERR` and cleared after the walk): nothing to do or to wait for.
+        let state = self.state.load(Ordering::Acquire);
+        if state & ERR != LIVE && state & PROPAGATING == 0 {
+            return;
+        }
+        self.cancel_slow(err, cause);
+    }
+
+    fn cancel_slow(self: &Arc<Self>, err: Error, cause: Cause) {
         if let Some(descendants) = self.cancel_quietly(err, cause) {
             tracing::debug!(
                 target: "taskctx",
