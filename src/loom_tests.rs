@@ -8,16 +8,30 @@
 //! Each model races two or three threads over one of the tree's protocols (see the header of
 //! `tree.rs`): the lock-free finish against registration, publishing a custom cause, linking a
 //! child or a merge while a parent is cancelled, a `done()` future registering its waker while
-//! the context is cancelled, and `AfterFunc::stop` against the callback.
+//! the context is cancelled or going away, `AfterFunc::stop` against the callback, and
+//! installing a token watch or a mirror token (`Context::token`) in a scope being cancelled.
+//!
+//! Only the crate's own state byte and locks are loom's: tokio-util's `CancellationToken` is
+//! not instrumented, so the models that use one check what the scope holds, not the token's
+//! internals. A token watch is the one `Source` that can be built under loom (a deadline needs
+//! Tokio's timer or the fallback timer thread); deadlines reach the same `Scope::set_source`.
+//! A foreign token cancelled while `with_token` watches it is not modelled: the edge from the
+//! watch's registration to its waker runs through tokio-util's std locks, which loom cannot
+//! see, so loom explores one interleaving, or with a yield reports a causality violation in
+//! `Scope::finish` that is not there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{self, Wake, Waker};
 
 use loom::future::block_on;
 use loom::thread;
+use tokio_util::sync::CancellationToken;
 
+use crate::source;
 use crate::testing::census;
-use crate::{Context, Error};
+use crate::tree::{Kind, Scope};
+use crate::{Cause, Context, Error};
 
 #[test]
 fn loom_cancel_races_deriving_a_child() {
@@ -182,5 +196,128 @@ fn loom_every_cancel_returns_after_the_subtree_is_done() {
         for racer in racers {
             racer.join().unwrap();
         }
+    });
+}
+
+/// `Scope::set_source` against the scope's own cancellation (a token watch renewing itself, or
+/// a deadline moving to the fallback timer, while a handle cancels): the finish either takes
+/// the source, or `claim` refuses it and `set_source` drops it at once. Without that check a
+/// source installed just after the finish would stay in the done scope, armed, for as long as
+/// the scope lives: a done scope must hold nothing.
+#[test]
+fn loom_a_source_installed_during_a_cancel_is_dropped() {
+    loom::model(|| {
+        let scope = Scope::new(&Context::background(), Kind::Token, None);
+        let watch = source::watch_token(&scope, CancellationToken::new()).expect("a live token");
+        // The watch's waker holds the only weak reference to the scope: while the watch is
+        // installed the count is 1, and it drops to 0 when the watch is dropped.
+        assert_eq!(Arc::weak_count(&scope), 1);
+        let installer = {
+            let scope = scope.clone();
+            thread::spawn(move || scope.set_source(watch))
+        };
+        scope.cancel(Error::Canceled, Cause::from(Error::Canceled));
+        installer.join().unwrap();
+        assert!(scope.is_done());
+        assert_eq!(
+            Arc::weak_count(&scope),
+            0,
+            "a done scope still holds its source"
+        );
+    });
+}
+
+/// `with_token` while its parent is cancelled: the new scope is linked (and finished by the
+/// walk) or born done, and its token watch is installed only if the walk has not yet finished
+/// it. The window is between `with_token`'s `is_done` check and `set_source`'s lock; a watch
+/// installed in it without `claim`'s refusal would outlive the cancellation.
+#[test]
+fn loom_a_token_watch_set_while_the_parent_is_cancelled_is_dropped() {
+    loom::model(|| {
+        let (parent, cancel) = Context::background().with_cancel();
+        let deriver = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.with_token(CancellationToken::new()))
+        };
+        cancel.cancel();
+        let child = deriver.join().unwrap();
+        assert_eq!(child.err(), Some(Error::Canceled));
+        // The watch's waker and the parent's registration were the only weak references.
+        let scope = child.scope().unwrap();
+        assert_eq!(
+            Arc::weak_count(scope),
+            0,
+            "a done scope still holds its token watch"
+        );
+        assert!(census(&parent).is_clean(), "{}", census(&parent));
+    });
+}
+
+/// `Context::token` while an ancestor is cancelled: the token walk installs a mirror in the
+/// parent and then in the child, and the cancellation finishes both. Whatever the order, the
+/// token handed out is cancelled by the time the cancel has returned, and no live mirror stays
+/// in a done scope: `install_mirror` must refuse (and cancel its fresh token) once `claim`
+/// says the scope is done, or the caller gets a token that is never cancelled, and so does
+/// every later caller, since later tokens hang from the stored mirror.
+#[test]
+fn loom_a_token_taken_during_a_cancel_is_cancelled() {
+    loom::model(|| {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, _cancel_child) = parent.with_cancel();
+        let taker = {
+            let child = child.clone();
+            thread::spawn(move || child.token())
+        };
+        cancel.cancel();
+        let token = taker.join().unwrap();
+        assert!(token.is_cancelled(), "a live token from a done context");
+        // Each call hangs a new token from the stored mirror, if one is stored.
+        assert!(
+            child.token().is_cancelled(),
+            "a live mirror in the done child"
+        );
+        assert!(
+            parent.token().is_cancelled(),
+            "a live mirror in the done parent"
+        );
+    });
+}
+
+/// A waker that does nothing when woken: the strong count of its `Arc` says how many clones of
+/// it are alive.
+struct Parked;
+
+impl Wake for Parked {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// A `done()` future polled once (registering its waker) and dropped while the context is
+/// cancelled: its registration is either refused (the context is already done), taken and
+/// woken by the cancellation, or removed by `forget_waiter`; afterwards no clone of the waker
+/// is left anywhere. A registration that slipped in after the finish would never be taken:
+/// `forget_waiter` skips a done scope, whose registrations are supposed to be gone.
+#[test]
+fn loom_a_done_future_dropped_during_a_cancel_leaves_nothing() {
+    loom::model(|| {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let parked = Arc::new(Parked);
+        let waiter = {
+            let ctx = ctx.clone();
+            let waker = Waker::from(parked.clone());
+            thread::spawn(move || {
+                let mut done = ctx.done();
+                // Pending registers the waker; Ready means the cancellation came first.
+                let _ = std::pin::Pin::new(&mut done).poll(&mut task::Context::from_waker(&waker));
+                drop(done);
+            })
+        };
+        cancel.cancel();
+        waiter.join().unwrap();
+        assert_eq!(census(&ctx).waiters, 0, "{}", census(&ctx));
+        assert_eq!(
+            Arc::strong_count(&parked),
+            1,
+            "a clone of the waker is still held"
+        );
     });
 }
