@@ -27,7 +27,11 @@ impl Trigger {
 
 impl Drop for Trigger {
     fn drop(&mut self) {
-        self.fire(Cause::from(Error::Canceled));
+        if let Some(scope) = self.0.take() {
+            if let Err(scope) = Scope::release_unobserved(scope) {
+                scope.cancel(Error::Canceled, Cause::from(Error::Canceled));
+            }
+        }
     }
 }
 

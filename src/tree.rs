@@ -417,6 +417,21 @@ impl Scope {
         })
     }
 
+    /// Lets go of the last handle to a scope that nothing can observe: no other handle or
+    /// context holds it, nothing was ever registered in it (no child, waiter, callback, timer
+    /// or token) and no one listens for the debug event a cancellation emits. Cancelling it
+    /// would change nothing anyone can see, so it is released as it is, the way Go's collector
+    /// takes a context nobody cancelled. Hands the scope back otherwise.
+    ///
+    /// A parent's cancellation may still reach it through its registration (a `Weak`) until
+    /// `Drop` unlinks it; finishing a scope nobody else holds is harmless.
+    pub(crate) fn release_unobserved(scope: Arc<Scope>) -> Result<(), Arc<Scope>> {
+        let unobserved = Arc::strong_count(&scope) == 1
+            && scope.state.load(Ordering::Acquire) & (BUSY | ERR) == LIVE
+            && !tracing::enabled!(target: "taskctx", tracing::Level::DEBUG);
+        if unobserved { Ok(()) } else { Err(scope) }
+    }
+
     /// Cancels this scope and, before returning, every scope below it; emits a debug event.
     #[inline]
     pub(crate) fn cancel(self: &Arc<Self>, err: Error, cause: Cause) {

@@ -535,6 +535,24 @@ fn cancellation_emits_a_debug_event_with_error_and_cause() {
     );
 }
 
+/// A handle dropped after every clone of its context skips the cancellation nobody could see
+/// only when no one listens: a subscriber still gets the event.
+#[test]
+fn dropping_the_last_handle_of_an_otherwise_released_context_still_emits_the_event() {
+    let recorder = Recorder::default();
+    tracing::subscriber::with_default(recorder.clone(), || {
+        let (ctx, cancel) = Context::background().with_cancel();
+        drop(ctx);
+        drop(cancel);
+    });
+    let events = recorder.taskctx_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0].fields.get("error").map(String::as_str),
+        Some("context canceled")
+    );
+}
+
 #[test]
 fn deadline_expiry_emits_a_debug_event_with_deadline_error_and_cause() {
     let recorder = Recorder::default();

@@ -182,6 +182,33 @@ async fn dropping_every_clone_of_a_disarmed_child_deregisters_it() {
     assert!(!root.is_done());
 }
 
+/// Dropping the last handle after every clone of its context releases it without a cancel
+/// when nothing could observe one; what could observe one is still told.
+#[tokio::test]
+async fn last_handle_dropped_after_its_context_unregisters_it_and_still_runs_its_callbacks() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    for _ in 0..3 {
+        let (child, cancel) = root.with_cancel();
+        assert_eq!(census(&root).contexts, 1);
+        drop(child);
+        drop(cancel);
+        assert_eq!(census(&root).contexts, 0, "unregistered from the parent");
+    }
+    // A callback, a waiter or a child is an observer: the drop cancels, and they see it.
+    let (child, cancel) = root.with_cancel();
+    let (ran_tx, mut ran_rx) = tokio::sync::oneshot::channel();
+    let _stop = child.after_func(move || ran_tx.send(()).unwrap());
+    let (grandchild, _cancel_grandchild) = child.with_cancel();
+    let waiter = child.done_owned();
+    drop(child);
+    drop(cancel);
+    assert_eq!(ran_rx.try_recv(), Ok(()), "the callback ran");
+    assert_eq!(grandchild.err(), Some(Error::Canceled));
+    assert_eq!(waiter.await, Error::Canceled);
+    drop(grandchild);
+    assert_no_leaks(&root).await;
+}
+
 #[tokio::test]
 async fn spawned_tasks_are_counted_until_they_finish() {
     let (root, _cancel_root) = Context::background().with_cancel();
