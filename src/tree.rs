@@ -829,13 +829,11 @@ struct Released {
 
 impl Released {
     fn absorb(&mut self, taken: Taken, stack: &mut Batch<Step>) {
-        for reg in taken.regs.into_values() {
-            match reg {
-                Reg::Child(child) => stack.extend(child.upgrade().map(Step::Enter)),
-                Reg::Waiter(waker) => self.wakers.push(waker),
-                Reg::Callback(f) => self.callbacks.push(f),
-            }
-        }
+        taken.regs.for_each(|reg| match reg {
+            Reg::Child(child) => stack.extend(child.upgrade().map(Step::Enter)),
+            Reg::Waiter(waker) => self.wakers.push(waker),
+            Reg::Callback(f) => self.callbacks.push(f),
+        });
         // A timer or token watch observes nothing: drop it now (no lock is held here).
         drop(taken.source);
         self.mirrors.extend(taken.mirror);
@@ -843,20 +841,14 @@ impl Released {
 
     fn run(self) {
         drop(self.scopes);
-        for token in self.mirrors {
-            token.cancel();
-        }
-        for waker in self.wakers {
-            waker.wake();
-        }
-        for f in self.callbacks {
-            run_callback(f);
-        }
+        self.mirrors.for_each(|token| token.cancel());
+        self.wakers.for_each(Waker::wake);
+        self.callbacks.for_each(run_callback);
     }
 }
 
 /// A list that keeps its first few items inline, so that waking a few waiters or walking a few
-/// scopes allocates nothing: popped last in first out (the walk), iterated in insertion order
+/// scopes allocates nothing: popped last in first out (the walk), consumed in insertion order
 /// (what a cancellation releases). Invariant: `spilled` is empty unless `inline` is full.
 struct Batch<T> {
     inline: [Option<T>; 4],
@@ -896,17 +888,17 @@ impl<T> Batch<T> {
     fn extend(&mut self, items: impl IntoIterator<Item = T>) {
         items.into_iter().for_each(|item| self.push(item));
     }
-}
 
-impl<T> IntoIterator for Batch<T> {
-    type Item = T;
-    type IntoIter = std::iter::Chain<
-        std::iter::Flatten<std::array::IntoIter<Option<T>, 4>>,
-        std::vec::IntoIter<T>,
-    >;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.inline.into_iter().flatten().chain(self.spilled)
+    /// Hands every item to `f`, in insertion order. Plain loops rather than an iterator
+    /// adapter: most batches are empty or hold one item, and then this is a check or two.
+    fn for_each(mut self, mut f: impl FnMut(T)) {
+        self.inline[..self.len]
+            .iter_mut()
+            .filter_map(Option::take)
+            .for_each(&mut f);
+        if !self.spilled.is_empty() {
+            self.spilled.drain(..).for_each(f);
+        }
     }
 }
 

@@ -333,10 +333,9 @@ impl State {
 
     fn drain_all(&mut self) -> Vec<Weak<Scope>> {
         self.heads.fill(NIL);
-        std::mem::take(&mut self.entries)
-            .into_values()
-            .map(|entry| entry.scope)
-            .collect()
+        let mut scopes = Vec::with_capacity(self.entries.len());
+        std::mem::take(&mut self.entries).for_each(|entry| scopes.push(entry.scope));
+        scopes
     }
 }
 
