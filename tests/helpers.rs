@@ -1,11 +1,11 @@
 //! The helpers built on the tree: `run_until_cancelled`, `taskctx::with_timeout`,
-//! `Context::spawn` and `after_func`, plus the `tracing` events and spans they promise.
+//! `Context::spawn` and `after_func`, plus the `tracing` span a spawned task runs in (the
+//! events are in `tests/events.rs`).
 //! Time is Tokio's paused clock; tests that could deadlock run under a hang guard.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
@@ -14,8 +14,7 @@ use futures::FutureExt;
 use taskctx::testing::{assert_no_leaks, census};
 use taskctx::{AfterFunc, CancelHandle, Context, Error};
 use tokio::time::{Instant, advance, sleep};
-use tracing::field::{Field, Visit};
-use tracing::{Event, Instrument, Level, Metadata, Span, Subscriber, span};
+use tracing::{Instrument, Level, Span};
 
 // ---------------------------------------------------------------------------------------------
 // Test doubles
@@ -85,67 +84,6 @@ fn hang_guard(f: impl FnOnce() + Send + 'static) {
         }
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("deadlock: the code under test hung"),
     }
-}
-
-/// One event as seen by [`Recorder`].
-#[derive(Debug, Clone)]
-struct Recorded {
-    target: String,
-    level: Level,
-    fields: BTreeMap<String, String>,
-}
-
-/// A minimal `tracing` subscriber that records every event.
-#[derive(Clone, Default)]
-struct Recorder {
-    events: Arc<Mutex<Vec<Recorded>>>,
-    next_span: Arc<AtomicU64>,
-}
-
-impl Recorder {
-    fn taskctx_events(&self) -> Vec<Recorded> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e.target == "taskctx")
-            .cloned()
-            .collect()
-    }
-}
-
-struct FieldMap<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for FieldMap<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.to_string());
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_string(), format!("{value:?}"));
-    }
-}
-
-impl Subscriber for Recorder {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
-        span::Id::from_u64(self.next_span.fetch_add(1, Ordering::Relaxed) + 1)
-    }
-    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
-    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let mut fields = BTreeMap::new();
-        event.record(&mut FieldMap(&mut fields));
-        self.events.lock().unwrap().push(Recorded {
-            target: event.metadata().target().to_string(),
-            level: *event.metadata().level(),
-            fields,
-        });
-    }
-    fn enter(&self, _: &span::Id) {}
-    fn exit(&self, _: &span::Id) {}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -503,118 +441,7 @@ async fn spawned_task_runs_inside_the_callers_tracing_span() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// tracing events
-
-#[test]
-fn cancellation_emits_a_debug_event_with_error_and_cause() {
-    let recorder = Recorder::default();
-    tracing::subscriber::with_default(recorder.clone(), || {
-        let (ctx, cancel) = Context::background().with_cancel_cause();
-        let (child, _c1) = ctx.with_cancel();
-        let (_grandchild, _c2) = child.with_cancel();
-        let (_other_child, _c3) = ctx.with_value(1u8).with_cancel();
-        cancel.cancel("db went away");
-        cancel.cancel("again"); // already done: no second event
-        assert!(ctx.is_done());
-    });
-    let events = recorder.taskctx_events();
-    assert_eq!(events.len(), 1, "{events:?}");
-    let event = &events[0];
-    assert_eq!(event.level, Level::DEBUG);
-    assert_eq!(
-        event.fields.get("error").map(String::as_str),
-        Some("context canceled")
-    );
-    assert_eq!(
-        event.fields.get("cause").map(String::as_str),
-        Some("db went away")
-    );
-    assert_eq!(
-        event.fields.get("descendants").map(String::as_str),
-        Some("3")
-    );
-}
-
-/// A handle dropped after every clone of its context skips the cancellation nobody could see
-/// only when no one listens: a subscriber still gets the event.
-#[test]
-fn dropping_the_last_handle_of_an_otherwise_released_context_still_emits_the_event() {
-    let recorder = Recorder::default();
-    tracing::subscriber::with_default(recorder.clone(), || {
-        let (ctx, cancel) = Context::background().with_cancel();
-        drop(ctx);
-        drop(cancel);
-    });
-    let events = recorder.taskctx_events();
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(
-        events[0].fields.get("error").map(String::as_str),
-        Some("context canceled")
-    );
-}
-
-#[test]
-fn deadline_expiry_emits_a_debug_event_with_deadline_error_and_cause() {
-    let recorder = Recorder::default();
-    tracing::subscriber::with_default(recorder.clone(), || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (ctx, _cancel) =
-                Context::background().with_timeout_cause(Duration::from_secs(1), "too slow");
-            assert_eq!(ctx.done().await, Error::DeadlineExceeded);
-        });
-    });
-    let events = recorder.taskctx_events();
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].level, Level::DEBUG);
-    assert_eq!(
-        events[0].fields.get("error").map(String::as_str),
-        Some("context deadline exceeded")
-    );
-    assert_eq!(
-        events[0].fields.get("cause").map(String::as_str),
-        Some("too slow")
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
 // after_func
-
-#[test]
-fn panicking_after_func_lets_other_callbacks_run_and_reports_an_error_event() {
-    let recorder = Recorder::default();
-    let ran = Arc::new(AtomicUsize::new(0));
-    let (ctx, cancel) = Context::background().with_cancel();
-    let (child, _cancel_child) = ctx.with_cancel();
-    let r1 = ran.clone();
-    let _a = ctx.after_func(move || {
-        r1.fetch_add(1, Ordering::SeqCst);
-    });
-    let _b = ctx.after_func(|| panic!("callback exploded"));
-    let r2 = ran.clone();
-    let _c = ctx.after_func(move || {
-        r2.fetch_add(1, Ordering::SeqCst);
-    });
-    tracing::subscriber::with_default(recorder.clone(), || cancel.cancel());
-
-    assert_eq!(ran.load(Ordering::SeqCst), 2, "the other callbacks ran");
-    assert_eq!(ctx.err(), Some(Error::Canceled));
-    assert_eq!(child.err(), Some(Error::Canceled));
-    let errors: Vec<_> = recorder
-        .taskctx_events()
-        .into_iter()
-        .filter(|e| e.level == Level::ERROR)
-        .collect();
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(
-        errors[0].fields.get("panic").map(String::as_str),
-        Some("callback exploded")
-    );
-}
 
 #[test]
 fn cancel_from_inside_an_after_func_does_not_deadlock() {
