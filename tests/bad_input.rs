@@ -246,6 +246,15 @@ fn deadline_created_outside_any_runtime_fires_on_its_own() {
     assert!(fired_at >= deadline.into_std(), "fired before the deadline");
 }
 
+/// A multi-thread runtime with one worker and the time driver.
+fn one_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
 /// Awaits `ctx.done()` in a fresh current-thread runtime; `HANG_GUARD` only catches a hang.
 fn await_done_in_a_new_runtime(ctx: &Context) -> Error {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -269,11 +278,7 @@ fn deadline_created_outside_a_runtime_can_be_awaited_inside_one() {
 #[test]
 fn deadline_created_in_one_runtime_is_awaited_in_another() {
     // The arming runtime is alive and drives its own timers.
-    let arming = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .unwrap();
+    let arming = one_worker_runtime();
     let (ctx, _cancel) = arming.block_on(async {
         Context::background().with_timeout_cause(Duration::from_millis(30), "from rt1")
     });
@@ -303,11 +308,7 @@ fn deadline_created_in_a_runtime_that_is_gone_is_awaited_in_another() {
 
 #[test]
 fn deadline_armed_in_a_worker_task_of_one_runtime_fires_for_a_waiter_in_another() {
-    let arming = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .unwrap();
+    let arming = one_worker_runtime();
     // Inside a worker task, the deadline goes into that worker's wheel, which `arming` drives.
     let (ctx, _cancel) = arming
         .block_on(async {
@@ -326,16 +327,8 @@ fn deadline_armed_in_a_worker_task_of_one_runtime_fires_for_a_waiter_in_another(
 
 #[test]
 fn done_waiter_in_one_runtime_wakes_when_a_task_of_another_cancels() {
-    let waiting = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .unwrap();
-    let cancelling = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .unwrap();
+    let waiting = one_worker_runtime();
+    let cancelling = one_worker_runtime();
     let (ctx, cancel) = Context::background().with_cancel();
     let in_task = ctx.clone();
     let waiter = waiting.spawn(async move { in_task.done().await });
@@ -357,16 +350,8 @@ fn done_waiter_in_one_runtime_wakes_when_a_task_of_another_cancels() {
 
 #[test]
 fn task_spawned_in_one_runtime_stops_when_a_task_of_another_cancels_its_context() {
-    let spawning = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .unwrap();
-    let cancelling = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_time()
-        .build()
-        .unwrap();
+    let spawning = one_worker_runtime();
+    let cancelling = one_worker_runtime();
     let (ctx, cancel) = Context::background().with_cancel();
     let marker = Arc::new(());
     let held = marker.clone();
