@@ -45,6 +45,12 @@
 //! is caught and reported; the rest still run).
 //! When any waiter or callback runs, every descendant already reports done.
 //!
+//! One drop skips all this: the last handle of a scope that nothing else holds, that never had
+//! anything registered (`BUSY` clear) and whose debug event nobody listens for releases it
+//! unfinished ([`Scope::release_unobserved`]). No one can tell the difference; a parent's walk
+//! that reaches it through its `Weak` registration before `Drop` unlinks it finishes it
+//! harmlessly.
+//!
 //! Another cancellation may have finished a scope first and still be walking below it: a
 //! second `cancel()` of that scope, a deadline firing, or a walk from an ancestor that reaches
 //! it. Go's answer is to walk the children under the parent's lock, so the late comer blocks;
@@ -349,6 +355,9 @@ impl Scope {
     #[inline(never)] // keeps the check above small enough to inline
     fn unlink_slow(&self) {
         for (link, slot) in self.links.iter().enumerate() {
+            if slot.load(Ordering::Relaxed) == 0 {
+                continue; // most scopes have no second link: no swap for it
+            }
             let slot = slot.swap(0, Ordering::Relaxed);
             if slot == 0 {
                 continue;
