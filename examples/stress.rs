@@ -19,7 +19,7 @@
 //!    worker's wheel. They come in bursts of 64 at the end of every block of 1,024 cycles, held
 //!    until `done()` resolves, and the run fails unless every one of them reports
 //!    `DeadlineExceeded`, not early. Resident memory (`VmRSS`) and the live heap (counted by
-//!    this program's allocator) are read at process start, after a warm-up of a tenth of the
+//!    this program's allocator) are read at process start, after a warm-up of a quarter of the
 //!    cycles (at least 100,000) and at the end, and all are printed; the run fails if after the
 //!    warm-up the live heap grew by 0.01 byte per cycle or more, or `VmRSS` by more than 5%
 //!    (see `soak` for why the warm-up is left out). The parent's census must be clean at the end.
@@ -472,12 +472,12 @@ fn soak(
     // due) make glibc's per-thread caches grow it by 1–2.3% over 1 M cycles and 2.6–5.3% over
     // 10 M (0.3% with `GLIBC_TUNABLES=glibc.malloc.tcache_count=0`) while the live heap does
     // not grow at all; presumably a woken task often resumes on the other worker and frees
-    // there what the first allocated. A warm-up of a tenth of the run lets those caches reach
+    // there what the first allocated. A warm-up of a quarter of the run lets those caches reach
     // their size; the 5% limit then catches what the heap count cannot see (threads, stacks,
     // mappings).
-    // A tenth of the run (at least 100,000 cycles): long enough for the allocator's per-thread
+    // A quarter of the run (at least 100,000 cycles): long enough for the allocator's per-thread
     // caches to reach the size that deadlines firing on either worker give them.
-    let warm_up_cycles = (cycles / 10).max(100_000);
+    let warm_up_cycles = (cycles / 4).max(100_000);
     run(warm_up_cycles, 1);
     let (before, _) = memory_kib();
     let heap_before = heap();
