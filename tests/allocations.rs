@@ -1,6 +1,7 @@
 //! The allocation claims of the docs: roots and queries cost nothing, deriving a cancellable
-//! context costs one allocation, and a `done()` future allocates neither when it is ready at
-//! once nor for the first waiter it registers. A counting global allocator counts what the
+//! context costs one allocation (two for a parent's first child, whose registrations the
+//! parent then keeps), a value context two, and a `done()` future allocates nothing when it is
+//! ready at once, and nothing once its context's registrations are allocated. A counting global allocator counts what the
 //! current thread allocates, so tests running in parallel on other threads do not disturb it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
