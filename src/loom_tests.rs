@@ -9,7 +9,8 @@
 //! `tree.rs`): the lock-free finish against registration, publishing a custom cause, linking a
 //! child or a merge while a parent is cancelled, a `done()` future registering its waker while
 //! the context is cancelled or going away, `AfterFunc::stop` against the callback, and
-//! installing a token watch or a mirror token (`Context::token`) in a scope being cancelled.
+//! installing a token watch or a mirror token (`Context::token`) in a scope being cancelled,
+//! and a worker wheel's timer that fires before the wheel has stored it.
 //!
 //! Only the crate's own state byte and locks are loom's: tokio-util's `CancellationToken` is
 //! not instrumented, so the models that use one check what the scope holds, not the token's
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::source;
 use crate::testing::census;
 use crate::tree::{Kind, Scope};
+use crate::wheel::{Wheel, loom_timer};
 use crate::{Cause, Context, Error};
 
 #[test]
@@ -319,5 +321,31 @@ fn loom_a_done_future_dropped_during_a_cancel_leaves_nothing() {
             1,
             "a clone of the waker is still held"
         );
+    });
+}
+
+/// A worker wheel arms a timer with no lock held and stores it afterwards; if the timer fires
+/// in between, its `fire` cannot see it. The wheel must then not keep that timer armed: it
+/// never wakes again, and every later deadline on the wheel would wait behind it forever.
+/// Whenever it fires, the due deadline is taken out exactly once.
+#[test]
+fn loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel() {
+    loom::model(|| {
+        let wheel = Wheel::new();
+        let scope = Scope::new(&Context::background(), Kind::Cancel, None);
+        // The stand-in for Tokio's timer driver: fires the timer once it has been started.
+        let driver = thread::spawn(|| {
+            while !loom_timer::fire_one() {
+                thread::yield_now();
+            }
+        });
+        let entry = wheel.insert(&scope, wheel.origin());
+        driver.join().unwrap();
+        assert!(wheel.is_empty(), "the due deadline was taken out");
+        assert!(
+            !wheel.holds_a_fired_timer(),
+            "the wheel keeps a timer that already fired: it would never arm again"
+        );
+        drop(entry);
     });
 }

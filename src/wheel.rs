@@ -31,19 +31,40 @@
 //!   instant therefore retires the wheel: every entry is handed to its scope, which moves its
 //!   deadline to the crate's fallback timer thread, and the thread gets a new wheel next time.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{self, Wake, Waker};
+use std::sync::{Arc, PoisonError, Weak};
+use std::task::{Wake, Waker};
 use std::time::Duration;
 
 use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::task::Unconstrained;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::slab::Slab;
+use crate::sync::{AtomicBool, Mutex, MutexGuard, Ordering};
 use crate::tree::Scope;
+
+#[cfg(loom)]
+pub(crate) use loom_timer::{Timer, start_timer};
+
+/// What a wheel arms: a Tokio `Sleep`, polled once by hand with the wheel's waker (under loom, a
+/// stand-in that a model fires by hand, `loom_timer`).
+#[cfg(not(loom))]
+type Timer = std::pin::Pin<Box<tokio::task::Unconstrained<tokio::time::Sleep>>>;
+
+/// Starts a timer that wakes `waker` at `at`; `None` if it is due already.
+#[cfg(not(loom))]
+fn start_timer(at: Instant, waker: &Waker) -> Option<Timer> {
+    use std::future::Future;
+    // `unconstrained`: a task that has used up its cooperative budget would otherwise get a
+    // `Pending` without the timer being registered.
+    let mut sleep = Box::pin(tokio::task::unconstrained(tokio::time::sleep_until(at)));
+    match sleep
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker))
+    {
+        std::task::Poll::Ready(()) => None,
+        std::task::Poll::Pending => Some(sleep),
+    }
+}
 
 const SLOTS: u64 = 1024;
 const NIL: usize = usize::MAX;
@@ -61,8 +82,8 @@ struct State {
     heads: Vec<usize>,
     serial: u64,
     processed: u64,
-    /// The tick the `Sleep` is armed for, and the `Sleep`.
-    armed: Option<(u64, Pin<Box<Unconstrained<Sleep>>>)>,
+    /// The tick the timer is armed for, and the timer.
+    armed: Option<(u64, Timer)>,
 }
 
 struct Entry {
@@ -104,33 +125,7 @@ std::thread_local! {
 /// Puts `scope`'s deadline `at` (in the future) in this thread's wheel, if this thread is
 /// running a task of a multi-thread runtime; `None` otherwise.
 pub(crate) fn insert(scope: &Arc<Scope>, at: Instant) -> Option<WheelEntry> {
-    let wheel = local_wheel()?;
-    let (index, serial, arm) = {
-        let mut state = wheel.lock();
-        let tick = state.tick_of(at).max(state.processed);
-        let serial = state.serial;
-        state.serial += 1;
-        let index = state.link(Entry {
-            serial,
-            tick,
-            scope: Arc::downgrade(scope),
-            prev: NIL,
-            next: NIL,
-        });
-        let arm = match &state.armed {
-            Some((armed, _)) if *armed <= tick => None,
-            _ => Some(tick),
-        };
-        (index, serial, arm)
-    };
-    if let Some(tick) = arm {
-        wheel.arm(tick);
-    }
-    Some(WheelEntry {
-        wheel,
-        index,
-        serial,
-    })
+    Some(local_wheel()?.insert(scope, at))
 }
 
 fn local_wheel() -> Option<Arc<Wheel>> {
@@ -153,17 +148,7 @@ fn local_wheel() -> Option<Arc<Wheel>> {
         match &local.wheel {
             Some(wheel) if !wheel.retired.load(Ordering::Acquire) => Some(wheel.clone()),
             _ => {
-                let wheel = Arc::new(Wheel {
-                    state: Mutex::new(State {
-                        origin: Instant::now(),
-                        entries: Slab::new(),
-                        heads: vec![NIL; SLOTS as usize],
-                        serial: 0,
-                        processed: 0,
-                        armed: None,
-                    }),
-                    retired: AtomicBool::new(false),
-                });
+                let wheel = Wheel::new();
                 local.wheel = Some(wheel.clone());
                 Some(wheel)
             }
@@ -172,33 +157,73 @@ fn local_wheel() -> Option<Arc<Wheel>> {
 }
 
 impl Wheel {
+    pub(crate) fn new() -> Arc<Wheel> {
+        Arc::new(Wheel {
+            state: Mutex::new(State {
+                origin: Instant::now(),
+                entries: Slab::new(),
+                heads: vec![NIL; SLOTS as usize],
+                serial: 0,
+                processed: 0,
+                armed: None,
+            }),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// Puts `scope`'s deadline `at` in this wheel, arming its timer if `at` is the earliest.
+    pub(crate) fn insert(self: &Arc<Self>, scope: &Arc<Scope>, at: Instant) -> WheelEntry {
+        let (index, serial, arm) = {
+            let mut state = self.lock();
+            let tick = state.tick_of(at).max(state.processed);
+            let serial = state.serial;
+            state.serial += 1;
+            let index = state.link(Entry {
+                serial,
+                tick,
+                scope: Arc::downgrade(scope),
+                prev: NIL,
+                next: NIL,
+            });
+            let arm = match &state.armed {
+                Some((armed, _)) if *armed <= tick => None,
+                _ => Some(tick),
+            };
+            (index, serial, arm)
+        };
+        if let Some(tick) = arm {
+            self.arm(tick);
+        }
+        WheelEntry {
+            wheel: self.clone(),
+            index,
+            serial,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Arms the `Sleep` for `tick`, unless it is already armed no later.
+    /// Arms the timer for `tick`, unless it is already armed no later.
     ///
-    /// The `Sleep` is polled with no lock held, so it may fire before it is stored: its
-    /// `fire` then runs without seeing it, and the `Sleep` stored afterwards would never wake
-    /// again, blocking every later arm on this wheel. Its waker's `fired` flag says so; the
-    /// flag is set before that `fire` takes the lock, so reading it after the store (which
-    /// takes the same lock) cannot miss it, and the wheel is then fired again from here.
+    /// The timer is started with no lock held, so it may fire before it is stored: its `fire`
+    /// then runs without seeing it, and the timer stored afterwards would never wake again,
+    /// blocking every later arm on this wheel. Its waker's `fired` flag says so; the flag is
+    /// set before that `fire` takes the lock, so reading it after the store (which takes the
+    /// same lock) cannot miss it, and the wheel is then fired again from here (loom model
+    /// `loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel`).
     fn arm(self: &Arc<Self>, tick: u64) {
         let at = self.lock().instant_of(tick);
-        let mut sleep = Box::pin(tokio::task::unconstrained(tokio::time::sleep_until(at)));
         let wheel_waker = Arc::new(WheelWaker {
             wheel: Arc::downgrade(self),
             at,
             fired: AtomicBool::new(false),
         });
         let waker = Waker::from(wheel_waker.clone());
-        if sleep
-            .as_mut()
-            .poll(&mut task::Context::from_waker(&waker))
-            .is_ready()
-        {
+        let Some(sleep) = start_timer(at, &waker) else {
             return self.fire(at);
-        }
+        };
         #[cfg(all(test, not(loom)))]
         tests::pause_after_poll();
         let replaced = {
@@ -408,5 +433,63 @@ mod tests {
             assert_eq!(outcome.0, Ok(Error::DeadlineExceeded));
             assert_eq!(outcome.1, Ok(Error::DeadlineExceeded), "the wheel stalled");
         });
+    }
+}
+
+/// Under loom, a wheel's timer is a stand-in: starting one records its waker, and a model
+/// fires it by hand ([`fire_one`](loom_timer::fire_one)), at whatever point loom chooses.
+#[cfg(loom)]
+pub(crate) mod loom_timer {
+    use std::sync::Arc;
+    use std::task::Waker;
+
+    use tokio::time::Instant;
+
+    use crate::sync::{AtomicBool, Mutex, Ordering};
+
+    /// A started timer; `fired` once a model has fired it.
+    pub(crate) struct Timer {
+        fired: Arc<AtomicBool>,
+    }
+
+    loom::lazy_static! {
+        static ref STARTED: Mutex<Vec<(Waker, Arc<AtomicBool>)>> = Mutex::new(Vec::new());
+    }
+
+    pub(crate) fn start_timer(_at: Instant, waker: &Waker) -> Option<Timer> {
+        let fired = Arc::new(AtomicBool::new(false));
+        STARTED.lock().unwrap().push((waker.clone(), fired.clone()));
+        Some(Timer { fired })
+    }
+
+    /// Fires the timer started last, if any is waiting; true if it did.
+    pub(crate) fn fire_one() -> bool {
+        let Some((waker, fired)) = STARTED.lock().unwrap().pop() else {
+            return false;
+        };
+        fired.store(true, Ordering::SeqCst);
+        waker.wake();
+        true
+    }
+
+    impl super::Wheel {
+        /// When a deadline is due at once.
+        pub(crate) fn origin(&self) -> Instant {
+            self.lock().origin
+        }
+
+        /// Whether no deadline is left in the wheel.
+        pub(crate) fn is_empty(&self) -> bool {
+            self.lock().entries.len() == 0
+        }
+
+        /// Whether the timer the wheel holds armed has already fired: such a timer never wakes
+        /// again, and the wheel would never arm another.
+        pub(crate) fn holds_a_fired_timer(&self) -> bool {
+            self.lock()
+                .armed
+                .as_ref()
+                .is_some_and(|(_, timer)| timer.fired.load(Ordering::SeqCst))
+        }
     }
 }
