@@ -10,7 +10,8 @@
 //! child or a merge while a parent is cancelled, a `done()` future registering its waker while
 //! the context is cancelled or going away, `AfterFunc::stop` against the callback, and
 //! installing a token watch or a mirror token (`Context::token`) in a scope being cancelled,
-//! and a worker wheel's timer that fires before the wheel has stored it.
+//! a worker wheel's timer that fires before the wheel has stored it, and the fallback timer
+//! thread told of an earlier deadline while it sleeps.
 //!
 //! Only the crate's own state byte and locks are loom's: tokio-util's `CancellationToken` is
 //! not instrumented, so the models that use one check what the scope holds, not the token's
@@ -29,7 +30,7 @@ use loom::future::block_on;
 use loom::thread;
 use tokio_util::sync::CancellationToken;
 
-use crate::source;
+use crate::source::{self, Fallback};
 use crate::testing::census;
 use crate::tree::{Kind, Scope};
 use crate::wheel::{Wheel, loom_timer};
@@ -347,5 +348,28 @@ fn loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel() {
             "the wheel keeps a timer that already fired: it would never arm again"
         );
         drop(entry);
+    });
+}
+
+/// The fallback timer thread sleeps until its earliest deadline. A deadline queued meanwhile
+/// that is earlier (here: due at once) must wake it: either the thread sees it before it
+/// sleeps, or `schedule` notifies it. A lost notification leaves the thread asleep on the
+/// hour-long deadline, which loom reports as a deadlock (its timed waits never time out).
+#[test]
+fn loom_an_earlier_deadline_wakes_the_fallback_timer_thread() {
+    loom::model(|| {
+        let fallback = Arc::new(Fallback::new());
+        let scope = Scope::new(&Context::background(), Kind::Cancel, None);
+        let now = std::time::Instant::now();
+        fallback.schedule(&scope, now + std::time::Duration::from_secs(3600));
+        let thread = {
+            let fallback = fallback.clone();
+            thread::spawn(move || fallback.run(1))
+        };
+        let due = fallback.schedule(&scope, now);
+        thread.join().unwrap();
+        let queue = fallback.lock();
+        assert!(!queue.contains_key(&due), "the due deadline was fired");
+        assert_eq!(queue.len(), 1, "the hour-long deadline is still queued");
     });
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock, PoisonError, Weak};
 use std::task::{self, Poll, Wake, Waker};
 
 use tokio::task::Unconstrained;
@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::{Cause, Error};
+use crate::sync::{Condvar, Mutex, MutexGuard};
 use crate::tree::Scope;
 
 /// Something that can cancel a scope from outside; dropping it disarms it.
@@ -127,25 +128,13 @@ impl Wake for TokenWaker {
 
 /// Schedules [`Scope::deadline_fired`] at `at` on the crate's fallback timer thread.
 pub(crate) fn fallback_timer(scope: &Arc<Scope>, at: Instant) -> Source {
-    let fallback = Fallback::get();
-    let key = (
-        at.into_std(),
-        fallback.next_id.fetch_add(1, Ordering::Relaxed),
-    );
-    let earliest = {
-        let mut queue = fallback.lock();
-        queue.insert(key, Arc::downgrade(scope));
-        queue.keys().next() == Some(&key)
-    };
-    if earliest {
-        fallback.changed.notify_one();
-    }
+    let key = Fallback::get().schedule(scope, at.into_std());
     Source::Fallback {
         _entry: FallbackEntry { key },
     }
 }
 
-type Key = (std::time::Instant, u64);
+pub(crate) type Key = (std::time::Instant, u64);
 
 /// A deadline on the fallback thread; dropping it takes it off the queue.
 pub(crate) struct FallbackEntry {
@@ -159,28 +148,51 @@ impl Drop for FallbackEntry {
     }
 }
 
-struct Fallback {
+/// The queue of the fallback timer thread. Its lock guards the queue; the thread sleeps on
+/// `changed` until the earliest deadline, and `schedule` notifies it when a new deadline
+/// becomes the earliest, after inserting it under the same lock, so that the thread either
+/// sees the new deadline before it sleeps or is woken (loom model
+/// `loom_an_earlier_deadline_wakes_the_fallback_timer_thread`).
+pub(crate) struct Fallback {
     queue: Mutex<BTreeMap<Key, Weak<Scope>>>,
     changed: Condvar,
     next_id: AtomicU64,
 }
 
 impl Fallback {
+    pub(crate) fn new() -> Fallback {
+        Fallback {
+            queue: Mutex::new(BTreeMap::new()),
+            changed: Condvar::new(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues `scope`'s deadline `at`, waking the thread if it is now the earliest.
+    pub(crate) fn schedule(&self, scope: &Arc<Scope>, at: std::time::Instant) -> Key {
+        let key = (at, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let earliest = {
+            let mut queue = self.lock();
+            queue.insert(key, Arc::downgrade(scope));
+            queue.keys().next() == Some(&key)
+        };
+        if earliest {
+            self.changed.notify_one();
+        }
+        key
+    }
+
     fn get() -> &'static Fallback {
         static FALLBACK: OnceLock<Fallback> = OnceLock::new();
         let mut started = false;
         let fallback = FALLBACK.get_or_init(|| {
             started = true;
-            Fallback {
-                queue: Mutex::new(BTreeMap::new()),
-                changed: Condvar::new(),
-                next_id: AtomicU64::new(0),
-            }
+            Fallback::new()
         });
         if started {
             let spawned = std::thread::Builder::new()
                 .name("taskctx-timer".into())
-                .spawn(|| Fallback::get().run());
+                .spawn(|| Fallback::get().run(usize::MAX));
             if let Err(err) = spawned {
                 tracing::error!(
                     target: "taskctx",
@@ -192,11 +204,14 @@ impl Fallback {
         fallback
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Weak<Scope>>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Weak<Scope>>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn run(&self) {
+    /// The thread's loop: fires deadlines as they come due; returns once it has fired
+    /// `fire_at_most` of them (never, for the thread itself).
+    pub(crate) fn run(&self, fire_at_most: usize) {
+        let mut fired = 0;
         let mut queue = self.lock();
         loop {
             let now = std::time::Instant::now();
@@ -212,7 +227,11 @@ impl Fallback {
                 for scope in due.iter().filter_map(Weak::upgrade) {
                     scope.deadline_fired();
                 }
+                fired += due.len();
                 drop(due);
+                if fired >= fire_at_most {
+                    return;
+                }
                 queue = self.lock();
                 continue;
             }
