@@ -28,9 +28,10 @@ impl Trigger {
 impl Drop for Trigger {
     fn drop(&mut self) {
         if let Some(scope) = self.0.take() {
-            if let Err(scope) = Scope::release_unobserved(scope) {
+            if !Scope::is_unobserved(&scope) {
                 scope.cancel(Error::Canceled, Cause::from(Error::Canceled));
             }
+            Scope::recycle(scope);
         }
     }
 }

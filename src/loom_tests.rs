@@ -10,8 +10,9 @@
 //! child or a merge while a parent is cancelled, a `done()` future registering its waker while
 //! the context is cancelled or going away, `AfterFunc::stop` against the callback, and
 //! installing a token watch or a mirror token (`Context::token`) in a scope being cancelled,
-//! a worker wheel's timer that fires before the wheel has stored it, and the fallback timer
-//! thread told of an earlier deadline while it sleeps.
+//! a worker wheel's timer that fires before the wheel has stored it, the fallback timer
+//! thread told of an earlier deadline while it sleeps, and a child's last handles let go of
+//! it (leaving its parent before it is taken apart) while the parent is cancelled.
 //!
 //! Only the crate's own state byte and locks are loom's: tokio-util's `CancellationToken` is
 //! not instrumented, so the models that use one check what the scope holds, not the token's
@@ -371,5 +372,27 @@ fn loom_an_earlier_deadline_wakes_the_fallback_timer_thread() {
         let queue = fallback.lock();
         assert!(!queue.contains_key(&due), "the due deadline was fired");
         assert_eq!(queue.len(), 1, "the hour-long deadline is still queued");
+    });
+}
+
+/// The last handle of a child lets go of it (`Scope::recycle`: it leaves its parent first, then
+/// takes the scope apart) while the parent is cancelled and another clone of the child is
+/// dropped. Whichever order: no deadlock, no registration left behind in the parent, and a
+/// sibling still held is cancelled by the parent's walk.
+#[test]
+fn loom_releasing_a_childs_last_handles_races_the_parents_cancel() {
+    loom::model(|| {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (child, cancel_child) = parent.with_cancel();
+        let (sibling, _cancel_sibling) = parent.with_cancel();
+        let clone = child.clone();
+        let dropper = thread::spawn(move || drop(clone));
+        let releaser = thread::spawn(move || drop((child, cancel_child)));
+        cancel.cancel();
+        dropper.join().unwrap();
+        releaser.join().unwrap();
+        assert!(parent.is_done());
+        assert_eq!(sibling.err(), Some(Error::Canceled));
+        assert!(census(&parent).is_clean());
     });
 }

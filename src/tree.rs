@@ -47,7 +47,7 @@
 //!
 //! One drop skips all this: the last handle of a scope that nothing else holds, that never had
 //! anything registered (`BUSY` clear) and whose debug event nobody listens for releases it
-//! unfinished ([`Scope::release_unobserved`]). No one can tell the difference; a parent's walk
+//! unfinished ([`Scope::is_unobserved`]). No one can tell the difference; a parent's walk
 //! that reaches it through its `Weak` registration before `Drop` unlinks it finishes it
 //! harmlessly.
 //!
@@ -66,6 +66,22 @@
 //! No user code runs during a walk (the scopes a walk touches are dropped after it), so none
 //! can re-enter a wait on a bit its own thread holds.
 //!
+//! # Reuse
+//!
+//! A scope's allocation can outlive it. When the last handle lets go of a scope
+//! ([`Scope::recycle`], from a `CancelHandle` or a `Context` drop), the thread keeps the
+//! allocation (at most 64 per thread) and the next scope created on that thread takes it, with
+//! its registrations' capacity, instead of calling the allocator: what Go's per-thread
+//! allocation caches do for its contexts. A scope is kept only if nothing can reach it. The
+//! caller must hold the only strong reference, and the only `Weak`s must be its registrations
+//! in its parents; it then leaves its parents (a cancellation that upgrades one of those
+//! registrations meanwhile only finishes a scope no one else holds), and `Arc::get_mut`
+//! confirms that nothing holds it, not even a `Weak` (a cancellation that took the
+//! registration before it left still holds one); if not, it is freed as usual. So no stale
+//! registration, timer or `AfterFunc` can reach a kept scope's next life. What it still held is
+//! dropped before it is kept (the callbacks of a scope that was never done, unrun, as when such
+//! a scope is freed).
+//!
 //! # Deadlock safety
 //!
 //! - No lock is held while calling out: wakers, callbacks, timer and token drops, and drops of
@@ -80,7 +96,8 @@
 //!   A scope with one parent needs no such lock: its one link is written under the parent's
 //!   lock, which the parent's own finish takes afterwards.
 //! - The slot a scope occupies in a parent (`links`) is written once during [`Scope::new`] and
-//!   cleared by [`Scope::unlink`], which runs only after [`Scope::finish`] won or in `Drop`.
+//!   cleared by [`Scope::unlink`], which runs only after [`Scope::finish`] won, in `Drop`, or
+//!   in [`Scope::recycle`] once nothing but a cancellation can reach the scope (see "Reuse").
 //!
 //! # Memory orderings
 //!
@@ -222,31 +239,14 @@ impl Scope {
         // A parent seen done stays done: the scope is born done with its reason, without
         // taking the parent's lock or linking (a parent being cancelled right now is seen live
         // here and refuses the link below instead).
-        let born_done = [Some(parent), other]
-            .into_iter()
-            .flatten()
-            .find_map(|parent| Some((parent.err()?, parent.cause()?)));
+        let born_done = Scope::inherit(parent).or_else(|| other.and_then(Scope::inherit));
         let is_born_done = born_done.is_some();
         let (state, cause) = match born_done {
+            Some(reason) => reason,
             None if is_merge => (BUSY, None),
             None => (LIVE, None),
-            Some((err, cause)) if cause.is_plain(err) => (encode(err), None),
-            Some((err, cause)) => (encode(err) | CUSTOM_CAUSE, Some(cause)),
         };
-        let scope = Arc::new(Scope {
-            parent: parent.clone(),
-            kind,
-            deadline: earliest(inherited, own),
-            state: AtomicU8::new(state),
-            links: [AtomicUsize::new(0), AtomicUsize::new(0)],
-            tasks: AtomicUsize::new(0),
-            inner: Mutex::new(Inner {
-                regs: Slab::new(),
-                cause,
-                source: None,
-                mirror: None,
-            }),
-        });
+        let scope = Scope::alloc(parent, kind, earliest(inherited, own), state, cause);
         if is_born_done {
             return scope;
         }
@@ -262,6 +262,114 @@ impl Scope {
             scope.arm(at, now);
         }
         scope
+    }
+
+    /// If `parent` is done: the state and custom cause a scope born under it starts with.
+    #[inline]
+    fn inherit(parent: &Context) -> Option<(u8, Option<Cause>)> {
+        let scope = parent.scope()?;
+        let state = scope.state.load(Ordering::Acquire);
+        if state & ERR == LIVE {
+            return None;
+        }
+        if state & CUSTOM_CAUSE == 0 {
+            return Some((state & ERR, None)); // the cause is the error
+        }
+        Some((state & (ERR | CUSTOM_CAUSE), scope.cause()))
+    }
+
+    /// A new scope: a spare allocation this thread kept (see "Reuse"), or a fresh one.
+    #[inline]
+    fn alloc(
+        parent: &Context,
+        kind: Kind,
+        deadline: Option<Instant>,
+        state: u8,
+        cause: Option<Cause>,
+    ) -> Arc<Scope> {
+        if let Some(mut spare) = spare::take() {
+            // Always unique: a kept scope is reachable from nowhere else, not even by a `Weak`.
+            if let Some(scope) = Arc::get_mut(&mut spare) {
+                // `reset` left a background parent and a plain kind, which own nothing: no
+                // drop glue to run for them.
+                debug_assert!(scope.parent.scope().is_none() && matches!(scope.kind, Kind::Cancel));
+                mem::forget(mem::replace(&mut scope.parent, parent.clone()));
+                mem::forget(mem::replace(&mut scope.kind, kind));
+                scope.deadline = deadline;
+                scope.state.store(state, Ordering::Relaxed);
+                if cause.is_some() {
+                    scope.inner_mut().cause = cause; // `reset` left `None`
+                }
+                return spare;
+            }
+        }
+        Arc::new(Scope {
+            parent: parent.clone(),
+            kind,
+            deadline,
+            state: AtomicU8::new(state),
+            links: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            tasks: AtomicUsize::new(0),
+            inner: Mutex::new(Inner {
+                regs: Slab::new(),
+                cause,
+                source: None,
+                mirror: None,
+            }),
+        })
+    }
+
+    /// Lets go of a handle to `scope`. If it was the last one and nothing else can reach the
+    /// scope, the scope leaves its parents and its allocation is kept for reuse on this thread
+    /// (see "Reuse"); otherwise this is a plain drop.
+    #[inline]
+    pub(crate) fn recycle(mut scope: Arc<Scope>) {
+        // Only we hold the scope, and the only `Weak`s are its registrations in its parents:
+        // whoever upgrades one of those is a cancellation, which finishes the scope and to
+        // which it makes no difference whether it is still linked.
+        let [first, second] = &scope.links;
+        let linked = usize::from(first.load(Ordering::Relaxed) != 0)
+            + usize::from(second.load(Ordering::Relaxed) != 0);
+        if Arc::strong_count(&scope) != 1 || Arc::weak_count(&scope) != linked || spare::full() {
+            return;
+        }
+        scope.unlink();
+        // Fails if a cancellation took the registration before `unlink` and still holds it.
+        let Some(unique) = Arc::get_mut(&mut scope) else {
+            return;
+        };
+        let (parent, other) = unique.detach_parents();
+        unique.reset();
+        drop(spare::keep(scope));
+        release(parent);
+        if let Some(other) = other {
+            release(other);
+        }
+    }
+
+    /// Empties a scope nobody else can reach, for reuse: what it still holds is dropped here,
+    /// and every field is left as [`Scope::alloc`] expects it.
+    fn reset(&mut self) {
+        debug_assert!(
+            self.links
+                .iter()
+                .all(|slot| slot.load(Ordering::Relaxed) == 0)
+        );
+        debug_assert_eq!(self.tasks.load(Ordering::Relaxed), 0);
+        self.kind = Kind::Cancel;
+        self.deadline = None;
+        self.state.store(LIVE, Ordering::Relaxed);
+        let inner = self.inner_mut();
+        // A live scope may still hold callbacks whose handles were dropped: dropped unrun, as
+        // when the scope itself is dropped.
+        inner.regs.clear();
+        inner.cause = None;
+        inner.source = None;
+        inner.mirror = None;
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        self.inner.get_mut().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -420,25 +528,29 @@ impl Scope {
         }
         self.state.fetch_or(done, Ordering::AcqRel);
         Finished::Took(Taken {
-            regs: mem::take(&mut inner.regs),
+            // An empty slab stays, with its capacity, for the scope's reuse.
+            regs: if inner.regs.len() == 0 {
+                Slab::new()
+            } else {
+                mem::take(&mut inner.regs)
+            },
             source: inner.source.take(),
             mirror: inner.mirror.take(),
         })
     }
 
-    /// Lets go of the last handle to a scope that nothing can observe: no other handle or
-    /// context holds it, nothing was ever registered in it (no child, waiter, callback, timer
-    /// or token) and no one listens for the debug event a cancellation emits. Cancelling it
-    /// would change nothing anyone can see, so it is released as it is, the way Go's collector
-    /// takes a context nobody cancelled. Hands the scope back otherwise.
+    /// Whether `scope`, held by the caller's last handle, is one that nothing can observe: no
+    /// other handle or context holds it, nothing was ever registered in it (no child, waiter,
+    /// callback, timer or token) and no one listens for the debug event a cancellation emits.
+    /// Cancelling it would change nothing anyone can see, so the handle lets it go as it is,
+    /// the way Go's collector takes a context nobody cancelled.
     ///
     /// A parent's cancellation may still reach it through its registration (a `Weak`) until
-    /// `Drop` unlinks it; finishing a scope nobody else holds is harmless.
-    pub(crate) fn release_unobserved(scope: Arc<Scope>) -> Result<(), Arc<Scope>> {
-        let unobserved = Arc::strong_count(&scope) == 1
+    /// it is unlinked; finishing a scope nobody else holds is harmless.
+    pub(crate) fn is_unobserved(scope: &Arc<Scope>) -> bool {
+        Arc::strong_count(scope) == 1
             && scope.state.load(Ordering::Acquire) & (BUSY | ERR) == LIVE
-            && !tracing::enabled!(target: "taskctx", tracing::Level::DEBUG);
-        if unobserved { Ok(()) } else { Err(scope) }
+            && !tracing::enabled!(target: "taskctx", tracing::Level::DEBUG)
     }
 
     /// Cancels this scope and, before returning, every scope below it; emits a debug event.
@@ -949,6 +1061,8 @@ pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// The layout note on [`Scope`]: the reference counts, the lock word with the
@@ -990,6 +1104,122 @@ mod tests {
         }
     }
 
+    /// The address of the scope behind `ctx`, to see whether an allocation was reused.
+    fn address(ctx: &Context) -> usize {
+        Arc::as_ptr(ctx.scope().unwrap()) as usize
+    }
+
+    /// Runs `f` on a thread of its own, whose spare scopes no other test touches.
+    fn on_fresh_thread(f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(f).join().unwrap();
+    }
+
+    #[test]
+    fn a_released_scope_is_reused_clean_whatever_it_held() {
+        on_fresh_thread(|| {
+            // A cancellation with a custom cause, under a parent with a value.
+            let parent = Context::background().with_value(1u8);
+            let (ctx, cancel) = parent.with_cancel_cause();
+            let old = address(&ctx);
+            cancel.cancel("went away");
+            assert_eq!(ctx.cause().unwrap().to_string(), "went away");
+            drop((ctx, cancel));
+
+            let (ctx, cancel) = Context::background().with_cancel();
+            assert_eq!(address(&ctx), old, "the allocation is reused");
+            assert_eq!((ctx.err(), ctx.cause().is_none()), (None, true));
+            assert_eq!(ctx.value::<u8>(), None, "the old parent's values are gone");
+            assert_eq!(ctx.deadline(), None);
+            cancel.cancel();
+            assert_eq!(
+                ctx.cause().unwrap().to_string(),
+                Error::Canceled.to_string()
+            );
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reused_deadline_scope_keeps_nothing_of_its_deadline() {
+        let (ctx, cancel) = Context::background().with_timeout(Duration::from_secs(1));
+        let old = address(&ctx);
+        drop((ctx, cancel));
+        let (ctx, _cancel) = Context::background().with_cancel();
+        assert_eq!(address(&ctx), old, "the allocation is reused");
+        assert_eq!(ctx.deadline(), None);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !ctx.is_done(),
+            "the old deadline does not fire on the new context"
+        );
+    }
+
+    /// A live scope released with a callback still registered (its handle disarmed, its
+    /// `AfterFunc` dropped) drops the callback unrun, as any released context does; the scope's
+    /// next life does not run it.
+    #[test]
+    fn a_callback_left_in_a_released_scope_is_dropped_unrun_and_never_reruns() {
+        use std::sync::atomic::AtomicBool;
+        on_fresh_thread(|| {
+            let ran = Arc::new(AtomicBool::new(false));
+            let (ctx, cancel) = Context::background().with_cancel();
+            let old = address(&ctx);
+            cancel.disarm();
+            drop(ctx.after_func({
+                let ran = ran.clone();
+                move || ran.store(true, Ordering::SeqCst)
+            }));
+            drop(ctx);
+            assert_eq!(Arc::strong_count(&ran), 1, "the callback was dropped");
+
+            let (ctx, cancel) = Context::background().with_cancel();
+            assert_eq!(address(&ctx), old, "the allocation is reused");
+            cancel.cancel();
+            assert!(ctx.is_done());
+            assert!(!ran.load(Ordering::SeqCst), "the old callback never runs");
+        });
+    }
+
+    /// Reuse in a chain: a reused scope is linked into its new parent and follows it.
+    #[test]
+    fn a_reused_scope_follows_its_new_parent() {
+        on_fresh_thread(|| {
+            let (root, cancel_root) = Context::background().with_cancel();
+            let (child, cancel_child) = root.with_cancel();
+            let (grandchild, cancel_grandchild) = child.with_cancel();
+            let old = [address(&child), address(&grandchild)];
+            drop((grandchild, cancel_grandchild, child, cancel_child));
+            assert!(crate::testing::census(&root).is_clean());
+
+            let (a, _cancel_a) = root.with_cancel();
+            let (b, _cancel_b) = a.with_cancel();
+            let mut new = [address(&a), address(&b)];
+            new.sort_unstable();
+            let mut old = old;
+            old.sort_unstable();
+            assert_eq!(new, old, "both allocations are reused");
+            assert_eq!(crate::testing::census(&root).contexts, 2);
+            cancel_root.cancel();
+            assert_eq!(
+                (a.err(), b.err()),
+                (Some(Error::Canceled), Some(Error::Canceled))
+            );
+        });
+    }
+
+    /// A scope a cancellation may still reach is not reused: the walk holds its registration.
+    #[test]
+    fn a_scope_held_elsewhere_is_not_reused() {
+        on_fresh_thread(|| {
+            let (ctx, cancel) = Context::background().with_cancel();
+            let old = address(&ctx);
+            let clone = ctx.clone();
+            drop((ctx, cancel));
+            let (other, _cancel_other) = Context::background().with_cancel();
+            assert_ne!(address(&other), old, "a clone still holds the old scope");
+            assert_eq!(clone.err(), Some(Error::Canceled));
+        });
+    }
+
     #[test]
     fn walk_stack_is_last_in_first_out_across_the_spill() {
         let mut stack = Batch::default();
@@ -1002,5 +1232,77 @@ mod tests {
         let rest: Vec<_> = std::iter::from_fn(|| stack.pop()).collect();
         assert_eq!(rest, [11, 10, 2, 1, 0]);
         assert_eq!(stack.pop(), None);
+    }
+}
+
+/// Spare scope allocations, kept per thread for reuse (see "Reuse" above).
+#[cfg(not(loom))]
+mod spare {
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    use super::Scope;
+
+    /// How many spare scopes a thread keeps at most: about 16 KiB.
+    const CAP: usize = 64;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<Arc<Scope>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[inline]
+    pub(super) fn take() -> Option<Arc<Scope>> {
+        SPARE
+            .try_with(|spare| spare.borrow_mut().pop())
+            .ok()
+            .flatten()
+    }
+
+    /// Whether [`keep`] would hand a scope back: it is then cheaper to free it as it is.
+    #[inline]
+    pub(super) fn full() -> bool {
+        SPARE
+            .try_with(|spare| spare.borrow().len() == CAP)
+            .unwrap_or(true)
+    }
+
+    /// Keeps `scope`, or hands it back if this thread already keeps enough (or is exiting).
+    #[inline]
+    pub(super) fn keep(scope: Arc<Scope>) -> Option<Arc<Scope>> {
+        // Nothing runs user code while the list is borrowed: a scope handed back is dropped by
+        // the caller, after the borrow (and a reset scope drops trivially anyway).
+        SPARE
+            .try_with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() == CAP {
+                    return Some(scope);
+                }
+                if spare.capacity() == 0 {
+                    spare.reserve_exact(CAP); // once per thread: no growth later
+                }
+                spare.push(scope);
+                None
+            })
+            .unwrap_or(None)
+    }
+}
+
+/// Under loom, scopes are not kept: every drop frees.
+#[cfg(loom)]
+mod spare {
+    use std::sync::Arc;
+
+    use super::Scope;
+
+    pub(super) fn take() -> Option<Arc<Scope>> {
+        None
+    }
+
+    pub(super) fn full() -> bool {
+        false // still exercise `Scope::recycle` up to `keep`
+    }
+
+    pub(super) fn keep(scope: Arc<Scope>) -> Option<Arc<Scope>> {
+        Some(scope)
     }
 }

@@ -242,13 +242,14 @@ fn with_value_costs_the_node_and_the_boxed_value_and_one_for_a_zero_sized_value(
 }
 
 /// The first child also allocates the parent's registrations, which the parent then keeps:
-/// two allocations, as Go's two, then one per child.
+/// two allocations, as Go's two. A released child's allocation is kept by the thread and
+/// reused by the next one: none from then on.
 #[test]
-fn with_cancel_from_a_live_parent_costs_two_allocations_then_one_once_the_parent_is_warm() {
+fn with_cancel_from_a_live_parent_costs_two_allocations_then_none_once_a_scope_is_reused() {
     let (parent, _cancel_parent) = Context::background().with_cancel();
     for round in 0..3 {
         let (n, child) = allocations(|| parent.with_cancel());
-        assert_eq!(n, if round == 0 { 2 } else { 1 }, "round {round}");
+        assert_eq!(n, if round == 0 { 2 } else { 0 }, "round {round}");
         assert_eq!(
             census(&parent).contexts,
             1,
@@ -257,6 +258,41 @@ fn with_cancel_from_a_live_parent_costs_two_allocations_then_one_once_the_parent
         drop(child);
         assert!(census(&parent).is_clean(), "round {round}");
     }
+}
+
+/// A thread keeps at most 64 released scopes: 100 live children released together leave 64
+/// for reuse, and the next 100 children allocate the other 36.
+#[test]
+fn a_thread_keeps_at_most_64_released_scopes_for_reuse() {
+    std::thread::spawn(|| {
+        let root = Context::background();
+        let derive_100 = || (0..100).map(|_| root.with_cancel()).collect::<Vec<_>>();
+        let (n, first) = allocations(derive_100);
+        assert_eq!(n, 100 + 1, "100 scopes and the Vec that holds them");
+        drop(first);
+        let (n, second) = allocations(derive_100);
+        assert_eq!(n, 100 - 64 + 1, "64 scopes were reused");
+        assert!(second.iter().all(|(ctx, _)| !ctx.is_done()));
+    })
+    .join()
+    .unwrap();
+}
+
+/// A context that something else can still reach is never reused: here an `after_func`
+/// registration, which holds the scope weakly.
+#[test]
+fn a_scope_still_reachable_through_after_func_is_not_reused() {
+    std::thread::spawn(|| {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let registration = ctx.after_func(|| {});
+        drop((ctx, cancel)); // cancels, which runs the callback
+        let (n, (next, _cancel_next)) = allocations(|| Context::background().with_cancel());
+        assert_eq!(n, 1, "a fresh allocation: the old scope was not kept");
+        assert!(!registration.stop(), "the callback ran");
+        assert!(!next.is_done());
+    })
+    .join()
+    .unwrap();
 }
 
 /// The first waiter allocates the context's registrations, which it then keeps.
@@ -300,9 +336,12 @@ fn cancelling_wakes_four_waiters_without_allocating() {
 #[tokio::test(start_paused = true)]
 async fn deadline_in_a_tokio_runtime_adds_two_allocations_to_with_cancel() {
     let (root, _cancel_root) = Context::background().with_cancel();
-    drop(root.with_cancel()); // warm the root's registrations
+    drop(root.with_cancel()); // warm the root's registrations, and keep a spare scope
     let (n, (ctx, _cancel)) = allocations(|| root.with_timeout(Duration::from_secs(1)));
-    assert_eq!(n, 1 + 2, "the scope, a Tokio timer entry and its waker");
+    assert_eq!(
+        n, 2,
+        "a Tokio timer entry and its waker; the scope reuses the spare"
+    );
     assert_eq!(census(&root).timers, 1);
     assert_eq!(ctx.done().await, Error::DeadlineExceeded);
 }

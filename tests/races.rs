@@ -556,6 +556,63 @@ fn children_dropped_while_parent_is_cancelled_leave_nothing_registered() {
     }
 }
 
+/// Released contexts are reused by the next context their thread derives. A cancellation that
+/// is still walking a released child's old parent must never reach the child's next life:
+/// threads derive and drop children of a parent another thread cancels at the same moment, and
+/// between drops derive long-lived contexts under an uncancelled root (which take those
+/// released allocations). None of those may ever be done.
+#[test]
+fn a_cancellation_racing_a_release_never_reaches_the_reused_context() {
+    const ITERATIONS: u64 = 300;
+    const CHILDREN: usize = 32;
+    let (keeper, _cancel_keeper) = Context::background().with_cancel();
+    for iteration in 0..ITERATIONS {
+        let (parent, cancel_parent) = Context::background().with_cancel();
+        let barrier = Barrier::new(3);
+        let kept: Vec<Vec<(Context, CancelHandle)>> = thread::scope(|s| {
+            let workers: Vec<_> = (0..2u64)
+                .map(|worker| {
+                    let (parent, barrier, keeper) = (&parent, &barrier, &keeper);
+                    s.spawn(move || {
+                        let mut rng = Rng::new(iteration * 2 + worker);
+                        let children: Vec<_> =
+                            (0..CHILDREN).map(|_| parent.with_cancel()).collect();
+                        let mut kept = Vec::new();
+                        barrier.wait();
+                        for child in children {
+                            drop(child); // released: its allocation is kept for reuse
+                            rng.spin(50);
+                            kept.push(keeper.with_cancel()); // likely takes that allocation
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            s.spawn(|| {
+                barrier.wait();
+                Rng::new(iteration).spin(500);
+                cancel_parent.cancel();
+            });
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert!(parent.is_done());
+        for (ctx, _) in kept.iter().flatten() {
+            assert_eq!(
+                ctx.err(),
+                None,
+                "iteration {iteration}: a stale walk reached it"
+            );
+        }
+        assert_eq!(
+            census(&keeper).contexts,
+            2 * CHILDREN,
+            "iteration {iteration}"
+        );
+        drop(kept);
+        assert!(census(&keeper).is_clean(), "iteration {iteration}");
+    }
+}
+
 /// Deadlines armed by tasks of a multi-thread runtime live in per-worker wheels. Tasks on every
 /// worker arm short and long timeouts, cancel some from other threads, and let others fire:
 /// each context ends done exactly once, with the right error, and every wheel entry is gone.
