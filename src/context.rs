@@ -508,14 +508,16 @@ impl Context {
 
     #[inline]
     fn lookup(&self, key: TypeId) -> Option<&(dyn Any + Send + Sync)> {
+        // One match per layer: this loop is the whole cost of a deep lookup.
         let mut current = self;
         loop {
-            if let Node::Value(node) = &current.node {
-                if node.key == key {
-                    return Some(&*node.value);
-                }
-            }
-            current = current.parent()?;
+            current = match &current.node {
+                Node::Value(node) if node.key == key => return Some(&*node.value),
+                Node::Value(node) => &node.parent,
+                Node::Scope(scope) => scope.parent(),
+                Node::Detached(node) => &node.parent,
+                Node::Background | Node::Todo => return None,
+            };
         }
     }
 

@@ -216,6 +216,7 @@ impl Scope {
     /// Creates a scope under `parent` and links it into the tree. The scope is born done if a
     /// parent already is, or if its own deadline has passed. `now`, if the caller has just read
     /// the clock, saves reading it again.
+    #[inline] // each caller's kind is a constant: no copy of it, and its branches fold away
     pub(crate) fn new(parent: &Context, kind: Kind, now: Option<Instant>) -> Arc<Scope> {
         let other = match &kind {
             Kind::Merge(other) => Some(other),
