@@ -77,20 +77,6 @@ enum Node {
     Detached(Arc<Detached>),
 }
 
-impl Drop for Context {
-    #[inline]
-    fn drop(&mut self) {
-        // The last handle to a scope lets it keep its allocation for reuse (`Scope::recycle`).
-        if let Node::Scope(scope) = &self.node {
-            if Arc::strong_count(scope) == 1 {
-                if let Node::Scope(scope) = std::mem::take(&mut self.node) {
-                    Scope::recycle(scope);
-                }
-            }
-        }
-    }
-}
-
 /// A `without_cancel` context: the parent's values, none of its cancellation.
 struct Detached {
     parent: Context,
@@ -1038,8 +1024,8 @@ pub(crate) fn release(ctx: Context) {
 fn release_chain(ctx: Context) {
     let mut next = Some(ctx);
     let mut others = Vec::new(); // only merges put anything here
-    while let Some(mut ctx) = next.take().or_else(|| others.pop()) {
-        next = match std::mem::take(&mut ctx.node) {
+    while let Some(ctx) = next.take().or_else(|| others.pop()) {
+        next = match ctx.node {
             Node::Background | Node::Todo => None,
             Node::Scope(scope) => Arc::into_inner(scope).map(|mut scope| {
                 let (parent, other) = scope.detach_parents();

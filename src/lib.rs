@@ -71,11 +71,11 @@
 //! # Performance
 //!
 //! [`Context::is_done`] and [`Context::err`] are one atomic load. Deriving a cancellable
-//! context is at most one allocation, and none when the thread has a released one to reuse:
-//! each thread keeps up to 64 cancellable contexts that nothing can reach any more, as Go's
-//! allocator keeps freed memory per thread, so a steady flow of contexts derived and dropped on
-//! a thread does not call the allocator. A deadline adds two (a Tokio timer entry and its
-//! waker) and no task. A value context is two (the node, and the value boxed behind it, which keeps every
+//! context is at most one allocation, and none when the thread has one to reuse: a cancel
+//! handle that outlives its context's clones leaves the memory to its thread (up to 64 per
+//! thread, as Go's allocator keeps freed memory per thread), so a chain released leaf first,
+//! or a context dropped before its handle, is rebuilt without the allocator. A deadline adds
+//! two (a Tokio timer entry and its waker) and no task. A value context is two (the node, and the value boxed behind it, which keeps every
 //! layer's key at a fixed offset so a lookup is one dependent load per layer); one for a
 //! zero-sized value. Awaiting [`Context::done`] on a context that is already done neither locks nor
 //! allocates. Cancellation walks the subtree iteratively, so chains of any depth are safe.
