@@ -441,11 +441,14 @@ impl Scope {
     /// Registers `child` as this scope's child on the child's link `link`, or reports why this
     /// scope is already done.
     fn attach(&self, child: &Arc<Scope>, link: usize) -> Result<(), (Error, Cause)> {
+        // Made before the lock is taken: the lock of a parent shared by many threads is held
+        // as briefly as can be (`Arc::downgrade` is a compare-and-swap loop).
+        let weak = Arc::downgrade(child);
         let mut inner = self.lock();
         if let Some(state) = self.claim() {
             return Err(Scope::done_reason(state, &inner));
         }
-        let index = inner.regs.insert(Reg::Child(Arc::downgrade(child)));
+        let index = inner.regs.insert(Reg::Child(weak));
         child.links[link].store(index + 1, Ordering::Relaxed);
         Ok(())
     }
