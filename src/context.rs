@@ -559,7 +559,7 @@ impl Context {
     /// assert!(!request.is_done());
     /// ```
     pub fn merge(&self, other: &Context) -> Context {
-        Context::from_scope(Scope::new(self, Kind::Merge(other.clone()), None))
+        Context::from_scope(Scope::new(self, Kind::merge(other.clone()), None))
     }
 
     /// Derives a child that is done when this context is or when `token` is cancelled, with
@@ -960,7 +960,7 @@ impl Context {
                     let left = at.saturating_duration_since(Instant::now());
                     write!(f, ".WithDeadline([{left:?}])")
                 }
-                Kind::Merge(other) => write!(f, ".Merge({other})"),
+                Kind::Merge(other, _) => write!(f, ".Merge({other})"),
                 Kind::Token => f.write_str(".WithToken"),
             },
         }

@@ -11,8 +11,9 @@
 //! the context is cancelled or going away, `AfterFunc::stop` against the callback, and
 //! installing a token watch or a mirror token (`Context::token`) in a scope being cancelled,
 //! a worker wheel's timer that fires before the wheel has stored it, the fallback timer
-//! thread told of an earlier deadline while it sleeps, and a child's last handles let go of
-//! it (leaving its parent before it is taken apart) while the parent is cancelled.
+//! thread told of an earlier deadline while it sleeps, a child's last handles let go of it
+//! (leaving its parent before it is taken apart) while the parent is cancelled, and a child
+//! registering in a shard of a parent being cancelled.
 //!
 //! Only the crate's own state byte and locks are loom's: tokio-util's `CancellationToken` is
 //! not instrumented, so the models that use one check what the scope holds, not the token's
@@ -393,6 +394,28 @@ fn loom_releasing_a_childs_last_handles_races_the_parents_cancel() {
         releaser.join().unwrap();
         assert!(parent.is_done());
         assert_eq!(sibling.err(), Some(Error::Canceled));
+        assert!(census(&parent).is_clean());
+    });
+}
+
+/// A parent starts spreading its children over shards (`SHARDED`, as on contention) while it
+/// is cancelled: the cancellation either locks the shards across its swap (it saw `SHARDED`,
+/// or its swap failed because the bit appeared, and it tries again), or the registration sees
+/// the error and refuses. The child is never left live in a done parent.
+#[test]
+fn loom_a_child_registered_in_a_shard_races_the_parents_cancel() {
+    loom::model(|| {
+        let (parent, cancel) = Context::background().with_cancel();
+        let deriver = {
+            let parent = parent.clone();
+            thread::spawn(move || {
+                parent.scope().unwrap().use_shards();
+                parent.with_cancel()
+            })
+        };
+        cancel.cancel();
+        let (child, _cancel_child) = deriver.join().unwrap();
+        assert_eq!(child.err(), Some(Error::Canceled));
         assert!(census(&parent).is_clean());
     });
 }
