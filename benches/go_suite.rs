@@ -453,6 +453,21 @@ fn deep_value_same_go_routine(h: &Harness) {
             })
         });
     }
+    // Go's rows look up a key no layer holds, which each layer's key mask answers at once.
+    // These find a value held by the outermost layer, below `depth` others: the full walk.
+    struct Outermost(u8);
+    for depth in [10, 100] {
+        let ctx = (0..depth).fold(Context::background().with_value(Outermost(1)), |ctx, i| {
+            ctx.with_value(i)
+        });
+        h.bench(&format!("DeepValueOutermostHit/depth={depth}"), 1, |n| {
+            measure(|| {
+                for _ in 0..n {
+                    black_box(black_box(&ctx).value::<Outermost>().map(|v| v.0));
+                }
+            })
+        });
+    }
 }
 
 fn err_ok_and_canceled(h: &Harness) {

@@ -17,7 +17,7 @@ use crate::handle::{CancelCauseHandle, CancelHandle};
 use crate::source;
 use crate::task::TaskHandle;
 use crate::tree::{Kind, Scope, run_callback};
-use crate::value::{Key, Label, ValueNode, key_id};
+use crate::value::{Key, Label, ValueNode, key_bit, key_id};
 
 /// A cancellation signal, a deadline and request-scoped values, passed down every call.
 ///
@@ -442,6 +442,7 @@ impl Context {
         let node = Arc::new(ValueNode {
             parent: self.clone(),
             scope: self.scope().cloned(),
+            keys: self.keys_above() | key_bit(key),
             key,
             label,
             value: Box::new(value),
@@ -453,7 +454,9 @@ impl Context {
 
     /// The innermost value of type `T` this context carries, if any.
     ///
-    /// The lookup walks up the chain of derived contexts; it never allocates or locks.
+    /// The lookup walks up the chain of derived contexts; it never allocates or locks. Each
+    /// value layer keeps a 64-bit mask of the keys held from it up, so a type that no layer
+    /// holds is usually answered at the first value layer, however deep the chain.
     ///
     /// # Examples
     ///
@@ -492,13 +495,29 @@ impl Context {
         self.lookup(key_id::<K>())?.downcast_ref()
     }
 
+    /// The key mask of the nearest value layer at or above this context (see `ValueNode::keys`).
+    fn keys_above(&self) -> u64 {
+        let mut current = self;
+        loop {
+            current = match &current.node {
+                Node::Value(node) => return node.keys,
+                Node::Scope(scope) => scope.parent(),
+                Node::Detached(node) => &node.parent,
+                Node::Background | Node::Todo => return 0,
+            };
+        }
+    }
+
     #[inline]
     fn lookup(&self, key: TypeId) -> Option<&(dyn Any + Send + Sync)> {
-        // One match per layer: this loop is the whole cost of a deep lookup.
+        let bit = key_bit(key);
+        // One match per layer: this loop is the whole cost of a deep lookup. A miss ends at the
+        // first value layer whose mask says that no layer from it up holds the key.
         let mut current = self;
         loop {
             current = match &current.node {
                 Node::Value(node) if node.key == key => return Some(&*node.value),
+                Node::Value(node) if node.keys & bit == 0 => return None,
                 Node::Value(node) => &node.parent,
                 Node::Scope(scope) => scope.parent(),
                 Node::Detached(node) => &node.parent,

@@ -75,10 +75,12 @@
 //! handle that outlives its context's clones leaves the memory to its thread (up to 64 per
 //! thread, as Go's allocator keeps freed memory per thread), so a chain released leaf first,
 //! or a context dropped before its handle, is rebuilt without the allocator. A deadline adds
-//! two (a Tokio timer entry and its waker) and no task. A value context is two (the node, and the value boxed behind it, which keeps every
-//! layer's key at a fixed offset so a lookup is one dependent load per layer); one for a
-//! zero-sized value. Awaiting [`Context::done`] on a context that is already done neither locks nor
-//! allocates. Cancellation walks the subtree iteratively, so chains of any depth are safe.
+//! two (a Tokio timer entry and its waker) and no task. A value context is two allocations:
+//! the node, and the value boxed behind it, which keeps every layer's key at a fixed offset so
+//! that a lookup is one dependent load per layer; one for a zero-sized value. A lookup of a
+//! key that no layer holds usually stops at the first value layer, whose mask of the keys
+//! above says so. Awaiting [`Context::done`] on a context that is already done neither locks
+//! nor allocates. Cancellation walks the subtree iteratively, so chains of any depth are safe.
 //!
 //! # Observability
 //!

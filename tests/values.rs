@@ -285,3 +285,52 @@ fn display_shows_value_types_and_keys_never_contents() {
         assert!(!format!("{ctx:?}").contains(secret), "Debug leaks {secret}");
     }
 }
+
+/// A lookup that misses stops at the first value layer whose key mask lacks the key's bit, so
+/// the mask must cover every layer above, across every kind of context in between.
+#[test]
+fn every_value_is_found_and_a_missing_one_is_not_through_every_kind_of_layer() {
+    let (cancellable, _cancel) = Context::background().with_value(TenantId(7)).with_cancel();
+    let detached = cancellable
+        .without_cancel()
+        .with_key::<RequestId>("req-1".into());
+    let (timed, _cancel_timed) = detached.with_timeout(Duration::from_secs(60));
+    let merged = timed.merge(&Context::background().with_value(Marker(9)));
+    let leaf = merged
+        .with_token(CancellationToken::new())
+        .with_value(UserId(3));
+    assert_eq!(leaf.value::<TenantId>(), Some(&TenantId(7)));
+    assert_eq!(leaf.get::<RequestId>().map(String::as_str), Some("req-1"));
+    assert_eq!(leaf.value::<UserId>(), Some(&UserId(3)));
+    assert_eq!(
+        leaf.value::<Marker>(),
+        None,
+        "a merge sees the values of self only"
+    );
+    assert_eq!(leaf.get::<UserName>(), None);
+    assert_eq!(leaf.value::<u32>(), None);
+}
+
+/// Seventy distinct key types in one chain: more than the mask's 64 bits, so some share a bit
+/// and a miss on a shared bit walks on. Every value is still found, the innermost of each, and
+/// keys never stored are not.
+#[test]
+fn more_keys_than_mask_bits_are_all_found() {
+    struct Slot<const N: usize>(usize);
+    macro_rules! chain {
+        ($ctx:expr; $($n:literal)*) => {{
+            let ctx = $ctx;
+            $( let ctx = ctx.with_value(Slot::<$n>($n)); )*
+            $( assert_eq!(ctx.value::<Slot<$n>>().map(|slot| slot.0), Some($n)); )*
+            ctx
+        }};
+    }
+    let ctx = chain!(Context::background();
+        0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32
+        33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62
+        63 64 65 66 67 68 69);
+    let shadowed = ctx.with_value(Slot::<5>(500));
+    assert_eq!(shadowed.value::<Slot<5>>().map(|slot| slot.0), Some(500));
+    assert_eq!(shadowed.value::<Slot<70>>().map(|slot| slot.0), None);
+    assert_eq!(shadowed.value::<TenantId>(), None);
+}
