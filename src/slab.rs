@@ -88,16 +88,19 @@ impl<T> Slab<T> {
 
     /// Drops every value. The capacity stays, unless it is larger than a reused scope needs.
     pub(crate) fn clear(&mut self) {
-        if self.entries.is_empty() {
-            return; // `len` and `next_free` are 0 whenever `entries` is empty
-        }
+        // An emptied slab keeps its room (see `remove_if`), so the capacity is checked first.
         if self.entries.capacity() > KEPT_CAPACITY {
             self.entries = Vec::new();
-        } else {
+        } else if !self.entries.is_empty() {
             self.entries.clear();
         }
         self.next_free = 0;
         self.len = 0;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.entries.capacity()
     }
 
     /// Consumes the slab, handing every value to `f`.

@@ -403,6 +403,9 @@ impl Scope {
         self.kind = Kind::Cancel;
         self.deadline = None;
         self.state.store(LIVE, Ordering::Relaxed);
+        // Shards, and room for more than a few registrations, are for the scope that needed
+        // them: not carried into the next life.
+        self.shards = OnceShards::new();
         let inner = self.inner_mut();
         inner.regs.clear(); // no registrations are left, but their room may be
         inner.cause = None;
@@ -1371,6 +1374,34 @@ mod tests {
                 (a.err(), b.err()),
                 (Some(Error::Canceled), Some(Error::Canceled))
             );
+        });
+    }
+
+    /// A reused scope does not carry the room a previous life needed: not 100 children's
+    /// registrations, not its shards.
+    #[test]
+    fn a_reused_scope_keeps_no_room_beyond_a_few_registrations() {
+        on_fresh_thread(|| {
+            let (parent, cancel) = Context::background().with_cancel();
+            let old = address(&parent);
+            // Children released while a clone of each is alive are freed, not kept: the
+            // thread's spare scopes stay empty for the parent.
+            let release = |children: Vec<(Context, crate::CancelHandle)>| {
+                let clones: Vec<Context> = children.iter().map(|(c, _)| c.clone()).collect();
+                drop(children);
+                drop(clones);
+            };
+            let children: Vec<_> = (0..100).map(|_| parent.with_cancel()).collect();
+            assert!(parent.scope().unwrap().lock().regs.capacity() >= 100);
+            release(children);
+            parent.scope().unwrap().use_shards();
+            release((0..10).map(|_| parent.with_cancel()).collect());
+            drop((parent, cancel));
+            let (ctx, _cancel) = Context::background().with_cancel();
+            assert_eq!(address(&ctx), old, "the allocation is reused");
+            let scope = ctx.scope().unwrap();
+            assert!(scope.lock().regs.capacity() <= 16);
+            assert!(scope.shards.get().is_none());
         });
     }
 
