@@ -386,7 +386,12 @@ impl Scope {
         let Some(unique) = Arc::get_mut(&mut scope) else {
             return;
         };
-        let (parent, other) = unique.detach_parents();
+        // Unlinked above: only the parents are left to take out.
+        let parent = mem::take(&mut unique.parent);
+        let other = match &mut unique.kind {
+            Kind::Merge(other, _) => Some(mem::take(other)),
+            _ => None,
+        };
         unique.reset();
         drop(spare::keep(scope));
         release(parent);
@@ -400,12 +405,16 @@ impl Scope {
     fn reset(&mut self) {
         debug_assert_eq!(self.link.load(Ordering::Relaxed), 0);
         debug_assert_eq!(self.tasks.load(Ordering::Relaxed), 0);
-        self.kind = Kind::Cancel;
+        if !matches!(self.kind, Kind::Cancel) {
+            self.kind = Kind::Cancel;
+        }
         self.deadline = None;
         self.state.store(LIVE, Ordering::Relaxed);
         // Shards, and room for more than a few registrations, are for the scope that needed
         // them: not carried into the next life.
-        self.shards = OnceShards::new();
+        if self.shards.get().is_some() {
+            self.shards = OnceShards::new();
+        }
         let inner = self.inner_mut();
         inner.regs.clear(); // no registrations are left, but their room may be
         inner.cause = None;
