@@ -1430,8 +1430,9 @@ mod tests {
 
     /// The scope's `Arc` allocation stays at 232 bytes. Every larger size tried (240 to 280
     /// bytes, whatever the field that grew) made `ScaleCancelFanout` 1.3 to 2 times slower
-    /// here, with fewer instructions: with glibc, the scopes then share their heap bins with
-    /// the Tokio tasks that wait on them. Re-measure before changing it.
+    /// here, with the same instructions (perf: the time goes to Tokio's run queues; probably
+    /// scopes and tasks then share glibc's heap bins, and so cache lines). Re-measure before
+    /// changing it.
     #[test]
     fn a_scope_allocation_stays_at_232_bytes() {
         assert_eq!(mem::size_of::<Scope>() + 16, 232);
