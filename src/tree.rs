@@ -386,12 +386,7 @@ impl Scope {
         let Some(unique) = Arc::get_mut(&mut scope) else {
             return;
         };
-        // Unlinked above: only the parents are left to take out.
-        let parent = mem::take(&mut unique.parent);
-        let other = match &mut unique.kind {
-            Kind::Merge(other, _) => Some(mem::take(other)),
-            _ => None,
-        };
+        let (parent, other) = unique.take_parents(); // unlinked above
         unique.reset();
         drop(spare::keep(scope));
         release(parent);
@@ -1021,6 +1016,11 @@ impl Scope {
     /// a long chain can be released iteratively rather than by recursive drops.
     pub(crate) fn detach_parents(&mut self) -> (Context, Option<Context>) {
         self.unlink();
+        self.take_parents()
+    }
+
+    /// [`Scope::detach_parents`] for a scope already unlinked.
+    fn take_parents(&mut self) -> (Context, Option<Context>) {
         let other = match &mut self.kind {
             Kind::Merge(other, _) => Some(mem::take(other)),
             _ => None,
