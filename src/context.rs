@@ -207,7 +207,7 @@ impl Context {
     /// assert!(ctx.is_done()); // ...and so the context is already done
     /// ```
     pub fn with_cancel(&self) -> (Context, CancelHandle) {
-        let scope = Scope::new(self, Kind::Cancel, None);
+        let scope = Scope::new(self, || Kind::Cancel, None, None, None);
         (Context::from_scope(scope.clone()), CancelHandle::new(scope))
     }
 
@@ -228,7 +228,7 @@ impl Context {
     /// assert_eq!(child.cause().unwrap().to_string(), "upstream closed the connection");
     /// ```
     pub fn with_cancel_cause(&self) -> (Context, CancelCauseHandle) {
-        let scope = Scope::new(self, Kind::Cancel, None);
+        let scope = Scope::new(self, || Kind::Cancel, None, None, None);
         (
             Context::from_scope(scope.clone()),
             CancelCauseHandle::new(scope),
@@ -285,7 +285,7 @@ impl Context {
         cause: Option<Cause>,
         now: Option<Instant>,
     ) -> (Context, CancelHandle) {
-        let scope = Scope::new(self, Kind::Deadline { at, cause }, now);
+        let scope = Scope::new(self, || Kind::Deadline { at, cause }, None, Some(at), now);
         (Context::from_scope(scope.clone()), CancelHandle::new(scope))
     }
 
@@ -578,7 +578,13 @@ impl Context {
     /// assert!(!request.is_done());
     /// ```
     pub fn merge(&self, other: &Context) -> Context {
-        Context::from_scope(Scope::new(self, Kind::merge(other.clone()), None))
+        Context::from_scope(Scope::new(
+            self,
+            || Kind::merge(other.clone()),
+            Some(other),
+            None,
+            None,
+        ))
     }
 
     /// Derives a child that is done when this context is or when `token` is cancelled, with
@@ -600,7 +606,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
     pub fn with_token(&self, token: CancellationToken) -> Context {
-        let scope = Scope::new(self, Kind::Token, None);
+        let scope = Scope::new(self, || Kind::Token, None, None, None);
         if !scope.is_done() {
             match source::watch_token(&scope, token) {
                 Some(watch) => scope.set_source(watch),

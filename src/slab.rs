@@ -42,6 +42,7 @@ impl<T> Slab<T> {
         self.len
     }
 
+    #[inline(always)] // called with a freshly built value: moved through memory, it stalls
     pub(crate) fn insert(&mut self, value: T) -> usize {
         let index = self.next_free;
         if index == self.entries.len() {

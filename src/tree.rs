@@ -210,7 +210,8 @@ struct Inner {
 enum Finished {
     /// Another cancellation finished the scope first.
     Already,
-    /// Finished by the lock-free swap: the scope held nothing.
+    /// Finished, holding nothing: by the lock-free swap, or under the lock once what it
+    /// held is gone.
     Bare,
     /// Finished under the lock; what it held, to be handled with no lock held.
     Took(Taken),
@@ -257,19 +258,21 @@ pub(crate) struct Scope {
 
 impl Scope {
     /// Creates a scope under `parent` and links it into the tree. The scope is born done if a
-    /// parent already is, or if its own deadline has passed. `now`, if the caller has just read
-    /// the clock, saves reading it again.
-    #[inline] // each caller's kind is a constant: no copy of it, and its branches fold away
-    pub(crate) fn new(parent: &Context, kind: Kind, now: Option<Instant>) -> Arc<Scope> {
-        let other = match &kind {
-            Kind::Merge(other, _) => Some(other),
-            _ => None,
-        };
+    /// parent already is, or if its own deadline has passed. `make_kind` builds the kind that
+    /// `other` (a merge's second parent) and `own` (its own deadline) describe; `now`, if the
+    /// caller has just read the clock, saves reading it again.
+    // The kind is built only where it is stored, and the whole is inlined into each caller:
+    // a kind passed in and held across the calls below lived in a stack slot, written with
+    // narrower stores than the copy that read it back, which stalled (5-10% of a derive).
+    #[inline(always)]
+    pub(crate) fn new(
+        parent: &Context,
+        make_kind: impl FnOnce() -> Kind,
+        other: Option<&Context>,
+        own: Option<Instant>,
+        now: Option<Instant>,
+    ) -> Arc<Scope> {
         let inherited = earliest(parent.deadline(), other.and_then(Context::deadline));
-        let own = match &kind {
-            Kind::Deadline { at, .. } => Some(*at),
-            _ => None,
-        };
         // A deadline no earlier than an inherited one would only fire after the ancestor's
         // timer has already cancelled this scope: no timer of its own is needed. Unless it has
         // passed: the ancestor's timer may not have run yet, and a deadline in the past means
@@ -290,7 +293,11 @@ impl Scope {
             None if is_merge => (BUSY, None),
             None => (LIVE, None),
         };
-        let scope = Scope::alloc(parent, kind, earliest(inherited, own), state, cause);
+        let scope = Scope::alloc(parent, make_kind, earliest(inherited, own), state, cause);
+        debug_assert_eq!(
+            scope.link_parent(1).is_some(),
+            other.and_then(Context::scope).is_some()
+        );
         if is_born_done {
             return scope;
         }
@@ -323,10 +330,10 @@ impl Scope {
     }
 
     /// A new scope: a spare allocation this thread kept (see "Reuse"), or a fresh one.
-    #[inline]
+    #[inline(always)] // as `Scope::new`: the kind stays a constant
     fn alloc(
         parent: &Context,
-        kind: Kind,
+        make_kind: impl FnOnce() -> Kind,
         deadline: Option<Instant>,
         state: u8,
         cause: Option<Cause>,
@@ -338,7 +345,7 @@ impl Scope {
                 // drop glue to run for them.
                 debug_assert!(scope.parent.scope().is_none() && matches!(scope.kind, Kind::Cancel));
                 mem::forget(mem::replace(&mut scope.parent, parent.clone()));
-                mem::forget(mem::replace(&mut scope.kind, kind));
+                mem::forget(mem::replace(&mut scope.kind, make_kind()));
                 scope.deadline = deadline;
                 scope.state.store(state, Ordering::Relaxed);
                 if cause.is_some() {
@@ -349,7 +356,7 @@ impl Scope {
         }
         Arc::new(Scope {
             parent: parent.clone(),
-            kind,
+            kind: make_kind(),
             deadline,
             state: AtomicU8::new(state),
             link: AtomicUsize::new(0),
@@ -683,6 +690,15 @@ impl Scope {
                 Err(actual) => state = actual,
             }
         };
+        if inner.regs.len() == 0
+            && sharded.is_empty()
+            && inner.source.is_none()
+            && inner.mirror.is_none()
+        {
+            // Held something once (a child since gone, as in a chain released leaf first)
+            // but nothing now: as good as the lock-free finish, and no `Taken` to move.
+            return Finished::Bare;
+        }
         Finished::Took(Taken {
             sharded,
             // An empty slab stays, with its capacity, for the scope's reuse.
@@ -1276,7 +1292,7 @@ mod tests {
     /// alignment of the `Arc` allocation (which puts 16 bytes of counts before the scope).
     #[test]
     fn written_and_read_mostly_fields_never_share_a_cache_line() {
-        let scope = Scope::new(&Context::background(), Kind::Cancel, None);
+        let scope = Scope::new(&Context::background(), || Kind::Cancel, None, None, None);
         let base = Arc::as_ptr(&scope) as usize - 16;
         let at = |field: *const u8| field as usize - base;
         let inner = scope.lock();
