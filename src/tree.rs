@@ -91,24 +91,33 @@
 //!
 //! # Reuse
 //!
-//! A scope's allocation can outlive it. When a cancel handle is the last to let go of its
-//! scope (every context of it dropped first, as when a chain is released leaf first, or a
-//! context nobody cloned is dropped before its handle), [`Scope::recycle`] hands the
-//! allocation to the thread, which keeps up to 64, and the next scope created on that thread
-//! takes it instead of calling the allocator: what Go's per-thread allocation caches do for its
-//! contexts. A scope is kept only if nothing can reach it. The handle must hold the only strong
-//! reference, and the only `Weak`s must be its registrations in its parents; it then leaves its
-//! parents (a cancellation that upgrades one of those registrations meanwhile only finishes a
-//! scope no one else holds), and `Arc::get_mut` confirms that nothing holds it, not even a
-//! `Weak` (a cancellation that took the registration before it left still holds one); if not,
-//! it is freed as usual. So no stale registration, timer or `AfterFunc` can reach a kept
-//! scope's next life. Such a scope was either never registered anything or is done (its finish
-//! took everything), so what is left to drop before it is kept is at most a custom cause.
+//! A scope's allocation can outlive it. When the last reference to a scope is let go by a
+//! cancel handle ([`Scope::recycle`]: a chain released leaf first, a context nobody cloned
+//! dropped before its handle) or by a context derived from it as that child goes
+//! ([`Scope::try_recycle`]: a root whose handle and context went before its children), the
+//! allocation goes to the thread, which keeps up to 64, and the next scope created on that
+//! thread takes it instead of calling the allocator: what Go's per-thread allocation caches do
+//! for its contexts. (A `Context` the program drops itself frees its scope: a `Drop` on
+//! `Context` to recycle there too cost `CancelTree/depth=1/Root=Background` 25 -> 32 ns/op.)
+//! A scope is kept only if nothing can reach it. The releaser must hold the only strong
+//! reference, and the only `Weak`s must be its
+//! registrations in its parents (a timer or token watch holds one more, so a live scope with
+//! a deadline is freed as before); it then leaves its parents (a cancellation that upgrades
+//! one of those registrations meanwhile only finishes a scope no one else holds), and
+//! `Arc::get_mut` confirms that nothing holds it, not even a `Weak` (a cancellation that took
+//! the registration before it left still holds one); if not, it is freed as usual. So no
+//! stale registration, timer or `AfterFunc` can reach a kept scope's next life. What it still
+//! holds (a custom cause, the callbacks and mirror token of a scope released live, which a
+//! freed scope would drop unrun and uncancelled too) is dropped before it is kept, with no
+//! lock held.
 //!
-//! A `Context` drop that releases a scope frees it instead. Recycling there too was measured:
-//! it made `CommonParentCancel` (two cores deriving children of one parent) 18% slower, 502
-//! against 428 ns/op over eight alternating runs, as both cores' quicker turns met more often
-//! on the parent's cache lines.
+//! Recycling where a child lets go of its parent as well as in the handle was first measured
+//! before the shards existed, and made `CommonParentCancel` 18% slower (502 against 428
+//! ns/op): the two cores' quicker turns met more often on the shared parent's lock. With the
+//! shards it is no slower (118.4 against 118.8 ns/op, medians of 7 alternating runs), and
+//! roots released by their last child are reused: `CancelTree/depth=1/Root=ClosedCanceler`
+//! 105.8 -> 73.0 ns/op, `OpenCanceler` 220 -> 178, `depth=10/Root=ClosedCanceler` 383 ->
+//! 347; `depth=10/Root=Background` pays the extra look at each parent's count, 591 -> 604.
 //!
 //! # Deadlock safety
 //!
@@ -376,30 +385,57 @@ impl Scope {
     /// on this thread (see "Reuse"); otherwise this is a plain drop.
     #[inline]
     pub(crate) fn recycle(mut scope: Arc<Scope>) {
-        // Only we hold the scope, and the only `Weak`s are its registrations in its parents:
-        // whoever upgrades one of those is a cancellation, which finishes the scope and to
-        // which it makes no difference whether it is still linked.
-        let second = match &scope.kind {
-            Kind::Merge(_, slot) => slot.load(Ordering::Relaxed),
-            _ => 0,
-        };
-        let linked =
-            usize::from(scope.link.load(Ordering::Relaxed) != 0) + usize::from(second != 0);
-        if Arc::strong_count(&scope) != 1 || Arc::weak_count(&scope) != linked || spare::full() {
-            return;
-        }
-        scope.unlink();
-        // Fails if a cancellation took the registration before `unlink` and still holds it.
-        let Some(unique) = Arc::get_mut(&mut scope) else {
+        let Some(unique) = Scope::unique_for_reuse(&mut scope) else {
             return;
         };
-        let (parent, other) = unique.take_parents(); // unlinked above
+        // Let go of last: whatever their drop runs, this scope is out of the way. (Released
+        // here rather than returned: a pair of contexts returned through memory is read back
+        // by wider loads than wrote it, and stalled, 25 -> 29 ns per derive and release.)
+        let (parent, other) = unique.take_parents();
         unique.reset();
         drop(spare::keep(scope));
         release(parent);
         if let Some(other) = other {
             release(other);
         }
+    }
+
+    /// [`Scope::recycle`] for the last context of a scope, met while releasing a chain: hands
+    /// back the parents to let go of next, or the scope if it cannot be kept.
+    pub(crate) fn try_recycle(
+        mut scope: Arc<Scope>,
+    ) -> Result<(Context, Option<Context>), Arc<Scope>> {
+        let Some(unique) = Scope::unique_for_reuse(&mut scope) else {
+            return Err(scope);
+        };
+        let parents = unique.take_parents();
+        unique.reset();
+        drop(spare::keep(scope));
+        Ok(parents)
+    }
+
+    /// If nothing but `scope` can reach the scope and the thread keeps fewer than it may:
+    /// unlinks it and returns it for [`Scope::reset`].
+    #[inline(always)]
+    fn unique_for_reuse(scope: &mut Arc<Scope>) -> Option<&mut Scope> {
+        // Only we hold the scope, and the only `Weak`s are its registrations in its parents:
+        // whoever upgrades one of those is a cancellation, which finishes the scope and to
+        // which it makes no difference whether it is still linked.
+        if Arc::strong_count(scope) != 1 {
+            return None;
+        }
+        let second = match &scope.kind {
+            Kind::Merge(_, slot) => slot.load(Ordering::Relaxed),
+            _ => 0,
+        };
+        let linked =
+            usize::from(scope.link.load(Ordering::Relaxed) != 0) + usize::from(second != 0);
+        if Arc::weak_count(scope) != linked || spare::full() {
+            return None;
+        }
+        scope.unlink();
+        // Fails if a cancellation took the registration before `unlink` and still holds it.
+        Arc::get_mut(scope)
     }
 
     /// Empties a scope nobody else can reach, for reuse: what it still holds is dropped here,
@@ -1430,6 +1466,88 @@ mod tests {
         });
     }
 
+    /// A scope whose handle and context went first is released by its last child's link to
+    /// it, and reused: as `CancelTree/Root=ClosedCanceler` drops its root.
+    #[test]
+    fn a_parent_released_by_its_last_child_is_reused_clean() {
+        on_fresh_thread(|| {
+            let (parent, cancel_parent) = Context::background().with_value(1u8).with_cancel();
+            let (child, cancel_child) = parent.with_cancel();
+            let old = address(&parent);
+            cancel_parent.cancel();
+            // The child's link is now the parent scope's only reference.
+            drop((parent, cancel_parent));
+            drop((child, cancel_child));
+            assert_eq!(spare::len(), 2, "the child and the parent are kept");
+
+            let (a, cancel_a) = Context::background().with_cancel();
+            let (b, _cancel_b) = Context::background().with_cancel();
+            assert!(
+                [address(&a), address(&b)].contains(&old),
+                "both scopes are reused"
+            );
+            for ctx in [&a, &b] {
+                assert_eq!((ctx.err(), ctx.value::<u8>()), (None, None));
+            }
+            cancel_a.cancel();
+            assert_eq!((a.err(), b.err()), (Some(Error::Canceled), None));
+        });
+    }
+
+    /// A live merge released through a chain leaves both its parents before it is reused, and
+    /// a live scope's pending callback is dropped unrun, as when it is freed.
+    #[test]
+    fn a_live_scope_released_through_a_chain_is_reused_clean() {
+        on_fresh_thread(|| {
+            let (a, cancel_a) = Context::background().with_cancel();
+            let (b, _cancel_b) = Context::background().with_cancel();
+            let merged = a.merge(&b);
+            let old = address(&merged);
+            let ran = Arc::new(AtomicUsize::new(0));
+            let seen = Arc::clone(&ran);
+            drop(merged.after_func(move || {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }));
+            let value = merged.with_value(2u8);
+            drop(merged); // the value layer holds the merge's only reference
+            drop(value);
+            assert_eq!(spare::len(), 1, "the merge is kept");
+            assert_eq!(Arc::strong_count(&ran), 1, "the callback was dropped");
+            assert!(crate::testing::census(&a).is_clean());
+            assert!(crate::testing::census(&b).is_clean());
+
+            let (ctx, cancel) = Context::background().with_cancel();
+            assert_eq!(address(&ctx), old, "the merge's allocation is reused");
+            cancel_a.cancel();
+            assert!(!ctx.is_done(), "the old parent does not reach the new life");
+            cancel.cancel();
+            assert_eq!(
+                ran.load(Ordering::Relaxed),
+                0,
+                "the old callback never runs"
+            );
+        });
+    }
+
+    /// A live scope with a deadline is not kept when its last context goes (the timer holds a
+    /// `Weak` to it), so its timer cannot reach whatever the thread derives next.
+    #[tokio::test(start_paused = true)]
+    async fn a_live_deadline_scope_released_through_a_chain_is_not_reused() {
+        let (ctx, cancel) = Context::background().with_timeout(Duration::from_secs(1));
+        cancel.disarm();
+        let value = ctx.with_value(3u8);
+        drop(ctx);
+        let kept = spare::len();
+        drop(value);
+        assert_eq!(spare::len(), kept, "not kept");
+        let (ctx, _cancel) = Context::background().with_cancel();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !ctx.is_done(),
+            "the old deadline does not fire on a new context"
+        );
+    }
+
     /// A scope a cancellation may still reach is not reused: the walk holds its registration.
     #[test]
     fn a_scope_held_elsewhere_is_not_reused() {
@@ -1546,6 +1664,12 @@ mod spare {
         SPARE
             .try_with(|spare| spare.borrow().len() == CAP)
             .unwrap_or(true)
+    }
+
+    /// How many scopes this thread keeps.
+    #[cfg(test)]
+    pub(super) fn len() -> usize {
+        SPARE.with(|spare| spare.borrow().len())
     }
 
     /// Keeps `scope`, or hands it back if this thread already keeps enough (or is exiting).

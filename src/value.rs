@@ -105,6 +105,9 @@ pub(crate) struct ValueNode {
 
 impl Drop for ValueNode {
     fn drop(&mut self) {
+        // The cached scope first: the parent's scope may then be released by its last
+        // reference, and reused (see "Reuse" in `tree.rs`).
+        self.scope = None;
         crate::context::release(std::mem::take(&mut self.parent));
     }
 }
