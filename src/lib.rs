@@ -72,9 +72,10 @@
 //!
 //! [`Context::is_done`] and [`Context::err`] are one atomic load. Deriving a cancellable
 //! context is at most one allocation, and none when the thread has one to reuse: a cancel
-//! handle that outlives its context's clones leaves the memory to its thread (up to 64 per
-//! thread, as Go's allocator keeps freed memory per thread), so a chain released leaf first,
-//! or a context dropped before its handle, is rebuilt without the allocator. A deadline adds
+//! handle that outlives its context's clones, or a child that outlives its parent's handle
+//! and context, leaves the parent's memory to its thread when it goes (up to 64 per thread,
+//! as Go's allocator keeps freed memory per thread), so a chain released leaf first, or a
+//! context dropped before its handle, is rebuilt without the allocator. A deadline adds
 //! two (a Tokio timer entry and its waker) and no task. A value context is two allocations:
 //! the node, and the value boxed behind it, which keeps every layer's key at a fixed offset so
 //! that a lookup is one dependent load per layer; one for a zero-sized value. A lookup of a
