@@ -419,3 +419,27 @@ fn loom_a_child_registered_in_a_shard_races_the_parents_cancel() {
         assert!(census(&parent).is_clean());
     });
 }
+
+/// A live scope released through a value layer (so offered for reuse: unlinked, then checked
+/// by `Arc::get_mut`) while its parent is cancelled, whose walk may hold its registration:
+/// the scope's callback runs at most once and the parent's census ends clean.
+#[test]
+fn loom_a_live_scope_released_by_its_child_races_the_parents_cancel() {
+    loom::model(|| {
+        let (parent, cancel) = Context::background().with_cancel();
+        let (scope, cancel_scope) = parent.with_cancel();
+        cancel_scope.disarm();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let seen = ran.clone();
+        drop(scope.after_func(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }));
+        let value = scope.with_value(1u8);
+        drop(scope);
+        let releaser = thread::spawn(move || drop(value));
+        cancel.cancel();
+        releaser.join().unwrap();
+        assert!(ran.load(Ordering::SeqCst) <= 1);
+        assert!(census(&parent).is_clean());
+    });
+}

@@ -137,7 +137,8 @@
 //!   shard's lock and takes no other while holding it.
 //! - The slot a scope occupies in a parent (its `link`s) is written once during [`Scope::new`] and
 //!   cleared by [`Scope::unlink`], which runs only after [`Scope::finish`] won, in `Drop`, or
-//!   in [`Scope::recycle`] once nothing but a cancellation can reach the scope (see "Reuse").
+//!   in [`Scope::recycle`] and [`Scope::try_recycle`] once nothing but a cancellation can
+//!   reach the scope (see "Reuse"). Clearing is a swap, so of two that race only one removes.
 //!
 //! # Memory orderings
 //!
@@ -303,10 +304,13 @@ impl Scope {
             None => (LIVE, None),
         };
         let scope = Scope::alloc(parent, make_kind, earliest(inherited, own), state, cause);
+        // `other` and `own` describe the kind built: a second parent only for a merge, an own
+        // deadline (which arms a timer) only for a deadline.
         debug_assert_eq!(
             scope.link_parent(1).is_some(),
             other.and_then(Context::scope).is_some()
         );
+        debug_assert!(own.is_none() || matches!(scope.kind, Kind::Deadline { .. }));
         if is_born_done {
             return scope;
         }
@@ -1526,6 +1530,58 @@ mod tests {
                 0,
                 "the old callback never runs"
             );
+        });
+    }
+
+    /// A live scope that handed out a token is reused without it: the old token still follows
+    /// the old ancestors, and the new life makes a token of its own.
+    #[test]
+    fn a_live_scope_with_a_token_is_reused_without_it() {
+        on_fresh_thread(|| {
+            let (root, cancel_root) = Context::background().with_cancel();
+            let (ctx, cancel) = root.with_cancel();
+            cancel.disarm();
+            let token = ctx.token();
+            let value = ctx.with_value(5u8);
+            drop(ctx);
+            drop(value);
+            assert_eq!(spare::len(), 1, "kept");
+            let (fresh, _cancel_fresh) = Context::background().with_cancel();
+            let fresh_token = fresh.token();
+            cancel_root.cancel();
+            assert!(token.is_cancelled(), "the old token follows the old root");
+            assert!(!fresh_token.is_cancelled() && !fresh.is_done());
+        });
+    }
+
+    /// A released scope's callbacks are dropped while it is reset; a callback whose drop
+    /// derives and releases contexts of its own (filling the thread's spare list) is fine.
+    #[test]
+    fn a_callback_dropped_by_a_reset_may_derive_and_release_contexts() {
+        struct Reenter;
+        impl Drop for Reenter {
+            fn drop(&mut self) {
+                let values: Vec<Context> = (0..100)
+                    .map(|_| {
+                        let (ctx, cancel) = Context::background().with_cancel();
+                        cancel.disarm();
+                        ctx.with_value(1u32) // the value layer holds the scope alone
+                    })
+                    .collect();
+                drop(values); // 100 scopes offered for reuse: the spare list fills
+            }
+        }
+        on_fresh_thread(|| {
+            for _ in 0..70 {
+                let (ctx, cancel) = Context::background().with_cancel();
+                cancel.disarm();
+                let reenter = Reenter;
+                drop(ctx.after_func(move || drop(reenter)));
+                let value = ctx.with_value(1u8);
+                drop(ctx);
+                drop(value);
+            }
+            assert_eq!(spare::len(), 64, "kept up to the cap");
         });
     }
 

@@ -658,6 +658,36 @@ fn chain_of_100_000_contexts_dropped_from_the_leaf_does_not_overflow_the_stack()
     });
 }
 
+/// Every kind of layer in one chain (cancellable, value, `without_cancel`, merge), released
+/// from the leaf: each scope on the way is offered for reuse, and the release stays iterative.
+#[test]
+fn chain_of_100_000_mixed_layers_dropped_from_the_leaf_does_not_overflow_the_stack() {
+    guarded_with_stack(DEFAULT_STACK, || {
+        let (root, _cancel_root) = Context::background().with_cancel();
+        let (side, _cancel_side) = Context::background().with_cancel();
+        let mut leaf = root.clone();
+        for i in 0..CHAIN {
+            leaf = match i % 4 {
+                0 => {
+                    let (ctx, handle) = leaf.with_cancel();
+                    handle.disarm();
+                    ctx
+                }
+                1 => leaf.with_value(i),
+                2 => leaf.without_cancel().with_value(i as u64),
+                _ => leaf.merge(&side),
+            };
+        }
+        assert!(census(&side).contexts > 0);
+        drop(leaf);
+        assert!(census(&root).is_clean());
+        assert!(
+            census(&side).is_clean(),
+            "every merge left its second parent"
+        );
+    });
+}
+
 #[test]
 fn chain_of_100_000_contexts_cancelled_from_the_root_does_not_overflow_the_stack() {
     guarded_with_stack(DEFAULT_STACK, || {

@@ -732,3 +732,50 @@ fn every_cancel_returns_only_after_the_whole_subtree_is_done() {
         assert!(chain.iter().all(Context::is_done));
     }
 }
+
+/// A live scope released through a value layer on one thread (and so offered for reuse)
+/// while another cancels its parent: the cancellation reaches it or it is gone, its callback
+/// runs at most once, and nothing of it reaches what that thread derives next.
+#[test]
+fn releasing_a_live_scope_races_its_parents_cancel() {
+    const ITERATIONS: u64 = 2_000;
+    for iteration in 0..ITERATIONS {
+        let (root, cancel_root) = Context::background().with_cancel();
+        let (scope, cancel_scope) = root.with_cancel();
+        cancel_scope.disarm();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let seen = ran.clone();
+        drop(scope.after_func(move || {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }));
+        let (below, cancel_below) = scope.with_cancel();
+        cancel_below.disarm();
+        let value = below.with_value(1u8);
+        drop((scope, below)); // the value layer now holds the chain
+        let barrier = Arc::new(Barrier::new(2));
+        let releaser = {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let mut rng = Rng::new(iteration);
+                barrier.wait();
+                rng.spin(1_000);
+                drop(value);
+                // Made where the released scopes may be kept: each must start clean.
+                (0..3)
+                    .map(|_| Context::background().with_cancel())
+                    .collect::<Vec<_>>()
+            })
+        };
+        barrier.wait();
+        cancel_root.cancel();
+        let fresh = releaser.join().unwrap();
+        for (ctx, _cancel) in &fresh {
+            assert!(
+                !ctx.is_done(),
+                "the old life's cancellation reached a new one"
+            );
+        }
+        assert!(ran.load(Ordering::Relaxed) <= 1, "the callback ran twice");
+        assert!(census(&root).is_clean());
+    }
+}
