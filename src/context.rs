@@ -1065,9 +1065,9 @@ fn release_chain(ctx: Context) {
     while let Some(ctx) = next.take().or_else(|| others.pop()) {
         next = match ctx.node {
             Node::Background | Node::Todo => None,
-            // The last context of a scope keeps its allocation for reuse where it can (see
-            // "Reuse" in `tree.rs`), and frees it otherwise; a parent still held elsewhere,
-            // the common case, goes straight to the last arm.
+            // A scope whose last reference this was is kept for reuse where it can be (see
+            // "Reuse" in `tree.rs`), and freed otherwise; a parent still held elsewhere, the
+            // common case, goes straight to the last arm.
             Node::Scope(scope) if Arc::strong_count(&scope) == 1 => {
                 match Scope::try_recycle(scope) {
                     Ok((parent, other)) => {

@@ -91,25 +91,23 @@
 //!
 //! # Reuse
 //!
-//! A scope's allocation can outlive it. When the last reference to a scope is let go by a
-//! cancel handle ([`Scope::recycle`]: a chain released leaf first, a context nobody cloned
-//! dropped before its handle) or by a context derived from it as that child goes
-//! ([`Scope::try_recycle`]: a root whose handle and context went before its children), the
-//! allocation goes to the thread, which keeps up to 64, and the next scope created on that
-//! thread takes it instead of calling the allocator: what Go's per-thread allocation caches do
-//! for its contexts. (A `Context` the program drops itself frees its scope: a `Drop` on
-//! `Context` to recycle there too cost `CancelTree/depth=1/Root=Background` 25 -> 32 ns/op.)
-//! A scope is kept only if nothing can reach it. The releaser must hold the only strong
-//! reference, and the only `Weak`s must be its
-//! registrations in its parents (a timer or token watch holds one more, so a live scope with
-//! a deadline is freed as before); it then leaves its parents (a cancellation that upgrades
-//! one of those registrations meanwhile only finishes a scope no one else holds), and
-//! `Arc::get_mut` confirms that nothing holds it, not even a `Weak` (a cancellation that took
-//! the registration before it left still holds one); if not, it is freed as usual. So no
-//! stale registration, timer or `AfterFunc` can reach a kept scope's next life. What it still
-//! holds (a custom cause, the callbacks and mirror token of a scope released live, which a
-//! freed scope would drop unrun and uncancelled too) is dropped before it is kept, with no
-//! lock held.
+//! A scope's allocation can outlive it. When the last reference to a scope is let go by a cancel
+//! handle ([`Scope::recycle`]: a chain released leaf first, a context nobody cloned dropped before
+//! its handle) or by a context derived from it as that child goes ([`Scope::try_recycle`]: a root
+//! whose handle and context went before its children), the allocation goes to the thread, which
+//! keeps up to 64, and the next scope created on that thread takes it instead of calling the
+//! allocator: what Go's per-thread allocation caches do for its contexts. (A `Context` the program
+//! drops itself frees its scope: a `Drop` on `Context` to recycle there too cost
+//! `CancelTree/depth=1/Root=Background` 25 -> 32 ns/op.) A scope is kept only if nothing can reach
+//! it. The releaser must hold the only strong reference, and the only `Weak`s must be its
+//! registrations in its parents (a timer or token watch holds one more, so a live scope with a
+//! deadline is freed as before); it then leaves its parents (a cancellation that upgrades one of
+//! those registrations meanwhile only finishes a scope no one else holds), and `Arc::get_mut`
+//! confirms that nothing holds it, not even a `Weak` (a cancellation that took the registration
+//! before it left still holds one); if not, it is freed as usual. So no stale registration, timer
+//! or `AfterFunc` can reach a kept scope's next life. What it still holds (a custom cause, the
+//! callbacks and mirror token of a scope released live, which a freed scope would drop unrun and
+//! uncancelled too) is dropped before it is kept, with no lock held.
 //!
 //! Recycling where a child lets go of its parent as well as in the handle was first measured
 //! before the shards existed, and made `CommonParentCancel` 18% slower (502 against 428
@@ -392,9 +390,10 @@ impl Scope {
         let Some(unique) = Scope::unique_for_reuse(&mut scope) else {
             return;
         };
-        // Let go of last: whatever their drop runs, this scope is out of the way. (Released
-        // here rather than returned: a pair of contexts returned through memory is read back
-        // by wider loads than wrote it, and stalled, 25 -> 29 ns per derive and release.)
+        // The parents go last, once this scope is kept: what their drops run finds it out of
+        // the way. (Released here rather than returned as `try_recycle` does: a pair of
+        // contexts returned through memory is read back by wider loads than wrote it, and
+        // stalled, 25 -> 29 ns per derive and release.)
         let (parent, other) = unique.take_parents();
         unique.reset();
         drop(spare::keep(scope));
@@ -404,8 +403,9 @@ impl Scope {
         }
     }
 
-    /// [`Scope::recycle`] for the last context of a scope, met while releasing a chain: hands
-    /// back the parents to let go of next, or the scope if it cannot be kept.
+    /// [`Scope::recycle`] for a scope whose last reference a chain's release holds (a child's
+    /// link to its parent): hands back the parents to let go of next, or the scope if it
+    /// cannot be kept.
     pub(crate) fn try_recycle(
         mut scope: Arc<Scope>,
     ) -> Result<(Context, Option<Context>), Arc<Scope>> {
@@ -1488,7 +1488,7 @@ mod tests {
             let (b, _cancel_b) = Context::background().with_cancel();
             assert!(
                 [address(&a), address(&b)].contains(&old),
-                "both scopes are reused"
+                "the parent's allocation is reused"
             );
             for ctx in [&a, &b] {
                 assert_eq!((ctx.err(), ctx.value::<u8>()), (None, None));
