@@ -207,7 +207,7 @@ impl Context {
     /// assert!(ctx.is_done()); // ...and so the context is already done
     /// ```
     pub fn with_cancel(&self) -> (Context, CancelHandle) {
-        let scope = Scope::new(self, || Kind::Cancel, None, None, None);
+        let scope = Scope::new(self, || Kind::Cancel, None, None, None, None);
         (Context::from_scope(scope.clone()), CancelHandle::new(scope))
     }
 
@@ -228,7 +228,7 @@ impl Context {
     /// assert_eq!(child.cause().unwrap().to_string(), "upstream closed the connection");
     /// ```
     pub fn with_cancel_cause(&self) -> (Context, CancelCauseHandle) {
-        let scope = Scope::new(self, || Kind::Cancel, None, None, None);
+        let scope = Scope::new(self, || Kind::Cancel, None, None, None, None);
         (
             Context::from_scope(scope.clone()),
             CancelCauseHandle::new(scope),
@@ -285,7 +285,7 @@ impl Context {
         cause: Option<Cause>,
         now: Option<Instant>,
     ) -> (Context, CancelHandle) {
-        let scope = Scope::new(self, || Kind::Deadline { at, cause }, None, Some(at), now);
+        let scope = Scope::new(self, || Kind::Deadline { at }, None, Some(at), cause, now);
         (Context::from_scope(scope.clone()), CancelHandle::new(scope))
     }
 
@@ -584,6 +584,7 @@ impl Context {
             Some(other),
             None,
             None,
+            None,
         ))
     }
 
@@ -606,7 +607,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
     pub fn with_token(&self, token: CancellationToken) -> Context {
-        let scope = Scope::new(self, || Kind::Token, None, None, None);
+        let scope = Scope::new(self, || Kind::Token, None, None, None, None);
         if !scope.is_done() {
             match source::watch_token(&scope, token) {
                 Some(watch) => scope.set_source(watch),
@@ -985,7 +986,7 @@ impl Context {
                     let left = at.saturating_duration_since(Instant::now());
                     write!(f, ".WithDeadline([{left:?}])")
                 }
-                Kind::Merge(other, _) => write!(f, ".Merge({other})"),
+                Kind::Merge(merge) => write!(f, ".Merge({})", merge.other),
                 Kind::Token => f.write_str(".WithToken"),
             },
         }

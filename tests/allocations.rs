@@ -337,11 +337,16 @@ fn cancelling_wakes_four_waiters_without_allocating() {
 async fn deadline_in_a_tokio_runtime_adds_two_allocations_to_with_cancel() {
     let (root, _cancel_root) = Context::background().with_cancel();
     drop(root.with_cancel()); // warm the root's registrations, and keep a spare scope
-    let (n, (ctx, _cancel)) = allocations(|| root.with_timeout(Duration::from_secs(1)));
+    let (n, (ctx, cancel)) = allocations(|| root.with_timeout(Duration::from_secs(1)));
     assert_eq!(
-        n, 2,
-        "a Tokio timer entry and its waker; the scope reuses the spare"
+        n, 3,
+        "a Tokio timer entry, its waker and the scope's out-of-line fields; the scope reuses \
+         the spare"
     );
+    assert_eq!(census(&root).timers, 1);
+    drop((ctx, cancel)); // kept again, its out-of-line fields with it
+    let (n, (ctx, _cancel)) = allocations(|| root.with_timeout(Duration::from_secs(1)));
+    assert_eq!(n, 2, "a Tokio timer entry and its waker");
     assert_eq!(census(&root).timers, 1);
     assert_eq!(ctx.done().await, Error::DeadlineExceeded);
 }
