@@ -47,8 +47,9 @@
 //!   it; `SpawnAwaitFloor` is the same with an empty task, so lookup cost = total − floor. As
 //!   the floor drifts between rounds, each `DeepValueNewGoRoutine` row also measures it in
 //!   batches interleaved with its own (`floor-ns/op`, `lookup-ns/op`).
-//! - `Scale` rows run once untimed before the timed run, so that neither side is timed
-//!   while the kernel maps fresh heap pages (see [`Harness::bench_once`]).
+//! - `Scale` rows run once untimed, then five times timed, and report the median round, so
+//!   that neither side is timed while the kernel maps fresh heap pages, nor at the mercy of
+//!   one round's heap state (see [`Harness::bench_once`]).
 //! - Without `--bench` (as under `cargo test --benches`) every benchmark runs once, with the
 //!   `Scale` sizes divided by 1000: a smoke test of the harness.
 
@@ -819,19 +820,30 @@ impl Harness {
         print_result(name, threads, n, &sample);
     }
 
-    /// Runs a scale benchmark: `round` performs `n` operations, once untimed and once timed.
+    /// Runs a scale benchmark: `round` performs `n` operations, once untimed, then
+    /// [`SCALE_ROUNDS`] times timed; reports the round of median time.
     ///
     /// The untimed round is there for the heap: a process's first hundred thousand contexts
     /// land on pages the kernel has never mapped, and the faults (zeroing 30 MB) then dominated
     /// whichever row ran first (`ScaleMemoryPerContext/derive=with_cancel`: 290 ns/op when run
     /// alone, 66 in the full suite). Go's own first round of `b.N = 1` warms its heap the same way.
+    /// The median is there because one round still varied by a factor of up to four with the
+    /// heap's state (the token's `child_token` row took 22.7 to 96.5 ns/op in four runs of the
+    /// same binary), a few milliseconds against a millisecond of page faults or trimming.
     fn bench_once(&self, name: &str, n: u64, round: impl Fn() -> Sample) {
         if self.wants(name) {
             drop(round());
-            print_result(name, self.procs, n, &round());
+            let rounds = if self.smoke { 1 } else { SCALE_ROUNDS };
+            let mut samples: Vec<Sample> = (0..rounds).map(|_| round()).collect();
+            samples.sort_by_key(|sample| sample.elapsed);
+            let median = samples.swap_remove(samples.len() / 2);
+            print_result(name, self.procs, n, &median);
         }
     }
 }
+
+/// How many timed rounds a scale benchmark runs (see [`Harness::bench_once`]).
+const SCALE_ROUNDS: usize = 5;
 
 /// Go's `predictN`: the next round's `n`, aiming 20% past the goal, growing at most 100× and
 /// at least by one.
