@@ -102,9 +102,13 @@ impl<T> Slab<T> {
         self.len = 0;
     }
 
-    #[cfg(all(test, not(loom)))] // for the reuse tests in `tree.rs`, which loom builds leave out
     pub(crate) fn capacity(&self) -> usize {
         self.entries.capacity()
+    }
+
+    /// Whether [`Slab::clear`] would keep this slab's room: worth handing back for reuse.
+    pub(crate) fn is_worth_keeping(&self) -> bool {
+        (1..=KEPT_CAPACITY).contains(&self.entries.capacity())
     }
 
     /// Consumes the slab, handing every value to `f`.
@@ -114,6 +118,17 @@ impl<T> Slab<T> {
                 f(value);
             }
         }
+    }
+
+    /// Hands every value to `f` and leaves the slab empty, with its capacity.
+    pub(crate) fn drain(&mut self, mut f: impl FnMut(T)) {
+        for entry in self.entries.drain(..) {
+            if let Entry::Full(value) = entry {
+                f(value);
+            }
+        }
+        self.next_free = 0;
+        self.len = 0;
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
@@ -150,6 +165,24 @@ mod tests {
         slab.for_each(|value| all.push(value));
         all.sort();
         assert_eq!(all, ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn draining_keeps_the_room_and_restarts_the_indices() {
+        let mut slab = Slab::new();
+        let ids: Vec<_> = (0..5).map(|i| slab.insert(i)).collect();
+        slab.remove_if(ids[1], |_| true);
+        let mut all = Vec::new();
+        slab.drain(|value| all.push(value));
+        assert_eq!(all, [0, 2, 3, 4]);
+        assert_eq!((slab.len(), slab.iter().count()), (0, 0));
+        assert!(slab.capacity() >= 5 && slab.is_worth_keeping());
+        assert_eq!(
+            slab.remove_if(ids[2], |_| true),
+            None,
+            "an old index finds nothing"
+        );
+        assert_eq!(slab.insert(9), 0);
     }
 
     #[test]

@@ -260,6 +260,28 @@ fn with_cancel_from_a_live_parent_costs_two_allocations_then_none_once_a_scope_i
     }
 }
 
+/// A cancellation takes a parent's registrations out to walk them, and gives the emptied room
+/// back: when the parent's allocation is reused, its next child registers without allocating.
+#[test]
+fn a_cancelled_parent_keeps_the_room_of_its_registrations_for_its_next_life() {
+    let mut rooms = Vec::new();
+    for round in 0..3 {
+        let (root, cancel) = Context::background().with_cancel();
+        let (n, (child, child_cancel)) = allocations(|| root.with_cancel());
+        rooms.push(n);
+        cancel.cancel();
+        assert!(child.is_done(), "round {round}");
+        // As in `CancelTree`: the root's last reference is its child's, so the root is kept.
+        drop((child, cancel, root));
+        drop(child_cancel);
+    }
+    assert_eq!(
+        rooms,
+        [2, 0, 0],
+        "the child, then the root's registrations, once"
+    );
+}
+
 /// A thread keeps at most 64 released scopes: 100 live children released together leave 64
 /// for reuse, and the next 100 children allocate the other 36.
 #[test]
