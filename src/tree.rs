@@ -295,28 +295,29 @@ struct Taken {
 
 // Layout. What every scope needs is inline, in 136 bytes (152 with the `Arc`'s counts);
 // what few scopes use (a merge's second parent, causes, a timer or token watch, a mirror
-// token) is one pointer away, in `Kind::Merge` and `Inner::extra`. The scope used to keep the
-// reference counts, the lock with the registrations and the read-mostly fields on separate
-// cache lines, the cold fields between them, over 232 bytes, so that two cores deriving from
-// one parent did not steal each other's lines; since a contended parent's children register in shards of their
-// own, that padding bought little: dropping it made `CommonParentCancel` 122.6 -> 135.8 ns/op
-// (medians of 5 alternating runs, still 1.8x faster than Go's), and the derives and walks of
-// `CancelTree` 1-11% faster, and a context with 100,000 siblings 263 -> 183 live bytes.
-// `repr(C)` keeps the order that was measured.
+// token) is one pointer away, in `Kind::Merge` and `Inner::extra`. The order keeps the fields
+// every child reads from its parent (`state`, `shards`, `parent`, `deadline`) at least 64
+// bytes past the reference counts, which every child derived or dropped writes: on no 64-byte
+// line together, whatever the allocation's 16-byte alignment (a unit test checks it). Two
+// workers deriving from one parent (`CommonParentCancel`) took 322-359 ns/op with `shards`
+// next to the counts and 185-228 with the old 232-byte layout, which also kept the lock and
+// the registrations on lines of their own; in this order 111-199 (the spread is the
+// machine's, run to run: the layouts were measured alternately). The lock needs no line of its
+// own: the children of a contended parent register in its shards. `repr(C)` keeps the order.
 #[repr(C)]
 pub(crate) struct Scope {
     kind: Kind,
     /// Where this scope is registered in its parent scope (link 0; a merge keeps its link 1,
     /// in `other`'s scope, in its `Kind`): a [`Link`] encoded, 0 when not registered there.
     link: AtomicUsize,
-    /// Where children register once `inner`'s lock is contended (see "Shards").
-    shards: OnceShards,
     inner: Mutex<Inner>,
     /// Tasks started with `Context::spawn` on a context this scope or a descendant governs, and
     /// not yet ended.
     tasks: AtomicU32,
     /// `ERR`, `CUSTOM_CAUSE`, `BUSY`, `PROPAGATING` and `SLEEPER` bits (see "State machine").
     state: AtomicU8,
+    /// Where children register once `inner`'s lock is contended (see "Shards").
+    shards: OnceShards,
     /// The context this scope was derived from: link 0 of the tree, and the chain that value
     /// lookups and `Display` walk.
     parent: Context,
@@ -1423,6 +1424,38 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// The layout note on [`Scope`]: the fields children read from their parent never share a
+    /// 64-byte line with the reference counts (the first 16 bytes of the `Arc` allocation), at
+    /// any 16-byte alignment of the allocation.
+    #[test]
+    fn what_children_read_never_shares_a_line_with_the_counts() {
+        let scope = Scope::new(
+            &Context::background(),
+            || Kind::Cancel,
+            None,
+            None,
+            None,
+            None,
+        );
+        let base = Arc::as_ptr(&scope) as usize - 16;
+        let at = |field: *const u8| field as usize - base;
+        let read = [
+            at((&scope.state as *const AtomicU8).cast()),
+            at((&scope.shards as *const OnceShards).cast()),
+            at((&scope.parent as *const Context).cast()),
+            at((&scope.deadline as *const Option<Instant>).cast()),
+        ];
+        for align in [0, 16, 32, 48] {
+            let counts_line = align / 64;
+            for start in read {
+                assert!(
+                    (align + start) / 64 > counts_line,
+                    "a field at offset {start} shares the counts' line at alignment {align}"
+                );
+            }
+        }
+    }
 
     /// The address of the scope behind `ctx`, to see whether an allocation was reused.
     fn address(ctx: &Context) -> usize {
