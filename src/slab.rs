@@ -3,17 +3,24 @@
 //! Each scope keeps its registrations (children, waiting futures, callbacks) in one of these so
 //! that a registration can be removed by the index it was given, without a search.
 //!
-//! Keeping the first entry inline, in the scope itself, saved a scope with one registration an
-//! allocation (a 1,000-deep chain: 1,999 -> 1,000 allocations, 10-15% faster), but made the
-//! cancellation of a root with 100,000 waiting children 50-80% slower here, for reasons the
-//! instruction counts do not show (they went down): it was taken out again.
+//! The first entry is kept inline, in the scope itself: a scope with one registration
+//! allocates none (a chain of 1,000 contexts: 1,872 -> 936 allocations). Tried first with the
+//! 232-byte scope, this made the cancellation of a root with 100,000 waiting children 50-80%
+//! slower (a memory-layout effect: see the scope's size test in `tree.rs`) and was taken out;
+//! with the slimmer scope it is faster there too: 60.8 -> 53.5 ms, and `CancelTree` at depth
+//! 1,000 `Background` 99.7 -> 80.1 us, `OpenCanceler` 141.4 -> 110.5 us (medians of 3
+//! alternating runs).
 
 /// The most entries [`Slab::clear`] keeps room for.
 const KEPT_CAPACITY: usize = 16;
 
 pub(crate) struct Slab<T> {
-    entries: Vec<Entry<T>>,
-    /// Index of the first vacant entry, or `entries.len()` when there is none.
+    /// Entry 0, inline: most slabs hold one entry at a time (a link of a chain has one child,
+    /// a context awaited by one task one waiter), and those then allocate nothing.
+    first: Entry<T>,
+    /// Entries 1 and up: entry `i` is `rest[i - 1]`.
+    rest: Vec<Entry<T>>,
+    /// Index of the first vacant entry, or `1 + rest.len()` when there is none.
     next_free: usize,
     len: usize,
 }
@@ -32,7 +39,8 @@ enum Entry<T> {
 impl<T> Slab<T> {
     pub(crate) const fn new() -> Self {
         Slab {
-            entries: Vec::new(),
+            first: Entry::Vacant { next_free: 1 },
+            rest: Vec::new(),
             next_free: 0,
             len: 0,
         }
@@ -42,89 +50,116 @@ impl<T> Slab<T> {
         self.len
     }
 
+    #[inline(always)]
+    fn entry_mut(&mut self, index: usize) -> Option<&mut Entry<T>> {
+        match index.checked_sub(1) {
+            None => Some(&mut self.first),
+            Some(i) => self.rest.get_mut(i),
+        }
+    }
+
     // Inlined into each registration: 14 instructions less per scope in a chain of 10. (The
     // value is still built in a stack slot before the vector's growth check and copied from
     // it with wider loads, a store-forwarding stall `perf` shows and safe code cannot avoid.)
     #[inline(always)]
     pub(crate) fn insert(&mut self, value: T) -> usize {
         let index = self.next_free;
-        if index == self.entries.len() {
-            self.entries.push(Entry::Full(value));
-            self.next_free = self.entries.len();
-        } else {
-            match std::mem::replace(&mut self.entries[index], Entry::Full(value)) {
+        match self.entry_mut(index) {
+            None => {
+                self.rest.push(Entry::Full(value));
+                self.next_free = 1 + self.rest.len();
+            }
+            Some(entry) => match std::mem::replace(entry, Entry::Full(value)) {
                 Entry::Vacant { next_free } => self.next_free = next_free,
                 Entry::Full(_) => unreachable!("the free list only links vacant entries"),
-            }
+            },
         }
         self.len += 1;
         index
     }
 
     pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut T> {
-        match self.entries.get_mut(index) {
-            Some(Entry::Full(value)) => Some(value),
-            _ => None,
+        match self.entry_mut(index)? {
+            Entry::Full(value) => Some(value),
+            Entry::Vacant { .. } => None,
         }
     }
 
     /// Removes the entry at `index` if it is full and `pred` accepts it.
     pub(crate) fn remove_if(&mut self, index: usize, pred: impl FnOnce(&T) -> bool) -> Option<T> {
-        match self.entries.get(index) {
-            Some(Entry::Full(value)) if pred(value) => {}
+        let next_free = self.next_free;
+        let entry = self.entry_mut(index)?;
+        match entry {
+            Entry::Full(value) if pred(value) => {}
             _ => return None,
         }
-        let vacant = Entry::Vacant {
-            next_free: self.next_free,
-        };
-        let Entry::Full(value) = std::mem::replace(&mut self.entries[index], vacant) else {
+        let Entry::Full(value) = std::mem::replace(entry, Entry::Vacant { next_free }) else {
             unreachable!("checked full above")
         };
         self.next_free = index;
         self.len -= 1;
         if self.len == 0 {
             // Forget the free list but keep the capacity: the next insert starts at index 0.
-            self.entries.clear();
-            self.next_free = 0;
+            self.reset_free_list();
         }
         Some(value)
+    }
+
+    /// Empties the free list, for a slab that holds nothing.
+    fn reset_free_list(&mut self) {
+        if !self.rest.is_empty() {
+            self.rest.clear();
+        }
+        self.first = Entry::Vacant { next_free: 1 };
+        self.next_free = 0;
+        self.len = 0;
     }
 
     /// Drops every value. The capacity stays, unless it is larger than a reused scope needs.
     pub(crate) fn clear(&mut self) {
         // An emptied slab keeps its room (see `remove_if`), so the capacity is checked first.
-        if self.entries.capacity() > KEPT_CAPACITY {
-            self.entries = Vec::new();
-        } else if !self.entries.is_empty() {
-            self.entries.clear();
+        if self.rest.capacity() > KEPT_CAPACITY {
+            self.rest = Vec::new();
         }
-        self.next_free = 0;
-        self.len = 0;
+        self.reset_free_list();
     }
 
+    /// The room for entries beyond the inline one.
     pub(crate) fn capacity(&self) -> usize {
-        self.entries.capacity()
+        self.rest.capacity()
     }
 
     /// Whether [`Slab::clear`] would keep this slab's room: worth handing back for reuse.
     pub(crate) fn is_worth_keeping(&self) -> bool {
-        (1..=KEPT_CAPACITY).contains(&self.entries.capacity())
+        (1..=KEPT_CAPACITY).contains(&self.rest.capacity())
     }
 
-    /// Consumes the slab, handing every value to `f`.
+    /// Consumes the slab, handing every value to `f`: no iterator adapter, so that a slab
+    /// with only its inline entry costs a check or two.
     pub(crate) fn for_each(self, mut f: impl FnMut(T)) {
-        for entry in self.entries {
-            if let Entry::Full(value) = entry {
-                f(value);
+        if let Entry::Full(value) = self.first {
+            f(value);
+        }
+        if !self.rest.is_empty() {
+            for entry in self.rest {
+                if let Entry::Full(value) = entry {
+                    f(value);
+                }
             }
         }
     }
 
     /// Hands every value to `f` and leaves the slab empty, with its capacity.
     pub(crate) fn drain(&mut self, mut f: impl FnMut(T)) {
-        for entry in self.entries.drain(..) {
-            if let Entry::Full(value) = entry {
-                f(value);
+        let first = std::mem::replace(&mut self.first, Entry::Vacant { next_free: 1 });
+        if let Entry::Full(value) = first {
+            f(value);
+        }
+        if !self.rest.is_empty() {
+            for entry in self.rest.drain(..) {
+                if let Entry::Full(value) = entry {
+                    f(value);
+                }
             }
         }
         self.next_free = 0;
@@ -132,10 +167,12 @@ impl<T> Slab<T> {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
-        self.entries.iter().filter_map(|entry| match entry {
-            Entry::Full(value) => Some(value),
-            Entry::Vacant { .. } => None,
-        })
+        std::iter::once(&self.first)
+            .chain(&self.rest)
+            .filter_map(|entry| match entry {
+                Entry::Full(value) => Some(value),
+                Entry::Vacant { .. } => None,
+            })
     }
 }
 
@@ -176,7 +213,10 @@ mod tests {
         slab.drain(|value| all.push(value));
         assert_eq!(all, [0, 2, 3, 4]);
         assert_eq!((slab.len(), slab.iter().count()), (0, 0));
-        assert!(slab.capacity() >= 5 && slab.is_worth_keeping());
+        assert!(
+            slab.capacity() >= 4 && slab.is_worth_keeping(),
+            "four beyond the inline one"
+        );
         assert_eq!(
             slab.remove_if(ids[2], |_| true),
             None,

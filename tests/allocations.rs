@@ -241,15 +241,15 @@ fn with_value_costs_the_node_and_the_boxed_value_and_one_for_a_zero_sized_value(
     assert!(ctx.value::<Flag>().is_some());
 }
 
-/// The first child also allocates the parent's registrations, which the parent then keeps:
-/// two allocations, as Go's two. A released child's allocation is kept by the thread and
-/// reused by the next one: none from then on.
+/// A parent keeps its first child's registration inline: one allocation, the child's, where
+/// Go makes two. A released child's allocation is kept by the thread and reused by the next
+/// one: none from then on. A second live child allocates the parent's room for more.
 #[test]
-fn with_cancel_from_a_live_parent_costs_two_allocations_then_none_once_a_scope_is_reused() {
+fn with_cancel_from_a_live_parent_costs_one_allocation_then_none_once_a_scope_is_reused() {
     let (parent, _cancel_parent) = Context::background().with_cancel();
     for round in 0..3 {
         let (n, child) = allocations(|| parent.with_cancel());
-        assert_eq!(n, if round == 0 { 2 } else { 0 }, "round {round}");
+        assert_eq!(n, if round == 0 { 1 } else { 0 }, "round {round}");
         assert_eq!(
             census(&parent).contexts,
             1,
@@ -258,6 +258,14 @@ fn with_cancel_from_a_live_parent_costs_two_allocations_then_none_once_a_scope_i
         drop(child);
         assert!(census(&parent).is_clean(), "round {round}");
     }
+    let (first, _cancel_first) = parent.with_cancel();
+    let (n, second) = allocations(|| parent.with_cancel());
+    assert_eq!(
+        n, 2,
+        "the second child's scope, whose spare the first took, and the room"
+    );
+    assert_eq!(census(&parent).contexts, 2);
+    drop((first, second));
 }
 
 /// A cancellation takes a parent's registrations out to walk them, and gives the emptied room
@@ -267,18 +275,22 @@ fn a_cancelled_parent_keeps_the_room_of_its_registrations_for_its_next_life() {
     let mut rooms = Vec::new();
     for round in 0..3 {
         let (root, cancel) = Context::background().with_cancel();
-        let (n, (child, child_cancel)) = allocations(|| root.with_cancel());
+        // Two children: the second needs room beyond the inline registration.
+        let (n, children) = allocations(|| [root.with_cancel(), root.with_cancel()]);
         rooms.push(n);
         cancel.cancel();
-        assert!(child.is_done(), "round {round}");
-        // As in `CancelTree`: the root's last reference is its child's, so the root is kept.
-        drop((child, cancel, root));
-        drop(child_cancel);
+        assert!(
+            children.iter().all(|(child, _)| child.is_done()),
+            "round {round}"
+        );
+        // As in `CancelTree`: the root's last references are its children's, so it is kept.
+        drop((cancel, root));
+        drop(children);
     }
     assert_eq!(
         rooms,
-        [2, 0, 0],
-        "the child, then the root's registrations, once"
+        [3, 0, 0],
+        "two children and the root's room, then nothing"
     );
 }
 
@@ -317,10 +329,18 @@ fn a_scope_still_reachable_through_after_func_is_not_reused() {
     .unwrap();
 }
 
-/// The first waiter allocates the context's registrations, which it then keeps.
+/// A lone waiter registers inline, allocating nothing; a second allocates the context's room
+/// for more, which it then keeps.
 #[test]
 fn done_waiters_allocate_the_registrations_once_and_then_nothing() {
     let (ctx, cancel) = Context::background().with_cancel();
+    let mut lone = Box::pin(ctx.done());
+    let (n, polled) = allocations(|| poll_once(lone.as_mut()));
+    assert_eq!(
+        (n, polled),
+        (0, Poll::Pending),
+        "the first waiter is inline"
+    );
     for round in 0..3 {
         let mut done = Box::pin(ctx.done());
         let (n, polled) = allocations(|| poll_once(done.as_mut()));
@@ -328,12 +348,14 @@ fn done_waiters_allocate_the_registrations_once_and_then_nothing() {
         assert_eq!((n, polled), (expected, Poll::Pending), "round {round}");
         assert_eq!(
             census(&ctx).waiters,
-            1,
+            2,
             "round {round}: the waker is registered"
         );
         drop(done);
-        assert!(census(&ctx).is_clean(), "round {round}");
+        assert_eq!(census(&ctx).waiters, 1, "round {round}");
     }
+    drop(lone);
+    assert!(census(&ctx).is_clean());
     let mut done = Box::pin(ctx.done());
     assert_eq!(poll_once(done.as_mut()), Poll::Pending);
     cancel.cancel();
