@@ -75,8 +75,11 @@
 //! handle that outlives its context's clones, or a child that outlives its parent's handle
 //! and context, leaves the parent's memory to its thread when it goes (up to 64 per thread,
 //! as Go's allocator keeps freed memory per thread), so a chain released leaf first, or a
-//! context dropped before its handle, is rebuilt without the allocator. A deadline adds
-//! two (a Tokio timer entry and its waker) and no task. A value context is two allocations:
+//! context dropped before its handle, is rebuilt without the allocator. A context keeps its
+//! first registration (a child, a waiting `done()`, a callback) inline: registering it
+//! allocates nothing. A deadline adds two (a Tokio timer entry and its waker) and no task, and
+//! the first deadline a scope's allocation carries one more (the out-of-line fields, which it
+//! keeps when reused). A value context is two allocations:
 //! the node, and the value boxed behind it, which keeps every layer's key at a fixed offset so
 //! that a lookup is one dependent load per layer; one for a zero-sized value. A lookup of a
 //! key that no layer holds usually stops at the first value layer, whose mask of the keys
