@@ -425,6 +425,27 @@ fn loom_a_child_registered_in_a_shard_races_the_parents_cancel() {
     });
 }
 
+/// Once `BUSY | SHARDED` are set, a registration into a shard only loads `state`, under the
+/// shard's lock: racing the parent's cancel, it either sees the error or is in a shard the
+/// cancellation drains. No child is left live in a done parent.
+#[test]
+fn loom_a_registration_that_only_loads_the_state_races_the_parents_cancel() {
+    loom::model(|| {
+        let (parent, cancel) = Context::background().with_cancel();
+        parent.scope().unwrap().use_shards();
+        let (first, _cancel_first) = parent.with_cancel(); // sets `BUSY | SHARDED`
+        let deriver = {
+            let parent = parent.clone();
+            thread::spawn(move || parent.with_cancel())
+        };
+        cancel.cancel();
+        let (child, _cancel_child) = deriver.join().unwrap();
+        assert_eq!(first.err(), Some(Error::Canceled));
+        assert_eq!(child.err(), Some(Error::Canceled));
+        assert!(census(&parent).is_clean());
+    });
+}
+
 /// A live scope released through a value layer (so offered for reuse: unlinked, then checked
 /// by `Arc::get_mut`) while its parent is cancelled, whose walk may hold its registration:
 /// the scope's callback runs at most once and the parent's census ends clean.
