@@ -73,7 +73,7 @@
 //! [`Context::is_done`] and [`Context::err`] are one atomic load. Deriving a cancellable
 //! context is at most one allocation, and none when the thread has one to reuse: a cancel
 //! handle that outlives its context's clones, or a child that outlives its parent's handle
-//! and context, leaves the parent's memory to its thread when it goes (up to 64 per thread,
+//! and context, leaves the parent's memory to its thread when it goes (up to 1,024 per thread,
 //! as Go's allocator keeps freed memory per thread), so a chain released leaf first, or a
 //! context dropped before its handle, is rebuilt without the allocator. A context keeps its
 //! first registration (a child, a waiting `done()`, a callback) inline: registering it

@@ -96,7 +96,7 @@
 //! handle ([`Scope::recycle`]: a chain released leaf first, a context nobody cloned dropped before
 //! its handle) or by a context derived from it as that child goes ([`Scope::try_recycle`]: a root
 //! whose handle and context went before its children), the allocation goes to the thread, which
-//! keeps up to 64, and the next scope created on that thread takes it instead of calling the
+//! keeps up to 1,024, and the next scope created on that thread takes it instead of calling the
 //! allocator: what Go's per-thread allocation caches do for its contexts. (A `Context` the program
 //! drops itself frees its scope: a `Drop` on `Context` to recycle there too cost
 //! `CancelTree/depth=1/Root=Background` 25 -> 32 ns/op.) A scope is kept only if nothing can reach
@@ -1698,18 +1698,18 @@ mod tests {
         struct Reenter;
         impl Drop for Reenter {
             fn drop(&mut self) {
-                let values: Vec<Context> = (0..100)
+                let values: Vec<Context> = (0..spare::CAP + 36)
                     .map(|_| {
                         let (ctx, cancel) = Context::background().with_cancel();
                         cancel.disarm();
                         ctx.with_value(1u32) // the value layer holds the scope alone
                     })
                     .collect();
-                drop(values); // 100 scopes offered for reuse: the spare list fills
+                drop(values); // more scopes offered for reuse than it keeps: the spare list fills
             }
         }
         on_fresh_thread(|| {
-            for _ in 0..70 {
+            for _ in 0..6 {
                 let (ctx, cancel) = Context::background().with_cancel();
                 cancel.disarm();
                 let reenter = Reenter;
@@ -1718,7 +1718,7 @@ mod tests {
                 drop(ctx);
                 drop(value);
             }
-            assert_eq!(spare::len(), 64, "kept up to the cap");
+            assert_eq!(spare::len(), spare::CAP, "kept up to the cap");
         });
     }
 
@@ -1840,9 +1840,14 @@ mod spare {
 
     use super::Scope;
 
-    /// How many spare scopes a thread keeps at most: 64 × (176 bytes, and room for at most 16
-    /// registrations, 384 bytes), under 40 KiB.
-    const CAP: usize = 64;
+    /// How many spare scopes a thread keeps at most: enough for a chain of 1,000 released leaf
+    /// first. 1,024 × 176 bytes (about 190 KiB of heap chunks), plus the room of at most 16
+    /// registrations (384 bytes) that a spare which had more than one keeps. With 64,
+    /// `CancelTree` at depth 1,000 was 80.3 us for `Background`, 109.0 for `OpenCanceler` and
+    /// 50.2 for `ClosedCanceler`; with 1,024, 60.5, 87.8 and 31.1 (the token's 63.9, 84.5,
+    /// 37.0), and 5,745 against 6,620 ns at depth 100 `Background`, medians of 3 alternating
+    /// runs; the other rows and the 100,000-task fan-out did not move (52.6 against 53.7 ms).
+    pub(super) const CAP: usize = 1024;
 
     thread_local! {
         static SPARE: RefCell<Vec<Arc<Scope>>> = const { RefCell::new(Vec::new()) };

@@ -294,18 +294,18 @@ fn a_cancelled_parent_keeps_the_room_of_its_registrations_for_its_next_life() {
     );
 }
 
-/// A thread keeps at most 64 released scopes: 100 live children released together leave 64
-/// for reuse, and the next 100 children allocate the other 36.
+/// A thread keeps at most 1,024 released scopes: 1,100 live children released together leave
+/// 1,024 for reuse, and the next 1,100 children allocate the other 76.
 #[test]
-fn a_thread_keeps_at_most_64_released_scopes_for_reuse() {
+fn a_thread_keeps_at_most_1024_released_scopes_for_reuse() {
     std::thread::spawn(|| {
         let root = Context::background();
-        let derive_100 = || (0..100).map(|_| root.with_cancel()).collect::<Vec<_>>();
-        let (n, first) = allocations(derive_100);
-        assert_eq!(n, 100 + 1, "100 scopes and the Vec that holds them");
+        let derive = || (0..1100).map(|_| root.with_cancel()).collect::<Vec<_>>();
+        let (n, first) = allocations(derive);
+        assert_eq!(n, 1100 + 1, "1,100 scopes and the Vec that holds them");
         drop(first);
-        let (n, second) = allocations(derive_100);
-        assert_eq!(n, 100 - 64 + 1, "64 scopes were reused");
+        let (n, second) = allocations(derive);
+        assert_eq!(n, 1100 - 1024 + 1, "1,024 scopes were reused");
         assert!(second.iter().all(|(ctx, _)| !ctx.is_done()));
     })
     .join()
