@@ -117,11 +117,21 @@ impl<T> Slab<T> {
 
     /// Drops every value. The capacity stays, unless it is larger than a reused scope needs.
     pub(crate) fn clear(&mut self) {
-        // An emptied slab keeps its room (see `remove_if`), so the capacity is checked first.
+        // A slab that holds nothing is already reset (`remove_if` and `drain` leave it so):
+        // the common case, a reused scope that never registered anything, writes nothing.
+        if self.len != 0 {
+            self.reset_free_list();
+        }
+        debug_assert!(
+            matches!(self.first, Entry::Vacant { next_free: 1 })
+                && self.rest.is_empty()
+                && self.next_free == 0
+        );
+        // An emptied slab keeps its room (see `remove_if`), unless it is more than a reused
+        // scope needs.
         if self.rest.capacity() > KEPT_CAPACITY {
             self.rest = Vec::new();
         }
-        self.reset_free_list();
     }
 
     /// The room for entries beyond the inline one.
