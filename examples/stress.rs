@@ -1146,6 +1146,7 @@ fn shutdown(checks: &Checks) {
                 let mut short = Vec::new();
                 let mut handles = Vec::new();
                 let mut registrations = Vec::new();
+                let mut ctx_tasks = Vec::new();
                 for i in range {
                     let (ctx, cancel) = if i % 2 == 0 {
                         root.with_timeout(Duration::from_secs(3600))
@@ -1157,11 +1158,13 @@ fn shutdown(checks: &Checks) {
                         counter.fetch_add(1, Ordering::SeqCst);
                         done.await
                     });
-                    let counter = started.clone();
-                    drop(ctx.spawn(|ctx| async move {
-                        counter.fetch_add(1, Ordering::SeqCst);
+                    let body_ran = Arc::new(AtomicBool::new(false));
+                    let ran = body_ran.clone();
+                    let task = ctx.spawn(|ctx| async move {
+                        ran.store(true, Ordering::SeqCst);
                         ctx.done().await
-                    }));
+                    });
+                    ctx_tasks.push((body_ran, task));
                     let fired = fired.clone();
                     registrations.push(ctx.after_func(move || {
                         fired.fetch_add(1, Ordering::SeqCst);
@@ -1173,9 +1176,10 @@ fn shutdown(checks: &Checks) {
                         short.push(ctx)
                     }
                 }
-                (long, short, handles, registrations)
+                (long, short, handles, registrations, ctx_tasks)
             }
         };
+        let setting_up = StdInstant::now();
         let (long, short, handles, registrations) = rt.block_on(async {
             let mut made = make(0..CONTEXTS / 2).await;
             let other = tokio::spawn(make(CONTEXTS / 2..CONTEXTS))
@@ -1185,12 +1189,24 @@ fn shutdown(checks: &Checks) {
             made.1.extend(other.1);
             made.2.extend(other.2);
             made.3.extend(other.3);
-            // Every task started (bounded by the watchdog).
-            while started.load(Ordering::SeqCst) < 2 * CONTEXTS {
+            made.4.extend(other.4);
+            // Every task started (bounded by the watchdog). A `ctx.spawn` task whose short
+            // deadline fired before its first poll finishes without running its body
+            // (`run_until_cancelled` looks at the context first): it counts as started once it
+            // has finished. (Waiting for every body alone hung whenever setting up took longer
+            // than the shortest deadline, 21 ms.)
+            let ctx_tasks = std::mem::take(&mut made.4);
+            while started.load(Ordering::SeqCst) < CONTEXTS
+                || ctx_tasks
+                    .iter()
+                    .any(|(ran, task)| !ran.load(Ordering::SeqCst) && !task.is_finished())
+            {
                 tokio::task::yield_now().await;
             }
-            made
+            drop(ctx_tasks); // detached, as before the shutdown
+            (made.0, made.1, made.2, made.3)
         });
+        let set_up = setting_up.elapsed();
         let during = census(&root);
         let started = StdInstant::now();
         let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(rt)));
@@ -1212,9 +1228,11 @@ fn shutdown(checks: &Checks) {
         drop((handles, registrations, long, short));
         let end = census(&root);
         println!(
-            "  {flavor}: before the shutdown {during}; shut down in {:.3} s; after it {after}; \
+            "  {flavor}: set up in {:.3} s; before the shutdown {during}; shut down in {:.3} s; \
+             after it {after}; \
              {early} long deadlines fired early; short deadlines all fired: {short_ok}; {ran} \
              callbacks ran; at the end {end}",
+            set_up.as_secs_f64(),
             shutdown_took.as_secs_f64()
         );
         checks.check(dropped.is_ok(), || {
