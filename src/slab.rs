@@ -135,13 +135,14 @@ impl<T> Slab<T> {
     }
 
     /// The room for entries beyond the inline one.
+    #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
         self.rest.capacity()
     }
 
-    /// Whether [`Slab::clear`] would keep this slab's room: worth handing back for reuse.
-    pub(crate) fn is_worth_keeping(&self) -> bool {
-        (1..=KEPT_CAPACITY).contains(&self.rest.capacity())
+    /// Whether this slab has more room than [`Slab::clear`] keeps: a done scope lets it go.
+    pub(crate) fn has_surplus_room(&self) -> bool {
+        self.rest.capacity() > KEPT_CAPACITY
     }
 
     /// Consumes the slab, handing every value to `f`: no iterator adapter, so that a slab
@@ -224,7 +225,7 @@ mod tests {
         assert_eq!(all, [0, 2, 3, 4]);
         assert_eq!((slab.len(), slab.iter().count()), (0, 0));
         assert!(
-            slab.capacity() >= 4 && slab.is_worth_keeping(),
+            slab.rest.capacity() >= 4 && !slab.has_surplus_room(),
             "four beyond the inline one"
         );
         assert_eq!(

@@ -108,9 +108,9 @@
 //! before it left still holds one); if not, it is freed as usual. So no stale registration, timer
 //! or `AfterFunc` can reach a kept scope's next life. What it still holds (a custom cause, the
 //! callbacks and mirror token of a scope released live, which a freed scope would drop unrun and
-//! uncancelled too) is dropped before it is kept, with no lock held. A cancellation gives the
-//! scope it started from its emptied registrations back ([`Scope::keep_room`]), so that a
-//! reused root's next children register without allocating.
+//! uncancelled too) is dropped before it is kept, with no lock held. A finish empties a scope's
+//! registrations in place ([`Scope::finish`]), so every scope a cancellation reaches keeps their
+//! room (up to 16 entries) and its next life registers without allocating.
 //!
 //! Recycling where a child lets go of its parent as well as in the handle was first measured
 //! before the shards existed, and made `CommonParentCancel` 18% slower (502 against 428
@@ -124,7 +124,9 @@
 //!
 //! - No lock is held while calling out: wakers, callbacks, timer and token drops, and drops of
 //!   anything taken out of a registration slab (a waker or closure may own a `Context` whose drop
-//!   takes a lock) all happen after the lock is released.
+//!   takes a lock) all happen after the lock is released. Under it, a finish only moves what it
+//!   takes and upgrades children's `Weak`s; one that no longer upgrades is dropped there, which
+//!   at most frees memory whose value is gone.
 //! - At most two scope locks are ever held at once, in one place: while a new merge is linked
 //!   into its two parents ([`Scope::new`]) it holds its own lock (and is born `BUSY`, so that no
 //!   lock-free finish can bypass that lock), then takes each parent's in turn. Nobody ever
@@ -256,6 +258,17 @@ impl Extra {
     }
 }
 
+impl Extra {
+    /// Hands a finishing scope's mirror token to the walk, and returns its timer or token
+    /// watch, to be dropped once the lock is released.
+    #[cold]
+    #[inline(never)]
+    fn take_outside(&mut self, walk: &mut Walk) -> Option<Source> {
+        walk.released.mirrors.extend(self.mirror.take());
+        self.source.take()
+    }
+}
+
 impl Inner {
     fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Box::default)
@@ -278,20 +291,12 @@ impl Inner {
 enum Finished {
     /// Another cancellation finished the scope first.
     Already,
-    /// Finished, holding nothing: by the lock-free swap, or under the lock once what it
-    /// held is gone.
+    /// Finished, and held no registrations: by the lock-free swap, or under the lock with
+    /// whatever else it held (a timer, a mirror token) handed to the walk.
     Bare,
-    /// Finished under the lock; what it held, to be handled with no lock held.
-    Took(Taken),
-}
-
-/// What [`Scope::finish`] takes out of a scope.
-struct Taken {
-    regs: Slab<Reg>,
-    /// The children registered in the shards of a `SHARDED` scope, one slab per shard.
-    sharded: Vec<Slab<Reg>>,
-    source: Option<Source>,
-    mirror: Option<CancellationToken>,
+    /// Finished under the lock, with registrations: they are in the walk now, and the scope
+    /// is `PROPAGATING` until the walk leaves it.
+    Propagating,
 }
 
 // Layout. What every scope needs is inline, in 160 bytes (176 with the `Arc`'s counts, of which
@@ -475,6 +480,10 @@ impl Scope {
     /// [`Scope::recycle`] for a scope whose last reference a chain's release holds (a child's
     /// link to its parent): hands back the parents to let go of next, or the scope if it
     /// cannot be kept.
+    // Inlined into its one caller, whose loop then takes the parents in registers: returned
+    // through memory, they were read back by wider loads than wrote them, and stalled (124 ->
+    // 121 ns per `OpenCanceler` op).
+    #[inline(always)]
     pub(crate) fn try_recycle(
         mut scope: Arc<Scope>,
     ) -> Result<(Context, Option<Context>), Arc<Scope>> {
@@ -759,13 +768,28 @@ impl Scope {
         }
     }
 
-    /// Moves a live scope to done and takes what it holds.
-    fn finish(&self, err: Error, cause: &Cause) -> Finished {
+    /// Moves a live scope to done and hands what it holds to `walk`, emptying its registrations
+    /// in place. (A finish that returned registrations, timer and mirror as one 112-byte value
+    /// had it copied twice, each copy read back with wider loads than wrote it, a
+    /// store-forwarding stall; and the emptied room was then given back under a second lock.
+    /// `CancelTree/depth=1/Root=OpenCanceler` in a loop of its own: 155 -> 137 ns/op.) Under
+    /// the lock only moves happen, and the children's `Weak`s are upgraded; the timer or token
+    /// watch is dropped after it.
+    fn finish(&self, err: Error, cause: &Cause, walk: &mut Walk) -> Finished {
+        match self.finish_lock_free(err, cause) {
+            Some(finished) => finished,
+            None => self.finish_locked(err, cause, move || walk),
+        }
+    }
+
+    /// The lock-free part of [`Scope::finish`]: `None` if the scope must be locked.
+    #[inline(always)]
+    fn finish_lock_free(&self, err: Error, cause: &Cause) -> Option<Finished> {
         let plain = cause.is_plain(err);
         let mut state = self.state.load(Ordering::Acquire);
         while plain && state & BUSY == 0 {
             if state & ERR != LIVE {
-                return Finished::Already;
+                return Some(Finished::Already);
             }
             // Nothing to take and nothing to store: one swap publishes error and cause.
             match self.state.compare_exchange_weak(
@@ -774,11 +798,24 @@ impl Scope {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Finished::Bare,
+                Ok(_) => return Some(Finished::Bare),
                 Err(actual) => state = actual,
             }
         }
+        None
+    }
 
+    /// The rest of [`Scope::finish`], under the lock. `walk` is asked for only if the scope
+    /// holds something: a scope that held registrations once but none now (a link of a chain
+    /// released leaf first) needs no walk set up. (Set up always, it made
+    /// `CancelTree/depth=10/Root=Background` 531 -> 827 ns/op.)
+    fn finish_locked<'w>(
+        &self,
+        err: Error,
+        cause: &Cause,
+        walk: impl FnOnce() -> &'w mut Walk,
+    ) -> Finished {
+        let plain = cause.is_plain(err);
         let mut inner = self.lock();
         // `claim` sets `BUSY`, so from here on no lock-free finish can win: `ERR` only changes
         // under the lock we hold.
@@ -816,26 +853,40 @@ impl Scope {
                 Err(actual) => state = actual,
             }
         };
-        if inner.regs.len() == 0
-            && sharded.is_empty()
-            && inner.source().is_none()
-            && inner.mirror().is_none()
-        {
-            // Held something once (a child since gone, as in a chain released leaf first)
-            // but nothing now: as good as the lock-free finish, and no `Taken` to move.
+        let propagating = inner.regs.len() != 0 || !sharded.is_empty();
+        let holds_more = (inner.extra.as_ref())
+            .is_some_and(|extra| extra.source.is_some() || extra.mirror.is_some());
+        if !propagating && !holds_more {
             return Finished::Bare;
         }
-        Finished::Took(Taken {
-            sharded,
-            // An empty slab stays, with its capacity, for the scope's reuse.
-            regs: if inner.regs.len() == 0 {
-                Slab::new()
-            } else {
-                mem::take(&mut inner.regs)
-            },
-            source: inner.extra.as_mut().and_then(|extra| extra.source.take()),
-            mirror: inner.extra.as_mut().and_then(|extra| extra.mirror.take()),
-        })
+        let walk = walk();
+        // The emptied slab keeps its room for the scope's next life (see "Reuse"), unless it
+        // is more than a reused scope needs: that goes after the lock.
+        inner.regs.drain(|reg| walk.take(reg));
+        let surplus = inner
+            .regs
+            .has_surplus_room()
+            .then(|| mem::take(&mut inner.regs));
+        for shard in sharded {
+            shard.for_each(|reg| walk.take(reg));
+        }
+        match inner.extra.as_mut() {
+            Some(extra) if extra.source.is_some() || extra.mirror.is_some() => {
+                let source = extra.take_outside(walk);
+                drop(inner);
+                // A timer or token watch observes nothing: dropped now, with no lock held.
+                drop(source);
+            }
+            // (Apart: a `None` source carried to one drop after the match was written as a tag
+            // and read back in a wider copy, a stall: 129 -> 124 ns per `OpenCanceler` op.)
+            _ => drop(inner),
+        }
+        drop(surplus);
+        if propagating {
+            Finished::Propagating
+        } else {
+            Finished::Bare
+        }
     }
 
     /// The swap of [`Scope::finish`] for a `SHARDED` scope, made while every shard is locked;
@@ -901,86 +952,57 @@ impl Scope {
     /// if this scope was already done (and then only once that cancellation has reached every
     /// descendant).
     fn cancel_quietly(self: &Arc<Self>, err: Error, cause: Cause) -> Option<usize> {
-        let taken = match self.finish(err, &cause) {
+        // The walk's batches are set up only if the scope holds something.
+        let mut slot = None;
+        let finished = match self.finish_lock_free(err, &cause) {
+            Some(finished) => finished,
+            None => self.finish_locked(err, &cause, || slot.insert(Walk::default())),
+        };
+        match finished {
             Finished::Already => {
                 self.wait_settled();
                 return None;
             }
             Finished::Bare => {
                 self.unlink();
+                if let Some(walk) = &mut slot {
+                    walk.released.run(); // a mirror token
+                }
                 return Some(0);
             }
-            Finished::Took(taken) => taken,
-        };
-        if !taken.has_regs() {
-            self.unlink();
-            if taken.is_empty() {
-                return Some(0);
-            }
+            Finished::Propagating => {}
         }
-        let propagating = taken.has_regs();
-        let mut released = Released::default();
-        let mut stack = Batch::default();
-        let room = released.absorb(taken, &mut stack);
+        let walk = slot.get_or_insert_with(Walk::default); // set up by the finish
         let mut descendants = 0;
-        while let Some(step) = stack.pop() {
+        walk.enter_found();
+        while let Some(step) = walk.stack.pop() {
             match step {
                 Step::Enter(scope) => {
-                    match scope.finish(err, &cause) {
-                        Finished::Took(taken) if taken.has_regs() => {
+                    match scope.finish(err, &cause, walk) {
+                        Finished::Propagating => {
                             descendants += 1;
-                            stack.push(Step::Leave(scope));
-                            released.absorb(taken, &mut stack); // pushed above: left after them
+                            walk.stack.push(Step::Leave(scope));
+                            walk.enter_found(); // pushed above: left after them
                             continue;
-                        }
-                        Finished::Took(taken) => {
-                            descendants += 1;
-                            scope.unlink(); // from a merge's other parent, which may be live
-                            released.absorb(taken, &mut stack);
                         }
                         Finished::Bare => {
                             descendants += 1;
-                            scope.unlink();
+                            scope.unlink(); // from a merge's other parent, which may be live
                         }
                         // Finished by another cancellation, which may still be below it.
                         Finished::Already => scope.wait_settled(),
                     }
-                    released.scopes.push(scope);
+                    walk.released.scopes.push(scope);
                 }
                 Step::Leave(scope) => {
                     scope.settle();
-                    released.scopes.push(scope);
+                    walk.released.scopes.push(scope);
                 }
             }
         }
-        self.keep_room(room);
-        if propagating {
-            self.settle();
-        }
-        released.run();
+        self.settle();
+        walk.released.run();
         Some(descendants)
-    }
-
-    /// Gives the scope a cancellation started from back the emptied slab its registrations
-    /// were taken in, if small: the next life of a reused scope then registers without
-    /// allocating (its `reset` keeps that room). A done scope's slab stays empty (invariant 2):
-    /// only its room is kept, at most 16 entries. `CancelTree/depth=1/Root=OpenCanceler`:
-    /// 1,926 -> 1,817 instructions and 168.4 -> 158.9 ns per operation (medians of 5
-    /// alternating runs). Giving every scope of the walk its room back as well (one more lock
-    /// and reference count each) saved 2-5% at depths 10 and 100, but cost 10% at depth 1,000,
-    /// whose scopes are mostly freed rather than reused.
-    fn keep_room(&self, room: Slab<Reg>) {
-        if !room.is_worth_keeping() {
-            return;
-        }
-        let mut inner = self.lock();
-        let unused = if inner.regs.capacity() == 0 {
-            mem::replace(&mut inner.regs, room)
-        } else {
-            room
-        };
-        drop(inner);
-        drop(unused);
     }
 
     /// Returns once no cancellation is walking below this done scope (see "Who wakes whom").
@@ -1262,16 +1284,6 @@ impl Scope {
     }
 }
 
-impl Taken {
-    fn has_regs(&self) -> bool {
-        self.regs.len() != 0 || !self.sharded.is_empty()
-    }
-
-    fn is_empty(&self) -> bool {
-        !self.has_regs() && self.source.is_none() && self.mirror.is_none()
-    }
-}
-
 impl Drop for Scope {
     fn drop(&mut self) {
         let (parent, other) = self.detach_parents();
@@ -1302,6 +1314,34 @@ enum Step {
 /// How many times [`Scope::wait_settled`] polls before it sleeps.
 const SPINS: usize = if cfg!(loom) { 0 } else { 100 };
 
+/// A cancellation's walk: the scopes still to visit, and what it has taken.
+#[derive(Default)]
+struct Walk {
+    stack: Batch<Step>,
+    /// The children of the scope just finished, to be pushed above its `Leave`.
+    found: Batch<Arc<Scope>>,
+    released: Released,
+}
+
+impl Walk {
+    /// Takes in one registration of a scope being finished (a move, or a `Weak` upgraded:
+    /// nothing here runs user code, as it runs under the scope's lock).
+    #[inline]
+    fn take(&mut self, reg: Reg) {
+        match reg {
+            Reg::Child(child) => self.found.extend(child.upgrade()),
+            Reg::Waiter(waker) => self.released.wakers.push(waker),
+            Reg::Callback(f) => self.released.callbacks.push(f),
+        }
+    }
+
+    /// Schedules the children just found for a visit.
+    fn enter_found(&mut self) {
+        let Walk { stack, found, .. } = self;
+        found.drain(|child| stack.push(Step::Enter(child)));
+    }
+}
+
 /// Everything a cancellation took out of the tree, handled once no lock is held. Small batches
 /// stay on the stack, so waking a few waiters allocates nothing.
 #[derive(Default)]
@@ -1315,27 +1355,6 @@ struct Released {
 }
 
 impl Released {
-    /// Takes in what a finish took; hands back the emptied registrations, with their room.
-    fn absorb(&mut self, mut taken: Taken, stack: &mut Batch<Step>) -> Slab<Reg> {
-        taken.regs.drain(|reg| self.take(reg, stack));
-        for shard in taken.sharded {
-            shard.for_each(|reg| self.take(reg, stack));
-        }
-        // A timer or token watch observes nothing: drop it now (no lock is held here).
-        drop(taken.source);
-        self.mirrors.extend(taken.mirror);
-        taken.regs
-    }
-
-    #[inline]
-    fn take(&mut self, reg: Reg, stack: &mut Batch<Step>) {
-        match reg {
-            Reg::Child(child) => stack.extend(child.upgrade().map(Step::Enter)),
-            Reg::Waiter(waker) => self.wakers.push(waker),
-            Reg::Callback(f) => self.callbacks.push(f),
-        }
-    }
-
     /// Runs what was deferred, in place (moving the batches out would copy them, 400 bytes).
     fn run(&mut self) {
         self.scopes.drain(drop);
@@ -1605,6 +1624,25 @@ mod tests {
             assert!(scope.lock().regs.capacity() <= 16);
             assert!(scope.shards.get().is_none());
         });
+    }
+
+    /// A finish empties the registrations in place: a few entries' room stays for the scope's
+    /// next life, a crowd's is let go at once.
+    #[test]
+    fn a_finish_keeps_a_few_registrations_room_and_lets_a_crowds_go() {
+        for (children, kept) in [(3, true), (100, false)] {
+            let (parent, cancel) = Context::background().with_cancel();
+            let live: Vec<_> = (0..children).map(|_| parent.with_cancel()).collect();
+            cancel.cancel();
+            let regs = &parent.scope().unwrap().lock().regs;
+            assert_eq!(regs.len(), 0);
+            if kept {
+                assert!(regs.capacity() >= children - 1, "entry 0 is inline");
+            } else {
+                assert_eq!(regs.capacity(), 0, "{children} children's room is let go");
+            }
+            assert!(live.iter().all(|(child, _)| child.is_done()));
+        }
     }
 
     /// A scope whose handle and context went first is released by its last child's link to
