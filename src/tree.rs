@@ -441,7 +441,12 @@ impl Scope {
                 return spare;
             }
         }
-        Arc::new(Scope {
+        // `new_cyclic` (its `Weak` unused) allocates before the closure builds the scope, which
+        // is then written straight into the allocation: `Arc::new` built all 176 bytes on the
+        // stack first and copied them with `memcpy`, whose wide loads stalled on the narrow
+        // stores just made. `ScaleMemoryPerContext/derive=with_cancel` 47.8 -> 42.4 ns/op
+        // (medians of 5 alternating runs).
+        Arc::new_cyclic(|_| Scope {
             parent: parent.clone(),
             kind: make_kind(),
             deadline,
