@@ -24,6 +24,8 @@ static ALLOCATOR: CountingAlloc = CountingAlloc;
 thread_local! {
     // `const`, with no destructor: usable from inside the allocator, even while a thread exits.
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    /// Bytes this thread allocated minus those it freed.
+    static LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
 }
 
 fn count_one() {
@@ -31,28 +33,36 @@ fn count_one() {
     let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
 }
 
+fn count_bytes(delta: isize) {
+    let _ = LIVE_BYTES.try_with(|n| n.set(n.get() + delta));
+}
+
 // SAFETY: every method forwards to `System` unchanged; the counting touches only a const
 // thread-local without destructor, which does not allocate.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count_one();
+        count_bytes(layout.size() as isize);
         // SAFETY: the caller's contract is `System::alloc`'s.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count_one();
+        count_bytes(layout.size() as isize);
         // SAFETY: as above.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count_bytes(-(layout.size() as isize));
         // SAFETY: as above.
         unsafe { System.dealloc(ptr, layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count_one();
+        count_bytes(new_size as isize - layout.size() as isize);
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -292,6 +302,36 @@ fn a_cancelled_parent_keeps_the_room_of_its_registrations_for_its_next_life() {
         [3, 0, 0],
         "two children and the root's room, then nothing"
     );
+}
+
+/// A cancellation that reaches more scopes than its batches hold inline spills them to the
+/// heap, and frees that room when it is done (one that spilled nothing is forgotten rather
+/// than dropped, which must leak nothing either): after a first round, which fills the
+/// thread's kept scopes, rounds of both kinds leave the live heap exactly where it was.
+#[test]
+fn a_cancellation_leaves_nothing_behind_whether_its_batches_spilled_or_not() {
+    let round = |children: usize| {
+        let (root, cancel) = Context::background().with_cancel();
+        let live: Vec<_> = (0..children).map(|_| root.with_cancel()).collect();
+        let done = root.done_owned();
+        cancel.cancel();
+        assert!(live.iter().all(|(child, _)| child.is_done()));
+        drop(done);
+        drop((cancel, root));
+        drop(live);
+    };
+    for children in [1, 10] {
+        round(children);
+        let before = LIVE_BYTES.with(Cell::get);
+        for _ in 0..100 {
+            round(children);
+        }
+        assert_eq!(
+            LIVE_BYTES.with(Cell::get) - before,
+            0,
+            "{children} children per round"
+        );
+    }
 }
 
 /// A thread keeps at most 1,024 released scopes: 1,100 live children released together leave
