@@ -256,9 +256,7 @@ impl Extra {
     fn with_deadline_cause(cause: Cause) -> Option<Box<Extra>> {
         Extra::with_causes(None, Some(cause))
     }
-}
 
-impl Extra {
     /// Hands a finishing scope's mirror token to the walk, and returns its timer or token
     /// watch, to be dropped once the lock is released.
     #[cold]
@@ -876,7 +874,7 @@ impl Scope {
             shard.for_each(|reg| walk.take(reg));
         }
         match inner.extra.as_mut() {
-            Some(extra) if extra.source.is_some() || extra.mirror.is_some() => {
+            Some(extra) if holds_more => {
                 let source = extra.take_outside(walk);
                 drop(inner);
                 // A timer or token watch observes nothing: dropped now, with no lock held.
