@@ -20,7 +20,9 @@ pub(crate) struct Slab<T> {
     first: Entry<T>,
     /// Entries 1 and up: entry `i` is `rest[i - 1]`.
     rest: Vec<Entry<T>>,
-    /// Index of the first vacant entry, or `1 + rest.len()` when there is none.
+    /// Index of the first vacant entry, or `1 + rest.len()` when there is none. Vacant
+    /// entries are linked through their `next_free`; some of `rest`'s may never have been
+    /// filled (see [`Slab::grow`]).
     next_free: usize,
     len: usize,
 }
@@ -58,24 +60,51 @@ impl<T> Slab<T> {
         }
     }
 
-    // Inlined into each registration: 14 instructions less per scope in a chain of 10. (The
-    // value is still built in a stack slot before the vector's growth check and copied from
-    // it with wider loads, a store-forwarding stall `perf` shows and safe code cannot avoid.)
+    /// Stores `value` in a vacant entry and returns its index.
     #[inline(always)]
     pub(crate) fn insert(&mut self, value: T) -> usize {
+        self.insert_with(|| value)
+    }
+
+    /// [`Slab::insert`] with the value built only once its entry is known, in place: what a
+    /// registration does. Every insert fills a vacant entry, the vector's end included, which
+    /// [`Slab::grow`] links in ahead of time: so nothing is called between building the value
+    /// and storing it. (`Vec::push` took the value across its growth check: built in a stack
+    /// slot, it was copied into the vector by a load wider than the stores that wrote it, a
+    /// store-forwarding stall on which `perf` put 40% of a registration's samples.
+    /// `ScaleMemoryPerContext/derive=with_cancel` in a loop of its own, 100,000 children:
+    /// 36.6 -> 29.9 ns per derive; 1,000 children, all in cache: 26.4 -> 21.4.)
+    #[inline(always)]
+    pub(crate) fn insert_with(&mut self, make: impl FnOnce() -> T) -> usize {
         let index = self.next_free;
-        match self.entry_mut(index) {
-            None => {
-                self.rest.push(Entry::Full(value));
-                self.next_free = 1 + self.rest.len();
-            }
-            Some(entry) => match std::mem::replace(entry, Entry::Full(value)) {
-                Entry::Vacant { next_free } => self.next_free = next_free,
-                Entry::Full(_) => unreachable!("the free list only links vacant entries"),
-            },
+        if index > self.rest.len() {
+            self.grow();
         }
+        let Some(entry) = self.entry_mut(index) else {
+            unreachable!("the free list only links entries that exist")
+        };
+        let Entry::Vacant { next_free } = *entry else {
+            unreachable!("the free list only links vacant entries")
+        };
+        *entry = Entry::Full(make());
+        self.next_free = next_free;
         self.len += 1;
         index
+    }
+
+    /// Appends a few vacant entries, linked in order, for a slab whose free list is empty.
+    // A few at a time (at most 32, 768 bytes of `Reg`s), so that they are still in the cache
+    // when filled: the whole room at once, as many as the slab already held, made the same
+    // 100,000-child loop 34.4 ns per derive rather than 29.9.
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) {
+        debug_assert_eq!(self.next_free, 1 + self.rest.len());
+        let start = self.rest.len();
+        let end = start + start.clamp(3, 32);
+        // `rest[i]` is entry `i + 1`; the last links to `1 + rest.len()`, "none".
+        self.rest
+            .extend((start..end).map(|i| Entry::Vacant { next_free: i + 2 }));
     }
 
     pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut T> {
@@ -234,6 +263,54 @@ mod tests {
             "an old index finds nothing"
         );
         assert_eq!(slab.insert(9), 0);
+    }
+
+    /// Any sequence of inserts and removals, against a map from index to value: indices stay
+    /// unique while held, every value stays where it was put, and the vacant entries that
+    /// `grow` links in ahead of time are reused before the slab grows again.
+    #[test]
+    fn random_inserts_and_removals_agree_with_a_map() {
+        use std::collections::BTreeMap;
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut slab = Slab::new();
+        let mut model = BTreeMap::new();
+        let mut most = 0;
+        for step in 0..20_000u64 {
+            // Mostly inserts early on, mostly removals later: the slab grows, then empties.
+            let insert_odds = if step < 10_000 { 3 } else { 1 };
+            if model.is_empty() || next() % 4 < insert_odds {
+                let index = slab.insert(step);
+                assert!(
+                    model.insert(index, step).is_none(),
+                    "index {index} given twice"
+                );
+                // The slab grows only when every entry is full, by at most 32.
+                most = most.max(model.len());
+                assert!(index <= slab.rest.len() && slab.rest.len() < most + 32);
+            } else {
+                let nth = (next() % model.len() as u64) as usize;
+                let (&index, &value) = model.iter().nth(nth).unwrap();
+                assert_eq!(slab.remove_if(index, |v| *v == value), Some(value));
+                model.remove(&index);
+                assert_eq!(slab.remove_if(index, |_| true), None, "removed once");
+            }
+            assert_eq!(slab.len(), model.len());
+        }
+        for (&index, &value) in &model {
+            assert_eq!(slab.get_mut(index).copied(), Some(value));
+        }
+        let mut all = Vec::new();
+        slab.for_each(|value| all.push(value));
+        let mut expected: Vec<_> = model.into_values().collect();
+        all.sort();
+        expected.sort();
+        assert_eq!(all, expected);
     }
 
     #[test]

@@ -635,7 +635,7 @@ impl Scope {
         if let Some(state) = self.claim() {
             return Err(Scope::done_reason(state, &inner));
         }
-        let index = inner.regs.insert(Reg::Child(weak));
+        let index = inner.regs.insert_with(|| Reg::Child(weak));
         if let Some(slot) = child.link(link) {
             slot.store(Link::Inner(index).encode(), Ordering::Relaxed);
         }
@@ -674,7 +674,7 @@ impl Scope {
             let inner = self.lock();
             return Err(Scope::done_reason(state, &inner));
         }
-        let index = shard.insert(Reg::Child(weak));
+        let index = shard.insert_with(|| Reg::Child(weak));
         if let Some(slot) = child.link(link) {
             slot.store(Link::Shard(number, index).encode(), Ordering::Relaxed);
         }
@@ -1119,7 +1119,7 @@ impl Scope {
                     stale = Some(mem::replace(waker, cx.waker().clone()));
                 }
             }
-            _ => *slot = inner.regs.insert(Reg::Waiter(cx.waker().clone())) + 1,
+            _ => *slot = inner.regs.insert_with(|| Reg::Waiter(cx.waker().clone())) + 1,
         }
         drop(inner);
         drop(stale);
@@ -1149,7 +1149,7 @@ impl Scope {
         if self.claim().is_some() {
             return Err(f);
         }
-        Ok(inner.regs.insert(Reg::Callback(f)) + 1)
+        Ok(inner.regs.insert_with(|| Reg::Callback(f)) + 1)
     }
 
     /// Unregisters an `after_func` callback; false if it was already taken to run.
