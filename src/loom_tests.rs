@@ -75,6 +75,32 @@ fn loom_cancel_races_a_waiting_done_future() {
 }
 
 #[test]
+fn loom_a_leaf_waiter_woken_during_the_walk_and_a_cancel_from_its_thread() {
+    loom::model(|| {
+        // The walk reaches the leaf `child` first (the last registered) and wakes its waiter
+        // then, while it still walks `sibling`'s subtree and holds the root's `PROPAGATING`
+        // bit. The woken thread cancels the root once more: that call waits for the walk,
+        // so when it returns everything is done.
+        let (root, cancel) = Context::background().with_cancel();
+        let cancel = Arc::new(cancel);
+        let (sibling, _cancel_sibling) = root.with_cancel();
+        let (nephew, _cancel_nephew) = sibling.with_cancel();
+        let (child, _cancel_child) = root.with_cancel();
+        let waiter = {
+            let cancel = cancel.clone();
+            thread::spawn(move || {
+                let err = block_on(child.done());
+                cancel.cancel();
+                assert!(sibling.is_done() && nephew.is_done() && root.is_done());
+                err
+            })
+        };
+        cancel.cancel();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+    });
+}
+
+#[test]
 fn loom_cause_is_never_seen_before_the_error_or_torn() {
     loom::model(|| {
         let (ctx, cancel) = Context::background().with_cancel_cause();

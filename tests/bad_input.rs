@@ -544,6 +544,63 @@ fn cancel_from_inside_an_after_func_does_not_deadlock() {
     });
 }
 
+/// A waker that runs a closure when woken, as an executor that polls its task inside the
+/// waker would run the task's code.
+struct InlineWaker(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl futures::task::ArcWake for InlineWaker {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        if let Some(f) = arc_self.0.lock().unwrap().take() {
+            f();
+        }
+    }
+}
+
+fn inline_waker(f: impl FnOnce() + Send + 'static) -> std::task::Waker {
+    futures::task::waker(Arc::new(InlineWaker(Mutex::new(Some(Box::new(f))))))
+}
+
+/// Registers `waker` as a waiter of `ctx` (a `done()` future polled once, then forgotten by
+/// the test: the registration stays until it is woken).
+fn wait_with(ctx: &Context, waker: &std::task::Waker) {
+    let mut done = Box::pin(ctx.clone().done_owned());
+    let poll = done
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker));
+    assert!(poll.is_pending());
+    std::mem::forget(done);
+}
+
+#[test]
+fn a_waker_that_cancels_the_scope_being_cancelled_does_not_wait_for_itself() {
+    guarded(|| {
+        // The root's cancellation wakes the leaf `a`'s waiter while it still walks below the
+        // root (and holds the root's `PROPAGATING` bit): the waker cancels the root again, and
+        // `b`'s handle, in place. Neither waits for the walk that runs it.
+        let (root, cancel_root) = Context::background().with_cancel();
+        let cancel_root = Arc::new(cancel_root);
+        let (a, _cancel_a) = root.with_cancel();
+        let (b, cancel_b) = root.with_cancel();
+        let (b_child, _cancel_b_child) = b.with_cancel();
+        let woken = Arc::new(AtomicBool::new(false));
+        let waker = {
+            let (cancel_root, woken) = (cancel_root.clone(), woken.clone());
+            inline_waker(move || {
+                cancel_root.cancel();
+                cancel_b.cancel();
+                woken.store(true, Ordering::SeqCst);
+            })
+        };
+        wait_with(&a, &waker);
+        cancel_root.cancel();
+        assert!(woken.load(Ordering::SeqCst));
+        for ctx in [&root, &a, &b, &b_child] {
+            assert_eq!(ctx.err(), Some(Error::Canceled));
+        }
+        assert!(census(&root).is_clean());
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Re-entrant drops
 

@@ -579,6 +579,68 @@ fn done_below_without_cancel_never_completes_even_after_the_parent_is_cancelled(
     assert!(detached.done_owned().now_or_never().is_none());
 }
 
+/// A waker that runs a check when woken.
+struct CheckingWaker(Box<dyn Fn() + Send + Sync>);
+
+impl ArcWake for CheckingWaker {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        (arc_self.0)();
+    }
+}
+
+#[test]
+fn a_leaf_waiter_wakes_during_the_walk_and_the_others_once_their_subtree_is_done() {
+    // Three children of one root, each awaited: two leaves, and one with a child of its own.
+    // The walk finishes one leaf before it reaches the other: that leaf's waiter wakes then,
+    // with the other leaf still live. The waiters of the root and of the inner child wake at
+    // the end of the walk, with everything done.
+    let (root, cancel) = Context::background().with_cancel();
+    let (a, _cancel_a) = root.with_cancel();
+    let (b, _cancel_b) = root.with_cancel();
+    let (c, _cancel_c) = root.with_cancel();
+    let (c_child, _cancel_c_child) = c.with_cancel();
+    // Per waiter: (its own subtree done, the whole tree done), as seen when woken.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let everything = vec![
+        root.clone(),
+        a.clone(),
+        b.clone(),
+        c.clone(),
+        c_child.clone(),
+    ];
+    let mut futures = Vec::new();
+    for (name, ctx, own) in [
+        ("a", &a, vec![a.clone()]),
+        ("b", &b, vec![b.clone()]),
+        ("c", &c, vec![c.clone(), c_child.clone()]),
+        ("root", &root, everything.clone()),
+    ] {
+        let (seen, everything) = (seen.clone(), everything.clone());
+        let waker = futures::task::waker(Arc::new(CheckingWaker(Box::new(move || {
+            let own = own.iter().all(Context::is_done);
+            let all = everything.iter().all(Context::is_done);
+            seen.lock().unwrap().push((name, own, all));
+        }))));
+        let mut done = ctx.done();
+        assert!(poll_with(&mut done, &waker).is_pending());
+        futures.push(done);
+    }
+    cancel.cancel();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "every waiter woken once: {seen:?}");
+    assert!(
+        seen.iter().all(|&(_, own, _)| own),
+        "a subtree done first: {seen:?}"
+    );
+    let early: Vec<_> = seen.iter().filter(|&&(_, _, all)| !all).collect();
+    assert!(
+        early.len() == 1 && ["a", "b"].contains(&early[0].0),
+        "one leaf woken before the walk reached the other: {seen:?}"
+    );
+    let last: Vec<_> = seen[2..].iter().map(|&(name, ..)| name).collect();
+    assert!(last.contains(&"root") && last.contains(&"c"), "{seen:?}");
+}
+
 #[test]
 fn done_futures_leave_no_waiters_behind_once_woken() {
     let (root, _cancel_root) = Context::background().with_cancel();
