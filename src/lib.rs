@@ -95,7 +95,8 @@
 //! [`CancellationToken`]: tokio_util::sync::CancellationToken
 
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception, `tree::Kept::get`, with its reason
+#![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
 mod after_func;
