@@ -1594,19 +1594,24 @@ mod tests {
 
     use super::*;
 
-    /// The layout note on [`Scope`]: the fields children read from their parent never share a
-    /// 64-byte line with the reference counts (the first 16 bytes of the `Arc` allocation), at
-    /// any 16-byte alignment of the allocation.
-    #[test]
-    fn what_children_read_never_shares_a_line_with_the_counts() {
-        let scope = Scope::new(
+    /// A `with_cancel` scope under `Background`, held by nothing else.
+    fn plain_scope() -> Arc<Scope> {
+        Scope::new(
             &Context::background(),
             || Kind::Cancel,
             None,
             None,
             None,
             None,
-        );
+        )
+    }
+
+    /// The layout note on [`Scope`]: the fields children read from their parent never share a
+    /// 64-byte line with the reference counts (the first 16 bytes of the `Arc` allocation), at
+    /// any 16-byte alignment of the allocation.
+    #[test]
+    fn what_children_read_never_shares_a_line_with_the_counts() {
+        let scope = plain_scope();
         let base = Arc::as_ptr(&scope) as usize - 16;
         let at = |field: *const u8| field as usize - base;
         let read = [
@@ -1924,26 +1929,9 @@ mod tests {
         });
     }
 
-    /// The scope's `Arc` allocation stays at 176 bytes. The 100,000-task fan-out
-    /// (`ScaleCancelFanout`) is sensitive to it in ways the instruction counts do not show:
-    /// the scopes, the tasks (which Tokio aligns to 128 bytes, so glibc splits and reuses the
-    /// chunks around them) and the registrations share the heap, so the scope's size moves
-    /// where the tasks land, and Tokio's queues and task list then walk the tasks through more
-    /// or fewer cache lines (perf: the time goes to `Local::push_back`, `ShardedList::remove`
-    /// and `transition_to_notified`). With the registrations out of line, scopes of 152, 160,
-    /// 176, 192, 208, 224 and 232 bytes took 58.1, 82.8, 68.9, 56.6, 64.5, 47.1 and 47.2 ms
-    /// (medians of 3 alternating runs; the token 39-47); with the first registration inline, 176
-    /// bytes took 53.5 against 60.8 at 152. Re-measure before changing it.
     #[test]
     fn a_scope_is_kept_only_while_nothing_else_can_reach_it() {
-        let scope = Scope::new(
-            &Context::background(),
-            || Kind::Cancel,
-            None,
-            None,
-            None,
-            None,
-        );
+        let scope = plain_scope();
         let weak = Arc::downgrade(&scope);
         let scope = Kept::new(scope).err().expect("a `Weak` reaches it");
         let other = scope.clone();
@@ -1956,6 +1944,16 @@ mod tests {
         assert_eq!((Arc::strong_count(&scope), Arc::weak_count(&scope)), (1, 0));
     }
 
+    /// The scope's `Arc` allocation stays at 176 bytes. The 100,000-task fan-out
+    /// (`ScaleCancelFanout`) is sensitive to it in ways the instruction counts do not show:
+    /// the scopes, the tasks (which Tokio aligns to 128 bytes, so glibc splits and reuses the
+    /// chunks around them) and the registrations share the heap, so the scope's size moves
+    /// where the tasks land, and Tokio's queues and task list then walk the tasks through more
+    /// or fewer cache lines (perf: the time goes to `Local::push_back`, `ShardedList::remove`
+    /// and `transition_to_notified`). With the registrations out of line, scopes of 152, 160,
+    /// 176, 192, 208, 224 and 232 bytes took 58.1, 82.8, 68.9, 56.6, 64.5, 47.1 and 47.2 ms
+    /// (medians of 3 alternating runs; the token 39-47); with the first registration inline, 176
+    /// bytes took 53.5 against 60.8 at 152. Re-measure before changing it.
     #[test]
     fn a_scope_allocation_stays_at_176_bytes() {
         assert_eq!(mem::size_of::<Scope>() + 16, 176);
