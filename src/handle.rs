@@ -79,11 +79,12 @@ impl CancelHandle {
     /// if another cancellation got there first (a deadline, an ancestor, another thread) and is
     /// still walking the descendants, this call waits for the walk, as Go's does for the
     /// parent's lock. Waking `done()` futures, cancelling tokens and running `after_func`
-    /// callbacks remain the work of the call that did the cancelling. (One call does not
-    /// wait: a `cancel()` run by a waker while the cancellation that wakes it is still walking,
-    /// on that same thread, as an executor that polls a task inside its waker would. That walk
-    /// finishes the descendants once the waker returns; waiting for it there would wait for
-    /// itself. Tokio's wakers only schedule the task.)
+    /// callbacks remain the work of the call that did the cancelling. (One kind of call does
+    /// not wait: a `cancel()` run inside a waker that a cancellation is waking on the same
+    /// thread, as an executor that polls a task inside its waker would. Waiting there could
+    /// wait for the very walk that runs the waker; so such a call returns without waiting for
+    /// any other cancellation's walk, and what it releases may run before those descendants
+    /// are done. Tokio's wakers only schedule the task, so this never happens under Tokio.)
     ///
     /// # Examples
     ///

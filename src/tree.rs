@@ -65,22 +65,28 @@
 //! stack (no recursion, so a chain of any length is safe), finishing every live descendant with
 //! the same error and cause, and dropping their timers and token watches as it goes. A scope
 //! with nothing below it to walk (a leaf, which is what a task usually awaits) leaves the walk
-//! as soon as it is finished, and its `done()` futures are woken then, with no lock held. Only
-//! after the whole subtree is done does the walk, with no lock held: wake the other scopes'
-//! waiters, cancel tokens handed out by `Context::token`, then run `after_func` callbacks (a
-//! panic in one is caught and reported; the rest still run). So when a waiter runs, every
-//! descendant of the scope it waits on reports done (Go promises less: it closes a context's
-//! channel before it cancels the children), and when a callback runs, every descendant of
-//! the cancelled scope does.
+//! as soon as it is finished, and then, with no lock held, its token (the one handed out by
+//! `Context::token`) is cancelled and its `done()` futures are woken. Only after the whole
+//! subtree is done does the walk, with no lock held: cancel the other scopes' tokens, wake
+//! their waiters, then run `after_func` callbacks (a panic in one is caught and reported; the
+//! rest still run). So when a waiter runs, its context's token is cancelled and every
+//! descendant of its context reports done (Go promises less: it closes a context's channel
+//! before it cancels the children), and when a callback runs, every descendant of the
+//! cancelled scope does.
 //!
 //! Waking the leaves as it goes lets their tasks run on other threads while the walk goes on,
 //! as the token's cancellation does: 100,000 tasks each awaiting its own child of one root all
 //! exited 34.1 ms after the cancel, against 51.9 when every wake waited for the end of the
-//! walk (the token's 40.8-44.2; medians of 7 alternating runs). A waker is code the walk does not control, and it runs
-//! while this thread holds the `PROPAGATING` bits of the scopes above (see below): so it runs
-//! flagged ([`wake_during_walk`]), and a cancellation it starts on this thread never waits
-//! for a bit ([`Scope::wait_settled`] returns at once); the outer walk finishes what it
-//! skipped once the waker returns. Tokio's wakers only schedule the task, and never get there.
+//! walk (the token's 40.8-44.2; medians of 7 alternating runs). But a waker (and a token's
+//! cancellation, which wakes the token's waiters) is code the walk does not control, and it
+//! runs while this thread holds the `PROPAGATING` bits of the scopes above (see below). So it
+//! runs flagged ([`Released::release_early`]): a cancellation it starts on this thread never
+//! waits for a bit ([`Scope::wait_settled`] returns at once), whichever thread holds it, so
+//! that no cycle of waits can form through user code; such a `cancel()` may return, and
+//! release its own waiters and callbacks, before the descendants another walk is finishing
+//! are done. And a panic in it is caught and resumed once the walk is over, so that the walk
+//! still finishes every scope and clears every bit. Tokio's wakers only schedule the task,
+//! and never get there.
 //!
 //! One drop skips all this: the last handle of a scope that nothing else holds, that never had
 //! anything registered (`BUSY` clear) and whose debug event nobody listens for releases it
@@ -987,20 +993,22 @@ impl Scope {
         }
         let walk = slot.get_or_insert_with(Walk::default); // set up by the finish
         let mut descendants = 0;
+        // The first panic of a waker or token run during the walk, resumed once it is over.
+        let mut panicked = None;
         walk.enter_found();
         while let Some(step) = walk.stack.pop() {
             match step {
                 Step::Enter(scope) => {
-                    // Where this scope's waiters will start among those the walk has taken.
-                    let mark = walk.released.wakers.len();
+                    // Where what this scope hands the walk will start among what it holds.
+                    let marks = walk.released.marks();
                     match scope.finish(err, &cause, walk) {
                         Finished::Propagating if walk.found.is_empty() => {
                             // Nothing below it to walk: its subtree is done. It leaves the
-                            // walk at once, and its waiters wake now rather than after the
-                            // whole walk (see "Who wakes whom").
+                            // walk at once, and its token and waiters go now rather than after
+                            // the whole walk (see "Who wakes whom").
                             descendants += 1;
                             scope.settle();
-                            walk.released.wakers.drain_from(mark, wake_during_walk);
+                            walk.released.release_early(marks, &mut panicked);
                         }
                         Finished::Propagating => {
                             descendants += 1;
@@ -1030,6 +1038,9 @@ impl Scope {
             // slot again. (`CancelTree/depth=1/Root=OpenCanceler` 1,683 -> 1,459 instructions
             // per operation, 119.7 -> 106.0 ns/op, medians of 5 alternating runs.)
             mem::forget(slot);
+        }
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic); // as a waker's panic after the walk does
         }
         Some(descendants)
     }
@@ -1409,6 +1420,34 @@ struct Released {
 }
 
 impl Released {
+    /// How many mirror tokens and wakers it holds: where the next scope's will start.
+    fn marks(&self) -> (usize, usize) {
+        (self.mirrors.len(), self.wakers.len())
+    }
+
+    /// Cancels the mirror tokens and wakes the waiters taken since `marks`, during the walk
+    /// (see "Who wakes whom"): flagged, so that whatever they run on this thread never waits
+    /// for a walk, and with a panic caught into `panicked` (the first one is kept), so that
+    /// the walk still finishes every scope before it is resumed.
+    fn release_early(
+        &mut self,
+        (mirrors, wakers): (usize, usize),
+        panicked: &mut Option<Box<dyn std::any::Any + Send>>,
+    ) {
+        let _flag = waking::Flag::raise();
+        let mut catching = |f: &mut dyn FnMut()| {
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                panicked.get_or_insert(panic);
+            }
+        };
+        self.mirrors
+            .drain_from(mirrors, |token| catching(&mut || token.cancel()));
+        self.wakers.drain_from(wakers, |waker| {
+            let mut waker = Some(waker);
+            catching(&mut || waker.take().map_or((), Waker::wake));
+        });
+    }
+
     /// Runs what was deferred, in place (moving the batches out would copy them, 400 bytes).
     fn run(&mut self) {
         self.scopes.drain(drop);
@@ -1510,15 +1549,7 @@ impl<T> Batch<T> {
     }
 }
 
-/// Wakes a waiter whose scope's subtree is done while the walk goes on above it (see "Who wakes
-/// whom"): flagged, so that whatever the wake runs on this thread never waits for a bit that
-/// this thread's walk holds.
-fn wake_during_walk(waker: Waker) {
-    let _flag = waking::Flag::raise();
-    waker.wake();
-}
-
-/// Whether this thread is inside [`wake_during_walk`].
+/// Whether this thread is inside [`Released::release_early`].
 mod waking {
     use std::cell::Cell;
 

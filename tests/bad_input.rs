@@ -601,6 +601,37 @@ fn a_waker_that_cancels_the_scope_being_cancelled_does_not_wait_for_itself() {
     });
 }
 
+#[test]
+fn a_waker_that_panics_during_the_walk_leaves_every_scope_done_and_settled() {
+    guarded(|| {
+        // The leaf `a`'s waiter is woken during the walk and panics. The walk still finishes
+        // `b` and its child and clears every `PROPAGATING` bit; then the panic reaches the
+        // canceller, as a waker's panic after the walk does. A second cancellation returns.
+        let (root, cancel_root) = Context::background().with_cancel();
+        let (a, _cancel_a) = root.with_cancel();
+        let (b, _cancel_b) = root.with_cancel();
+        let (b_child, _cancel_b_child) = b.with_cancel();
+        let token = a.token();
+        let waker = inline_waker(|| panic!("a waker that panics"));
+        wait_with(&a, &waker);
+        let caught =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cancel_root.cancel()));
+        let panic = caught.expect_err("the waker's panic reaches the canceller");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"a waker that panics"));
+        for ctx in [&root, &a, &b, &b_child] {
+            assert_eq!(ctx.err(), Some(Error::Canceled));
+        }
+        assert!(
+            token.is_cancelled(),
+            "the leaf's token, cancelled before its waiter woke"
+        );
+        cancel_root.cancel(); // would wait forever for a bit left set
+        let (again, _cancel_again) = b.with_cancel();
+        assert!(again.is_done());
+        assert!(census(&root).is_clean());
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Re-entrant drops
 
