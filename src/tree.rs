@@ -1434,6 +1434,9 @@ impl Released {
         (mirrors, wakers): (usize, usize),
         panicked: &mut Option<Box<dyn std::any::Any + Send>>,
     ) {
+        if (self.mirrors.len(), self.wakers.len()) == (mirrors, wakers) {
+            return; // a leaf held only callbacks, which wait for the end of the walk
+        }
         let _flag = waking::Flag::raise();
         let mut catching = |f: &mut dyn FnMut()| {
             if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -1537,15 +1540,8 @@ impl<T> Batch<T> {
     /// Hands every item to `f`, in insertion order, and leaves the batch empty. Plain loops
     /// rather than an iterator adapter: most batches are empty or hold one item, and then
     /// this is a check or two.
-    fn drain(&mut self, mut f: impl FnMut(T)) {
-        let len = mem::take(&mut self.len);
-        self.inline[..len]
-            .iter_mut()
-            .filter_map(Option::take)
-            .for_each(&mut f);
-        if !self.spilled.is_empty() {
-            self.spilled.drain(..).for_each(f);
-        }
+    fn drain(&mut self, f: impl FnMut(T)) {
+        self.drain_from(0, f);
     }
 }
 
