@@ -95,7 +95,7 @@
 //! [`CancellationToken`]: tokio_util::sync::CancellationToken
 
 #![deny(missing_docs)]
-#![deny(unsafe_code)] // one exception, `tree::Kept::get`, with its reason
+#![deny(unsafe_code)] // two exceptions, `tree::Kept::get` and `tree::Scope::fresh`, with their reasons
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 
