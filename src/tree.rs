@@ -472,25 +472,32 @@ impl Scope {
         })
     }
 
-    /// The scope `make` builds, in an allocation of its own, its counts set by plain stores.
+    /// What `make` builds (a fresh scope; generic only so that a test can count drops), in an
+    /// allocation of its own whose counts are set by plain stores.
     ///
     /// `Arc::new` built the scope on the stack and copied it in with `memcpy`, whose wide
-    /// loads stalled on the narrow stores just made; `Arc::new_cyclic` writes it in place but
-    /// then sets the strong count with a locked read-modify-write, and `Arc::get_mut` on a
-    /// `new_uninit` allocation checks uniqueness with another. This writes it in place with
-    /// neither: `ScaleMemoryPerContext/derive=with_cancel` 37.2 -> 35.6 ns/op (medians of 7
-    /// alternating runs; `new_cyclic` had taken it from 47.8 to 42.4 against `Arc::new`).
+    /// loads stalled on the narrow stores just made; `Arc::new_cyclic` writes it in place, then
+    /// makes and forgets a `Weak` and sets the strong count with a locked add; `Arc::get_mut`
+    /// on an uninitialized allocation checks uniqueness with a compare-and-swap. This writes it
+    /// in place with none of these: `ScaleMemoryPerContext/derive=with_cancel` 37.0 -> 34.6
+    /// ns/op against `new_cyclic` (medians of 11 alternating runs; `new_cyclic` had taken it
+    /// from 47.8 to 42.4 against `Arc::new`). How much of that the locked add was is not known:
+    /// one on a line just written measured 0.3-0.5 ns in another build (BENCHMARKS.md).
     #[allow(unsafe_code)]
     #[inline(always)]
-    fn fresh(make: impl FnOnce() -> Scope) -> Arc<Scope> {
-        let fresh = Arc::<Scope>::new_uninit();
-        // SAFETY: `fresh` was allocated just above and has not been shared: no other `Arc` or
-        // `Weak` to it exists, so nothing else reads or writes its value, and the pointer is
-        // the allocation's own, valid and aligned for it. The `MaybeUninit` holds no value, so
-        // writing it drops nothing; if `make` panics, nothing is written and `fresh` frees the
-        // allocation as a `MaybeUninit`, without a drop of the value.
-        unsafe { (*Arc::as_ptr(&fresh).cast_mut()).write(make()) };
-        // SAFETY: the value was initialized just above.
+    fn fresh<T>(make: impl FnOnce() -> T) -> Arc<T> {
+        // An uninitialized value: nothing to copy, and the allocator called with a constant
+        // layout (`Arc::new_uninit` computed it out of line on every call).
+        let fresh = Arc::new(mem::MaybeUninit::<T>::uninit());
+        // SAFETY: `fresh` was made just above and not shared: no other `Arc` or `Weak` to it
+        // exists, no reference to its value has been made, and `make` cannot reach it, so
+        // nothing else reads or writes the value. `Arc::as_ptr` derives the pointer from the
+        // allocation's own pointer, not through `Deref`, so it may be written through; it is
+        // valid and aligned for a `T`. The slot holds no value, so writing it drops nothing; if
+        // `make` panics, nothing is written and `fresh` frees the allocation as a
+        // `MaybeUninit`, without dropping a value.
+        unsafe { Arc::as_ptr(&fresh).cast_mut().cast::<T>().write(make()) };
+        // SAFETY: the value was written just above (a panic in `make` unwinds before this).
         unsafe { fresh.assume_init() }
     }
 
@@ -1988,39 +1995,62 @@ mod tests {
         assert_eq!((Arc::strong_count(&scope), Arc::weak_count(&scope)), (1, 0));
     }
 
-    /// A fresh scope is counted as `Arc::new` counts: one strong reference, no `Weak`. A panic
-    /// while it is built frees the allocation and drops what was built, nothing more.
+    /// What `Scope::fresh` returns is counted as `Arc::new` counts: one strong reference, no
+    /// `Weak`. A panic while it is built drops what was built, once, and nothing that was not.
     #[test]
-    fn a_fresh_scope_has_one_reference_and_a_panic_while_building_it_leaks_nothing() {
-        fn build(parent: &Context, kind: impl FnOnce() -> Kind) -> Arc<Scope> {
-            Scope::fresh(|| Scope {
-                parent: parent.clone(),
-                kind: kind(),
-                deadline: None,
-                state: AtomicU8::new(LIVE),
-                link: AtomicUsize::new(0),
-                shards: OnceShards::new(),
-                tasks: AtomicU32::new(0),
-                inner: Mutex::new(Inner {
-                    regs: Slab::new(),
-                    extra: None,
-                }),
-            })
+    fn a_fresh_allocation_has_one_reference_and_a_panic_drops_only_what_was_built() {
+        thread_local! {
+            static DROPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
         }
+        struct Counted;
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                DROPS.with(|drops| drops.set(drops.get() + 1));
+            }
+        }
+        let drops = || DROPS.with(std::cell::Cell::get);
+        let built = std::panic::catch_unwind(|| {
+            Scope::fresh(|| {
+                let first = Counted;
+                if drops() == 0 {
+                    panic!("the second cannot be built");
+                }
+                [first, Counted]
+            })
+        });
+        assert!(built.is_err());
+        assert_eq!(
+            drops(),
+            1,
+            "the one built is dropped once, and nothing unwritten is"
+        );
+        let pair = Scope::fresh(|| [Counted, Counted]);
+        assert_eq!((Arc::strong_count(&pair), Arc::weak_count(&pair)), (1, 0));
+        drop(pair);
+        assert_eq!(drops(), 3);
+
+        // And a scope, as `Scope::alloc` builds one: it holds its parent.
         let (parent, _cancel) = Context::background().with_cancel();
         let parent_count = || Arc::strong_count(parent.scope().unwrap());
         let before = parent_count();
-        let scope = build(&parent, || Kind::Cancel);
+        let scope = Scope::fresh(|| Scope {
+            parent: parent.clone(),
+            kind: Kind::Cancel,
+            deadline: None,
+            state: AtomicU8::new(LIVE),
+            link: AtomicUsize::new(0),
+            shards: OnceShards::new(),
+            tasks: AtomicU32::new(0),
+            inner: Mutex::new(Inner {
+                regs: Slab::new(),
+                extra: None,
+            }),
+        });
         assert_eq!((Arc::strong_count(&scope), Arc::weak_count(&scope)), (1, 0));
         assert_eq!(parent_count(), before + 1, "the scope holds its parent");
-        assert!(!scope.is_done() && matches!(scope.kind, Kind::Cancel));
+        assert!(!scope.is_done());
         drop(scope);
         assert_eq!(parent_count(), before);
-        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            build(&parent, || panic!("a kind that cannot be built"))
-        }));
-        assert!(built.is_err());
-        assert_eq!(parent_count(), before, "the parent's clone was dropped");
     }
 
     /// The scope's `Arc` allocation stays at 176 bytes. The 100,000-task fan-out
