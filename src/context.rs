@@ -759,7 +759,7 @@ impl Context {
     /// observes the same state. Use it freely in `tokio::select!` loops.
     #[inline]
     pub fn done(&self) -> Done<'_> {
-        Done::new(self.scope().map(|scope| &**scope))
+        Done::new(self.scope())
     }
 
     /// Like [`Context::done`], but the future owns a handle to the context, so it is `'static`

@@ -33,14 +33,14 @@ use crate::tree::Scope;
 /// Cancel safe: dropping it loses nothing.
 #[must_use = "futures do nothing unless polled"]
 pub struct Done<'a> {
-    scope: Option<&'a Scope>,
+    scope: Option<&'a Arc<Scope>>,
     /// 1 + the index of this future's waker in the scope's registrations; 0 when none.
     slot: usize,
 }
 
 impl<'a> Done<'a> {
     #[inline]
-    pub(crate) fn new(scope: Option<&'a Scope>) -> Self {
+    pub(crate) fn new(scope: Option<&'a Arc<Scope>>) -> Self {
         Done { scope, slot: 0 }
     }
 }
@@ -69,7 +69,7 @@ impl Drop for Done<'_> {
 impl fmt::Debug for Done<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Done")
-            .field("err", &self.scope.and_then(Scope::err))
+            .field("err", &self.scope.and_then(|scope| scope.err()))
             .field("registered", &(self.slot != 0))
             .finish()
     }

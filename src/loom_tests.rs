@@ -24,6 +24,7 @@
 //! see, so loom explores one interleaving, or with a yield reports a causality violation in
 //! `Scope::finish` that is not there.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{self, Wake, Waker};
@@ -37,6 +38,19 @@ use crate::testing::census;
 use crate::tree::{Kind, Scope};
 use crate::wheel::{Wheel, loom_timer};
 use crate::{Cause, Context, Error};
+
+/// `pair`, with its context registered in its parent rather than lone (see "Lone leaves" in
+/// `tree.rs`): a `done()` future polled once registers it there, and its drop leaves it there.
+fn linked<T>(pair: (Context, T)) -> (Context, T) {
+    {
+        let mut done = std::pin::pin!(pair.0.done());
+        // Ready instead if the parent is already done: then there is nothing to register in.
+        let _ = done
+            .as_mut()
+            .poll(&mut task::Context::from_waker(Waker::noop()));
+    }
+    pair
+}
 
 /// A scope of `kind` under `background()`, as its constructors make it.
 fn root_scope(kind: Kind) -> Arc<Scope> {
@@ -84,7 +98,7 @@ fn loom_a_leaf_waiter_woken_during_the_walk_and_a_cancel_from_its_thread() {
         let (root, cancel) = Context::background().with_cancel();
         let cancel = Arc::new(cancel);
         let (sibling, _cancel_sibling) = root.with_cancel();
-        let (nephew, _cancel_nephew) = sibling.with_cancel();
+        let (nephew, _cancel_nephew) = linked(sibling.with_cancel());
         let (child, _cancel_child) = root.with_cancel();
         let waiter = {
             let cancel = cancel.clone();
@@ -190,6 +204,8 @@ fn loom_after_func_stop_races_the_callback() {
     });
 }
 
+/// A lone child (counted in its parent, registered nowhere) cancelled and dropped while its
+/// parent is cancelled: it leaves the parent's count exactly once, whichever finish wins.
 #[test]
 fn loom_parent_cancel_races_a_child_cancel_and_drop() {
     loom::model(|| {
@@ -210,12 +226,80 @@ fn loom_parent_cancel_races_a_child_cancel_and_drop() {
     });
 }
 
+/// A lone child starts waiting (so links into its parent, `Scope::link_now`) while the parent
+/// is cancelled: either the link is made under the live parent's lock, and the parent's walk
+/// finds the child and wakes the waiter, or the parent refuses it, and the child takes the
+/// parent's error and cause. Never a waiter registered in a child the walk cannot reach: loom
+/// would report the blocked `block_on` as a deadlock.
+#[test]
+fn loom_a_lone_child_links_to_wait_while_its_parent_is_cancelled() {
+    loom::model(|| {
+        let (parent, cancel) = Context::background().with_cancel_cause();
+        let (child, _cancel_child) = parent.with_cancel();
+        let waiter = {
+            let child = child.clone();
+            thread::spawn(move || block_on(child.done()))
+        };
+        // A reader that finds the parent done makes the child take its error (`Scope::adopt`)
+        // only if the child is still lone then: never a child already linked, whose waiter
+        // only the parent's walk wakes.
+        let reader = {
+            let child = child.clone();
+            thread::spawn(move || child.is_done())
+        };
+        cancel.cancel("shutting down");
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+        reader.join().unwrap();
+        assert_eq!(child.cause().unwrap().to_string(), "shutting down");
+        assert!(census(&parent).is_clean());
+    });
+}
+
+/// A lone child's own cancellation races its parent's while a reader looks at the child: the
+/// child ends with one cause, its own or the parent's, and a reader that saw a cause never
+/// sees another one later (a query that finds the parent done makes the child take the
+/// parent's cause there and then, `Scope::adopt`, so the child's own swap cannot win after).
+#[test]
+fn loom_a_lone_child_reports_one_cause_while_it_and_its_parent_are_cancelled() {
+    loom::model(|| {
+        let (parent, cancel_parent) = Context::background().with_cancel_cause();
+        let (child, cancel_child) = parent.with_cancel_cause();
+        let own = thread::spawn(move || cancel_child.cancel("own"));
+        let reader = {
+            let child = child.clone();
+            thread::spawn(move || {
+                let done = child.is_done();
+                let cause = child.cause().map(|cause| cause.to_string());
+                (done, cause)
+            })
+        };
+        cancel_parent.cancel("parent's");
+        own.join().unwrap();
+        let (done, seen) = reader.join().unwrap();
+        let cause = child.cause().unwrap().to_string();
+        assert!(cause == "own" || cause == "parent's");
+        if done {
+            assert_eq!(
+                seen.as_deref(),
+                Some(cause.as_str()),
+                "done, then no cause or another"
+            );
+        }
+        if let Some(seen) = seen {
+            assert_eq!(seen, cause, "one cause seen, then another");
+        }
+        assert!(census(&parent).is_clean());
+    });
+}
+
 #[test]
 fn loom_every_cancel_returns_after_the_subtree_is_done() {
     loom::model(|| {
         let (parent, cancel_parent) = Context::background().with_cancel();
         let (child, cancel_child) = parent.with_cancel();
-        let (grandchild, _cancel_grandchild) = child.with_cancel();
+        // Registered in `child`, so that the walks below `child` meet (a lone one would be done
+        // by its parent's state alone).
+        let (grandchild, _cancel_grandchild) = linked(child.with_cancel());
         let cancel_parent = Arc::new(cancel_parent);
         let racers = [0, 1].map(|racer| {
             let grandchild = grandchild.clone();
@@ -415,8 +499,8 @@ fn loom_an_earlier_deadline_wakes_the_fallback_timer_thread() {
 fn loom_releasing_a_childs_last_handles_races_the_parents_cancel() {
     loom::model(|| {
         let (parent, cancel) = Context::background().with_cancel();
-        let (child, cancel_child) = parent.with_cancel();
-        let (sibling, _cancel_sibling) = parent.with_cancel();
+        let (child, cancel_child) = linked(parent.with_cancel());
+        let (sibling, _cancel_sibling) = linked(parent.with_cancel());
         let clone = child.clone();
         let dropper = thread::spawn(move || drop(clone));
         let releaser = thread::spawn(move || drop((child, cancel_child)));
@@ -441,7 +525,7 @@ fn loom_a_child_registered_in_a_shard_races_the_parents_cancel() {
             let parent = parent.clone();
             thread::spawn(move || {
                 parent.scope().unwrap().use_shards();
-                parent.with_cancel()
+                linked(parent.with_cancel())
             })
         };
         cancel.cancel();
@@ -459,10 +543,10 @@ fn loom_a_registration_that_only_loads_the_state_races_the_parents_cancel() {
     loom::model(|| {
         let (parent, cancel) = Context::background().with_cancel();
         parent.scope().unwrap().use_shards();
-        let (first, _cancel_first) = parent.with_cancel(); // sets `BUSY | SHARDED`
+        let (first, _cancel_first) = linked(parent.with_cancel()); // sets `BUSY | SHARDED`
         let deriver = {
             let parent = parent.clone();
-            thread::spawn(move || parent.with_cancel())
+            thread::spawn(move || linked(parent.with_cancel()))
         };
         cancel.cancel();
         let (child, _cancel_child) = deriver.join().unwrap();

@@ -45,9 +45,9 @@ use crate::context::Context;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Census {
-    /// Cancellable contexts derived from the root (directly or not) that are still registered
-    /// in it: not yet done, and still held by someone. Value and `without_cancel` contexts
-    /// are not registered anywhere and are not counted.
+    /// Cancellable contexts derived from the root (directly or not) that still follow it: not
+    /// yet done, and still held by someone. Value and `without_cancel` contexts follow their
+    /// parent's scope rather than being one, and are not counted.
     pub contexts: usize,
     /// Deadline timers armed by those contexts.
     pub timers: usize,

@@ -20,6 +20,8 @@
 //! - `SLEEPER`: a thread sleeps until `PROPAGATING` clears and must be notified.
 //! - `SHARDED`: children may be registered in the scope's shards (see "Shards"). Set, with
 //!   `BUSY`, by a registration into a shard, under that shard's lock.
+//! - `LONE`: the scope is not registered in its parent, only counted there, and its queries
+//!   look at the parent too (see "Lone leaves"). Set at birth, cleared once it is registered.
 //!
 //! [`Scope::finish`] is the only way `ERR` is set. If `BUSY` is clear and the cause is plain,
 //! it is a single compare-and-swap from a value without `BUSY`; otherwise it takes the lock,
@@ -36,6 +38,42 @@
 //! 3. A child is attached under its parent's lock through that same check, so either the child
 //!    is in the parent's registrations when the parent finishes, or the child is born done with
 //!    the parent's error and cause. No cancellation is lost.
+//!
+//! # Lone leaves
+//!
+//! Most derived contexts are leaves that nothing ever waits on: a request's child that is
+//! checked, or only passed on, and then dropped. Registering each in its parent and removing it
+//! again took most of what a derive cost beyond `child_token` (6-8 of about 10 ns, see
+//! BENCHMARKS.md), and on a parent shared by many threads it was two trips of the parent's
+//! lock between the cores. So a scope with one parent scope and no timer of its own is born
+//! *lone*: `LONE` set, its link `LONE_LINK`, and one added to its parent's `lone` count,
+//! registered nowhere. The parent's cancellation does not reach it; its queries look instead:
+//!
+//! 4. A lone scope's parent scope is never lone. Anything that would register in a scope
+//!    first links it ([`Scope::link_first`]): a waiter, a callback, a timer or token watch, a
+//!    mirror token, and a child (derived, or merged with it), which makes a chain of lone
+//!    scopes impossible. Linking ([`Scope::link_now`]) holds the scope's lock and claims `BUSY`
+//!    (so no lock-free finish bypasses that lock), registers it in the parent as a new child
+//!    is, and only then clears `LONE` and leaves the count, still under the parent's lock; if
+//!    the parent refuses (it is done), the scope finishes with the parent's error and cause.
+//!    So a lone scope holds nothing to hand a walk, and a scope that is no longer lone is in
+//!    its parent's registrations.
+//! 5. A query of a live lone scope loads the parent's state too. If the parent is done, it
+//!    loads the scope's own again: if still lone, it was lone while the parent was done and
+//!    stays lone (the parent refuses every link from then on), so the query finishes the scope
+//!    with the parent's error and cause ([`Scope::adopt`]) and reports what the scope then
+//!    holds, its own cancellation's if that won. If it is no longer lone, it reports the
+//!    scope's own state, which the parent's walk, not over yet, will finish. Either way a
+//!    scope is seen done only once its own state is, so every later query agrees, and a lone
+//!    scope's own `cancel()` that finds the parent done takes the parent's reason too. The
+//!    parent's cancellation is complete for it as soon as the parent is finished: **when
+//!    `cancel()` returns, every descendant reports done** still holds.
+//!
+//! A lone scope leaves its parent's count when it is finished or dropped (the swap of its link
+//! in [`Scope::unlink`], as for a registration), so the census counts live lone children from
+//! the count, and the cancellation's event counts the lone children of every scope it finished.
+//! Queries of a scope that is not lone pay one more bit in the test they already make; a live
+//! lone one one more load, about 0.5 ns.
 //!
 //! # Shards
 //!
@@ -147,11 +185,13 @@
 //!   takes a lock) all happen after the lock is released. Under it, a finish only moves what it
 //!   takes and upgrades children's `Weak`s; one that no longer upgrades is dropped there, which
 //!   at most frees memory whose value is gone.
-//! - At most two scope locks are ever held at once, in one place: while a new merge is linked
+//! - At most two scope locks are ever held at once, in two places: while a new merge is linked
 //!   into its two parents ([`Scope::new`]) it holds its own lock (and is born `BUSY`, so that no
-//!   lock-free finish can bypass that lock), then takes each parent's in turn. Nobody ever
-//!   locks a child while holding its parent (propagation takes the registrations out and
-//!   unlocks first), so the order new-child → parent cannot form a cycle. A concurrent
+//!   lock-free finish can bypass that lock), then takes each parent's in turn; and while a lone
+//!   scope links ([`Scope::link_now`]) it holds its own lock, then takes its parent's. Parents
+//!   are linked before either begins, so neither takes a third. Nobody ever locks a child while
+//!   holding its parent (propagation takes the registrations out and unlocks first), so the
+//!   order child → parent cannot form a cycle. A concurrent
 //!   cancellation of one parent therefore waits until both links are complete and sees them.
 //!   A scope with one parent needs no such lock: its one link is written under the parent's
 //!   lock, which the parent's own finish takes afterwards.
@@ -196,6 +236,11 @@ const BUSY: u8 = 0b1000;
 const PROPAGATING: u8 = 0b1_0000;
 const SLEEPER: u8 = 0b10_0000;
 const SHARDED: u8 = 0b100_0000;
+const LONE: u8 = 0b1000_0000;
+
+/// The link of a lone scope (see "Lone leaves"): counted in its parent's `lone`, registered
+/// nowhere. No [`Link`] encodes to it.
+const LONE_LINK: usize = usize::MAX;
 
 /// What made a scope, and what it needs beyond the common fields.
 pub(crate) enum Kind {
@@ -317,13 +362,15 @@ enum Finished {
     Propagating,
 }
 
-// Layout. What every scope needs is inline, in 160 bytes (176 with the `Arc`'s counts, of which
-// 24 hold its first registration, see `slab.rs`);
+// Layout. What every scope needs is inline, in 168 bytes (184 with the `Arc`'s counts, of which
+// 24 hold its first registration, see `slab.rs`; glibc gives 184 bytes the 192-byte chunk it gave
+// 176);
 // what few scopes use (a merge's second parent, causes, a timer or token watch, a mirror
 // token) is one pointer away, in `Kind::Merge` and `Inner::extra`. The order keeps the fields
 // every child reads from its parent (`state`, `shards`, `parent`, `deadline`) at least 64
-// bytes past the reference counts, which every child derived or dropped writes: on no 64-byte
-// line together, whatever the allocation's 16-byte alignment (a unit test checks it). Two
+// bytes past the reference counts and the `lone` count, which every child derived or dropped
+// writes: on no 64-byte line together, whatever the allocation's 16-byte alignment (a unit test
+// checks it). `lone` comes first, on the counts' line at three of the four alignments. Two
 // workers deriving from one parent (`CommonParentCancel`) took 322-359 ns/op with `shards`
 // next to the counts and 185-228 with the old 232-byte layout, which also kept the lock and
 // the registrations on lines of their own; in this order 111-199 (the spread is the
@@ -331,6 +378,9 @@ enum Finished {
 // own: the children of a contended parent register in its shards. `repr(C)` keeps the order.
 #[repr(C)]
 pub(crate) struct Scope {
+    /// How many lone children (see "Lone leaves") this scope has: written by each as it is
+    /// made and as it goes, next to the reference counts each also writes.
+    lone: AtomicU32,
     kind: Kind,
     /// Where this scope is registered in its parent scope (link 0; a merge keeps its link 1,
     /// in `other`'s scope, in its `Kind`): a [`Link`] encoded, 0 when not registered there.
@@ -379,6 +429,13 @@ impl Scope {
                 || at <= *now.get_or_insert_with(Instant::now)
         });
         let is_merge = other.is_some();
+        // A parent links into its own parent before it has children (see "Lone leaves").
+        if let Some(parent) = parent.scope() {
+            parent.link_first();
+        }
+        if let Some(other) = other.and_then(Context::scope) {
+            other.link_first();
+        }
         // A parent seen done stays done: the scope is born done with its reason, without
         // taking the parent's lock or linking (a parent being cancelled right now is seen live
         // here and refuses the link below instead).
@@ -386,16 +443,25 @@ impl Scope {
         let is_born_done = born_done.is_some();
         // The causes go into an `Extra` here, out of the way: an empty cause carried further
         // was written as a tag and read back by a wider copy, which stalled (20% of a derive).
+        // A scope with one parent and no timer is born lone, unless that parent cannot be
+        // cancelled (nothing to follow) or is done.
+        let lone_in = parent.scope().filter(|_| !is_merge && arm_at.is_none());
         let (state, extra) = match born_done {
             Some((state, None)) => (state, fire_cause.and_then(Extra::with_deadline_cause)),
             Some((state, cause)) => (state, Extra::with_causes(cause, fire_cause)),
             None => {
                 let extra = fire_cause.and_then(Extra::with_deadline_cause);
-                (if is_merge { BUSY } else { LIVE }, extra)
+                let state = match (is_merge, lone_in) {
+                    (true, _) => BUSY,
+                    (false, Some(_)) => LONE,
+                    (false, None) => LIVE,
+                };
+                (state, extra)
             }
         };
+        let link = if state & LONE != 0 { LONE_LINK } else { 0 };
         let deadline = earliest(inherited, own);
-        let scope = Scope::alloc(parent, make_kind, deadline, state, extra);
+        let scope = Scope::alloc(parent, make_kind, deadline, state, link, extra);
         // `other` and `own` describe the kind built: a second parent only for a merge, an own
         // deadline (which arms a timer) only for a deadline.
         debug_assert_eq!(
@@ -406,11 +472,17 @@ impl Scope {
         if is_born_done {
             return scope;
         }
+        if let (Some(parent), LONE) = (lone_in, state) {
+            // Counted, not registered: a parent cancelled from here on is seen by the child's
+            // own queries, which look at it (see "Lone leaves").
+            parent.lone.fetch_add(1, Ordering::Relaxed);
+            return scope;
+        }
 
         let refused = {
             // A merge links into two parents while holding its own lock (see "Deadlock safety").
             let _linking = is_merge.then(|| scope.lock());
-            (0..2).find_map(|link| scope.link_parent(link)?.attach(&scope, link).err())
+            (0..2).find_map(|link| scope.link_parent(link)?.attach(&scope, link, false).err())
         };
         if let Some((err, cause)) = refused {
             scope.cancel_quietly(err, cause);
@@ -441,6 +513,7 @@ impl Scope {
         make_kind: impl FnOnce() -> Kind,
         deadline: Option<Instant>,
         state: u8,
+        link: usize,
         extra: Option<Box<Extra>>,
     ) -> Arc<Scope> {
         if let Some(mut spare) = spare::take() {
@@ -452,6 +525,7 @@ impl Scope {
             mem::forget(mem::replace(&mut scope.kind, make_kind()));
             scope.deadline = deadline;
             scope.state.store(state, Ordering::Relaxed);
+            scope.link.store(link, Ordering::Relaxed);
             if extra.is_some() {
                 scope.inner_mut().extra = extra; // rare: a cause from the start
             }
@@ -462,7 +536,8 @@ impl Scope {
             kind: make_kind(),
             deadline,
             state: AtomicU8::new(state),
-            link: AtomicUsize::new(0),
+            link: AtomicUsize::new(link),
+            lone: AtomicU32::new(0),
             shards: OnceShards::new(),
             tasks: AtomicU32::new(0),
             inner: Mutex::new(Inner {
@@ -553,8 +628,8 @@ impl Scope {
             Kind::Merge(merge) => merge.slot.load(Ordering::Relaxed),
             _ => 0,
         };
-        let linked =
-            usize::from(scope.link.load(Ordering::Relaxed) != 0) + usize::from(second != 0);
+        let first = scope.link.load(Ordering::Relaxed);
+        let linked = usize::from(first != 0 && first != LONE_LINK) + usize::from(second != 0);
         if Arc::weak_count(&scope) != linked || spare::full() {
             return Err(scope);
         }
@@ -568,6 +643,7 @@ impl Scope {
     fn reset(&mut self) {
         debug_assert_eq!(self.link.load(Ordering::Relaxed), 0);
         debug_assert_eq!(self.tasks.load(Ordering::Relaxed), 0);
+        debug_assert_eq!(self.lone.load(Ordering::Relaxed), 0);
         if !matches!(self.kind, Kind::Cancel) {
             self.kind = Kind::Cancel;
         }
@@ -611,7 +687,7 @@ impl Scope {
 
     #[inline]
     pub(crate) fn err(&self) -> Option<Error> {
-        decode(self.state.load(Ordering::Acquire))
+        decode(self.observed())
     }
 
     /// Whether children register in this scope's shards: it is shared between threads.
@@ -622,11 +698,64 @@ impl Scope {
 
     #[inline]
     pub(crate) fn is_done(&self) -> bool {
-        self.state.load(Ordering::Acquire) & ERR != LIVE
+        self.observed() & ERR != LIVE
+    }
+
+    /// The state a query reports: this scope's own, once a lone scope has taken its parent's
+    /// error if the parent is done (see "Lone leaves").
+    #[inline(always)]
+    fn observed(&self) -> u8 {
+        let state = self.state.load(Ordering::Acquire);
+        if state & (ERR | LONE) == LONE {
+            return self.observed_lone(state);
+        }
+        state
+    }
+
+    /// [`Scope::observed`] for a live lone scope: one more load, of the parent's state.
+    #[inline]
+    fn observed_lone(&self, state: u8) -> u8 {
+        match self.parent.scope() {
+            Some(parent) if parent.state.load(Ordering::Acquire) & ERR != LIVE => {
+                self.adopt(parent)
+            }
+            _ => state,
+        }
+    }
+
+    /// Finishes this lone scope with its done parent's error and cause, unless it has linked
+    /// in the meantime (then the parent's walk reaches it), and returns its state after.
+    #[cold]
+    #[inline(never)]
+    fn adopt(&self, parent: &Scope) -> u8 {
+        // Loaded again after the parent's: if it is still lone now, it was lone while the
+        // parent was done, and stays lone (a link is made only under a live parent's lock).
+        let state = self.state.load(Ordering::Acquire);
+        if state & (ERR | LONE) != LONE {
+            return state;
+        }
+        let (err, cause) = parent.reason();
+        // Nothing is registered in a lone scope, so the finish hands nothing to a walk.
+        let mut slot = None;
+        let finished = match self.finish_lock_free(err, &cause) {
+            Some(finished) => finished,
+            None => self.finish_locked(err, &cause, || slot.insert(Walk::default())),
+        };
+        debug_assert!(slot.is_none() && !matches!(finished, Finished::Propagating));
+        if let Finished::Bare = finished {
+            self.unlink(); // leaves the parent's count
+        }
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// The error and cause of a done scope (the plain error if it is live).
+    fn reason(&self) -> (Error, Cause) {
+        let err = decode(self.state.load(Ordering::Acquire)).unwrap_or(Error::Canceled);
+        (err, self.cause().unwrap_or(Cause::from(err)))
     }
 
     pub(crate) fn cause(&self) -> Option<Cause> {
-        let state = self.state.load(Ordering::Acquire);
+        let state = self.observed();
         let err = decode(state)?;
         if state & CUSTOM_CAUSE == 0 {
             return Some(Cause::from(err));
@@ -658,19 +787,20 @@ impl Scope {
     }
 
     /// Registers `child` as this scope's child on the child's link `link`, or reports why this
-    /// scope is already done.
-    fn attach(&self, child: &Arc<Scope>, link: usize) -> Result<(), (Error, Cause)> {
+    /// scope is already done. `lone`: the child is a lone child of this scope, which leaves
+    /// `LONE` and the count here under the lock that registers it (see "Lone leaves").
+    fn attach(&self, child: &Arc<Scope>, link: usize, lone: bool) -> Result<(), (Error, Cause)> {
         // Made before the lock is taken: the lock of a parent shared by many threads is held
         // as briefly as can be (`Arc::downgrade` is a compare-and-swap loop).
         let weak = Arc::downgrade(child);
         if self.state.load(Ordering::Relaxed) & SHARDED != 0 || Scope::forced_shards(self) {
-            return self.attach_sharded(child, link, weak);
+            return self.attach_sharded(child, link, weak, lone);
         }
         let mut inner = match self.inner.try_lock() {
             Ok(inner) => inner,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             // Another thread holds the lock: from now on children spread over shards.
-            Err(TryLockError::WouldBlock) => return self.attach_sharded(child, link, weak),
+            Err(TryLockError::WouldBlock) => return self.attach_sharded(child, link, weak, lone),
         };
         if let Some(state) = self.claim() {
             return Err(Scope::done_reason(state, &inner));
@@ -679,7 +809,48 @@ impl Scope {
         if let Some(slot) = child.link(link) {
             slot.store(Link::Inner(index).encode(), Ordering::Relaxed);
         }
+        if lone {
+            self.unlone(child);
+        }
         Ok(())
+    }
+
+    /// Ends `child`'s lone life under this scope, now that it is registered here (not before:
+    /// a query that finds the child not lone leaves it to this scope's walk, invariant 5).
+    #[cold]
+    fn unlone(&self, child: &Scope) {
+        child.state.fetch_and(!LONE, Ordering::AcqRel);
+        self.lone.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Links this scope into its parent if it is lone: called before anything registers in it
+    /// (see "Lone leaves").
+    #[inline(always)]
+    fn link_first(self: &Arc<Self>) {
+        if self.state.load(Ordering::Acquire) & LONE != 0 {
+            self.link_now();
+        }
+    }
+
+    /// [`Scope::link_first`] for a lone scope: under its own lock, so that of two threads only
+    /// one links it, and with `BUSY` claimed, so that no lock-free finish slips past the lock.
+    #[cold]
+    #[inline(never)]
+    fn link_now(self: &Arc<Self>) {
+        let inner = self.lock();
+        if self.state.load(Ordering::Acquire) & LONE == 0 || self.claim().is_some() {
+            return; // linked by another thread meanwhile, or done: it registers nothing more
+        }
+        let Some(parent) = self.parent.scope() else {
+            return; // unreachable: a lone scope's parent can be cancelled
+        };
+        debug_assert_eq!(parent.state.load(Ordering::Relaxed) & LONE, 0);
+        let refused = parent.attach(self, 0, true).err();
+        drop(inner);
+        if let Some((err, cause)) = refused {
+            // The parent is done: so is this scope, as its queries already report.
+            self.cancel_quietly(err, cause);
+        }
     }
 
     /// [`Scope::attach`] into the shard of the calling thread (see "Shards").
@@ -690,6 +861,7 @@ impl Scope {
         child: &Arc<Scope>,
         link: usize,
         weak: Weak<Scope>,
+        lone: bool,
     ) -> Result<(), (Error, Cause)> {
         let number = shard_of_this_thread();
         let shards = self.shards.get_or_init();
@@ -717,6 +889,9 @@ impl Scope {
         let index = shard.insert_with(|| Reg::Child(weak));
         if let Some(slot) = child.link(link) {
             slot.store(Link::Shard(number, index).encode(), Ordering::Relaxed);
+        }
+        if lone {
+            self.unlone(child);
         }
         Ok(())
     }
@@ -767,7 +942,11 @@ impl Scope {
             let Some(parent) = self.link_parent(link) else {
                 continue;
             };
-            if parent.is_done() {
+            if slot == LONE_LINK {
+                parent.lone.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            if parent.state.load(Ordering::Acquire) & ERR != LIVE {
                 continue; // invariant 2: its registrations are already gone
             }
             let me: *const Scope = self;
@@ -980,6 +1159,15 @@ impl Scope {
     }
 
     fn cancel_slow(self: &Arc<Self>, err: Error, cause: Cause) {
+        // A lone scope whose parent is done is already done, for the parent's reason, as its
+        // queries say, and was counted in the parent's event (see "Lone leaves").
+        if self.state.load(Ordering::Acquire) & LONE != 0
+            && let Some(parent) = self.parent.scope()
+            && parent.is_done()
+        {
+            self.adopt(parent);
+            return;
+        }
         if let Some(descendants) = self.cancel_quietly(err, cause) {
             tracing::debug!(
                 target: "taskctx",
@@ -991,9 +1179,9 @@ impl Scope {
         }
     }
 
-    /// [`Scope::cancel`] without the event; returns how many descendants it finished, or `None`
-    /// if this scope was already done (and then only once that cancellation has reached every
-    /// descendant).
+    /// [`Scope::cancel`] without the event; returns how many descendants it finished (lone
+    /// ones, done with their parent, included), or `None` if this scope was already done (and
+    /// then only once that cancellation has reached every descendant).
     fn cancel_quietly(self: &Arc<Self>, err: Error, cause: Cause) -> Option<usize> {
         // The walk's batches are set up only if the scope holds something.
         let mut slot = None;
@@ -1011,12 +1199,12 @@ impl Scope {
                 if let Some(walk) = &mut slot {
                     walk.released.run(); // a mirror token
                 }
-                return Some(0);
+                return Some(self.lone_children());
             }
             Finished::Propagating => {}
         }
         let walk = slot.get_or_insert_with(Walk::default); // set up by the finish
-        let mut descendants = 0;
+        let mut descendants = self.lone_children();
         // The first panic of a waker or token run during the walk, resumed once it is over.
         let mut panicked = None;
         walk.enter_found();
@@ -1030,18 +1218,18 @@ impl Scope {
                             // Nothing below it to walk: its subtree is done. It leaves the
                             // walk at once, and its token and waiters go now rather than after
                             // the whole walk (see "Who wakes whom").
-                            descendants += 1;
+                            descendants += 1 + scope.lone_children();
                             scope.settle();
                             walk.released.release_early(marks, &mut panicked);
                         }
                         Finished::Propagating => {
-                            descendants += 1;
+                            descendants += 1 + scope.lone_children();
                             walk.stack.push(Step::Leave(scope));
                             walk.enter_found(); // pushed above: left after them
                             continue;
                         }
                         Finished::Bare => {
-                            descendants += 1;
+                            descendants += 1 + scope.lone_children();
                             scope.unlink(); // from a merge's other parent, which may be live
                         }
                         // Finished by another cancellation, which may still be below it.
@@ -1067,6 +1255,10 @@ impl Scope {
             std::panic::resume_unwind(panic); // as a waker's panic after the walk does
         }
         Some(descendants)
+    }
+
+    fn lone_children(&self) -> usize {
+        self.lone.load(Ordering::Relaxed) as usize
     }
 
     /// Returns once no cancellation is walking below this done scope (see "Who wakes whom").
@@ -1119,7 +1311,8 @@ impl Scope {
     }
 
     /// Installs what can cancel this scope from outside. A done scope drops it at once.
-    pub(crate) fn set_source(&self, source: Source) {
+    pub(crate) fn set_source(self: &Arc<Self>, source: Source) {
+        self.link_first();
         let replaced = {
             let mut inner = self.lock();
             match self.claim() {
@@ -1155,7 +1348,11 @@ impl Scope {
 
     /// Polls for done on behalf of a `done()` future whose registration is `slot` (0: none).
     #[inline]
-    pub(crate) fn poll_done(&self, slot: &mut usize, cx: &mut task::Context<'_>) -> Poll<Error> {
+    pub(crate) fn poll_done(
+        self: &Arc<Self>,
+        slot: &mut usize,
+        cx: &mut task::Context<'_>,
+    ) -> Poll<Error> {
         if let Some(err) = self.err() {
             *slot = 0;
             return Poll::Ready(err);
@@ -1163,7 +1360,12 @@ impl Scope {
         self.register_waiter(slot, cx)
     }
 
-    fn register_waiter(&self, slot: &mut usize, cx: &mut task::Context<'_>) -> Poll<Error> {
+    fn register_waiter(
+        self: &Arc<Self>,
+        slot: &mut usize,
+        cx: &mut task::Context<'_>,
+    ) -> Poll<Error> {
+        self.link_first();
         let mut inner = self.lock();
         if let Some(state) = self.claim() {
             drop(inner);
@@ -1202,7 +1404,8 @@ impl Scope {
     }
 
     /// Registers an `after_func` callback; hands it back if the scope is already done.
-    pub(crate) fn add_callback(&self, f: Callback) -> Result<usize, Callback> {
+    pub(crate) fn add_callback(self: &Arc<Self>, f: Callback) -> Result<usize, Callback> {
+        self.link_first();
         let mut inner = self.lock();
         if self.claim().is_some() {
             return Err(f);
@@ -1255,7 +1458,8 @@ impl Scope {
         mirror
     }
 
-    fn install_mirror(&self, token: CancellationToken) -> CancellationToken {
+    fn install_mirror(self: &Arc<Self>, token: CancellationToken) -> CancellationToken {
+        self.link_first();
         let mut inner = self.lock();
         if let Some(existing) = inner.mirror() {
             return existing.clone();
@@ -1337,6 +1541,10 @@ impl Scope {
                 }
             }
             drop(shards);
+            if scope.state.load(Ordering::Acquire) & ERR == LIVE {
+                // Lone children are leaves with nothing registered: counted, not visited.
+                census.contexts += scope.lone.load(Ordering::Relaxed) as usize;
+            }
             if !is_root {
                 census.contexts += 1;
                 match inner.source() {
@@ -1658,13 +1866,15 @@ mod tests {
     }
 
     /// The layout note on [`Scope`]: the fields children read from their parent never share a
-    /// 64-byte line with the reference counts (the first 16 bytes of the `Arc` allocation), at
-    /// any 16-byte alignment of the allocation.
+    /// 64-byte line with the reference counts (the first 16 bytes of the `Arc` allocation) or
+    /// the lone count, at any 16-byte alignment of the allocation.
     #[test]
     fn what_children_read_never_shares_a_line_with_the_counts() {
         let scope = plain_scope();
         let base = Arc::as_ptr(&scope) as usize - 16;
         let at = |field: *const u8| field as usize - base;
+        let lone = at((&scope.lone as *const AtomicU32).cast());
+        assert_eq!(lone, 16, "the lone count right after the reference counts");
         let read = [
             at((&scope.state as *const AtomicU8).cast()),
             at((&scope.shards as *const OnceShards).cast()),
@@ -1675,11 +1885,22 @@ mod tests {
             let counts_line = align / 64;
             for start in read {
                 assert!(
-                    (align + start) / 64 > counts_line,
+                    (align + start) / 64 > counts_line.max((align + lone) / 64),
                     "a field at offset {start} shares the counts' line at alignment {align}"
                 );
             }
         }
+    }
+
+    /// A derived pair whose context is registered in its parent rather than lone, as it is
+    /// once anything registers in it (see "Lone leaves").
+    fn linked<T>(pair: (Context, T)) -> (Context, T) {
+        pair.0.scope().unwrap().link_first();
+        assert_eq!(
+            pair.0.scope().unwrap().state.load(Ordering::Relaxed) & LONE,
+            0
+        );
+        pair
     }
 
     /// The address of the scope behind `ctx`, to see whether an allocation was reused.
@@ -1799,11 +2020,11 @@ mod tests {
                 drop(children);
                 drop(clones);
             };
-            let children: Vec<_> = (0..100).map(|_| parent.with_cancel()).collect();
+            let children: Vec<_> = (0..100).map(|_| linked(parent.with_cancel())).collect();
             assert!(parent.scope().unwrap().lock().regs.capacity() >= 100);
             release(children);
             parent.scope().unwrap().use_shards();
-            release((0..10).map(|_| parent.with_cancel()).collect());
+            release((0..10).map(|_| linked(parent.with_cancel())).collect());
             drop((parent, cancel));
             let (ctx, _cancel) = Context::background().with_cancel();
             assert_eq!(address(&ctx), old, "the allocation is reused");
@@ -1819,7 +2040,9 @@ mod tests {
     fn a_finish_keeps_a_few_registrations_room_and_lets_a_crowds_go() {
         for (children, kept) in [(3, true), (100, false)] {
             let (parent, cancel) = Context::background().with_cancel();
-            let live: Vec<_> = (0..children).map(|_| parent.with_cancel()).collect();
+            let live: Vec<_> = (0..children)
+                .map(|_| linked(parent.with_cancel()))
+                .collect();
             cancel.cancel();
             let regs = &parent.scope().unwrap().lock().regs;
             assert_eq!(regs.len(), 0);
@@ -2039,6 +2262,7 @@ mod tests {
             deadline: None,
             state: AtomicU8::new(LIVE),
             link: AtomicUsize::new(0),
+            lone: AtomicU32::new(0),
             shards: OnceShards::new(),
             tasks: AtomicU32::new(0),
             inner: Mutex::new(Inner {
@@ -2053,7 +2277,7 @@ mod tests {
         assert_eq!(parent_count(), before);
     }
 
-    /// The scope's `Arc` allocation stays at 176 bytes. The 100,000-task fan-out
+    /// The scope's `Arc` allocation stays at 184 bytes. The 100,000-task fan-out
     /// (`ScaleCancelFanout`) is sensitive to it in ways the instruction counts do not show:
     /// the scopes, the tasks (which Tokio aligns to 128 bytes, so glibc splits and reuses the
     /// chunks around them) and the registrations share the heap, so the scope's size moves
@@ -2064,8 +2288,8 @@ mod tests {
     /// (medians of 3 alternating runs; the token 39-47); with the first registration inline, 176
     /// bytes took 53.5 against 60.8 at 152. Re-measure before changing it.
     #[test]
-    fn a_scope_allocation_stays_at_176_bytes() {
-        assert_eq!(mem::size_of::<Scope>() + 16, 176);
+    fn a_scope_allocation_stays_at_184_bytes() {
+        assert_eq!(mem::size_of::<Scope>() + 16, 184);
     }
 
     #[test]

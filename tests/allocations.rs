@@ -251,9 +251,11 @@ fn with_value_costs_the_node_and_the_boxed_value_and_one_for_a_zero_sized_value(
     assert!(ctx.value::<Flag>().is_some());
 }
 
-/// A parent keeps its first child's registration inline: one allocation, the child's, where
-/// Go makes two. A released child's allocation is kept by the thread and reused by the next
-/// one: none from then on. A second live child allocates the parent's room for more.
+/// A child of a live parent costs one allocation, its own, where Go makes two: it is counted in
+/// its parent, not registered there, until something waits on it. A released child's
+/// allocation is kept by the thread and reused by the next one: none from then on. Live
+/// children take no room in their parent until they register: the first one's registration is
+/// inline, the second's allocates the parent's room for more.
 #[test]
 fn with_cancel_from_a_live_parent_costs_one_allocation_then_none_once_a_scope_is_reused() {
     let (parent, _cancel_parent) = Context::background().with_cancel();
@@ -263,16 +265,23 @@ fn with_cancel_from_a_live_parent_costs_one_allocation_then_none_once_a_scope_is
         assert_eq!(
             census(&parent).contexts,
             1,
-            "round {round}: the child is registered in its parent"
+            "round {round}: the child is counted in its parent"
         );
         drop(child);
         assert!(census(&parent).is_clean(), "round {round}");
     }
     let (first, _cancel_first) = parent.with_cancel();
     let (n, second) = allocations(|| parent.with_cancel());
+    assert_eq!(n, 1, "the second child's scope, whose spare the first took");
+    assert_eq!(census(&parent).contexts, 2);
+    let registered = allocations(|| {
+        for child in [&first, &second.0] {
+            assert!(poll_once(pin!(child.done())).is_pending());
+        }
+    });
     assert_eq!(
-        n, 2,
-        "the second child's scope, whose spare the first took, and the room"
+        registered.0, 1,
+        "the first registration inline, then the room"
     );
     assert_eq!(census(&parent).contexts, 2);
     drop((first, second));
@@ -285,8 +294,15 @@ fn a_cancelled_parent_keeps_the_room_of_its_registrations_for_its_next_life() {
     let mut rooms = Vec::new();
     for round in 0..3 {
         let (root, cancel) = Context::background().with_cancel();
-        // Two children: the second needs room beyond the inline registration.
-        let (n, children) = allocations(|| [root.with_cancel(), root.with_cancel()]);
+        // Two children, each awaited once so that it registers in the root: the second needs
+        // room beyond the inline registration.
+        let (n, children) = allocations(|| {
+            let children = [root.with_cancel(), root.with_cancel()];
+            for (child, _) in &children {
+                assert!(poll_once(pin!(child.done())).is_pending());
+            }
+            children
+        });
         rooms.push(n);
         cancel.cancel();
         assert!(

@@ -598,7 +598,15 @@ fn a_leaf_waiter_wakes_during_the_walk_and_the_others_once_their_subtree_is_done
     let (a, _cancel_a) = root.with_cancel();
     let (b, _cancel_b) = root.with_cancel();
     let (c, _cancel_c) = root.with_cancel();
+    // A context registers in its parent once something waits on it or is derived from it:
+    // `a`, `b`, then `c` (as `c_child` is derived), the order the walk takes them in reverse.
+    for leaf in [&a, &b] {
+        assert!(leaf.done().now_or_never().is_none());
+    }
     let (c_child, _cancel_c_child) = c.with_cancel();
+    // Awaited, so that it registers in `c` and the walk goes below `c`.
+    let mut c_child_done = c_child.done();
+    assert!((&mut c_child_done).now_or_never().is_none());
     // Per waiter: (its own subtree done, the whole tree done), as seen when woken.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let everything = vec![

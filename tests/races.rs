@@ -779,3 +779,113 @@ fn releasing_a_live_scope_races_its_parents_cancel() {
         assert!(census(&root).is_clean());
     }
 }
+
+/// Children nothing waits on are counted in their parent, not registered there, and follow it
+/// through their own queries (see "Lone leaves" in `tree.rs`). Many of them, each raced by a
+/// thread that cancels it, starts waiting on it (registering it in the parent) or lets go of
+/// it without cancelling it, while a reader watches them and the parent is cancelled: each ends with one cause, the
+/// reader never sees a cause change, every waiter is woken, a cancel that starts after the
+/// parent's returned keeps the parent's cause, and the census ends clean.
+#[test]
+fn lone_children_raced_by_their_own_cancel_a_waiter_and_their_parents_cancel_agree() {
+    const ITERATIONS: u64 = 300;
+    const CHILDREN: usize = 32;
+    for iteration in 0..ITERATIONS {
+        let (parent, cancel_parent) = Context::background().with_cancel_cause();
+        let children: Vec<(Context, CancelCauseHandle)> =
+            (0..CHILDREN).map(|_| parent.with_cancel_cause()).collect();
+        assert_eq!(census(&parent).contexts, CHILDREN);
+        let watched: Vec<Context> = children.iter().map(|(ctx, _)| ctx.clone()).collect();
+        let barrier = Barrier::new(3);
+        let parent_done = AtomicBool::new(false);
+        let (observed, late) = thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                Rng::new(iteration).spin(2_000);
+                cancel_parent.cancel("parent");
+                parent_done.store(true, Ordering::Release);
+            });
+            let racer = s.spawn(|| {
+                let mut rng = Rng::new(iteration + 7);
+                let mut late = Vec::new();
+                barrier.wait();
+                for (ctx, cancel) in children {
+                    match rng.below(3) {
+                        0 => cancel.cancel("own"),
+                        1 => {
+                            let waiter = thread::spawn(move || {
+                                futures::executor::block_on(ctx.done());
+                                drop(cancel);
+                            });
+                            late.push(waiter);
+                            continue;
+                        }
+                        // Let go of this clone only: the handle lives on, uncancelled.
+                        _ => late.push(thread::spawn(move || drop((ctx, cancel.disarm())))),
+                    }
+                    rng.spin(100);
+                }
+                late
+            });
+            let reader = s.spawn(|| {
+                let mut observed = vec![Vec::new(); CHILDREN];
+                barrier.wait();
+                loop {
+                    let stop = parent_done.load(Ordering::Acquire);
+                    for (ctx, seen) in watched.iter().zip(&mut observed) {
+                        seen.push(read_consistently(ctx));
+                    }
+                    if stop {
+                        return observed;
+                    }
+                }
+            });
+            (reader.join().unwrap(), racer.join().unwrap())
+        });
+        for waiter in late {
+            waiter
+                .join()
+                .expect("a waiter on a lone child was never woken");
+        }
+        for (ctx, seen) in watched.iter().zip(observed) {
+            let cause = cause_text(ctx).expect("done once the parent is");
+            assert!(cause == "parent" || cause == "own", "{cause}");
+            for (err, seen) in seen {
+                match (err, seen) {
+                    (None, None) => {}
+                    (Some(Error::Canceled), Some(seen)) => assert_eq!(seen, cause),
+                    other => panic!("observed {other:?}, final cause {cause:?}"),
+                }
+            }
+        }
+        // After the parent's cancel has returned, a child's own cancel is too late.
+        let (late_child, cancel_late) = parent.with_cancel_cause();
+        cancel_late.cancel("own");
+        assert_eq!(cause_text(&late_child).as_deref(), Some("parent"));
+        drop(watched);
+        assert!(census(&parent).is_clean(), "{}", census(&parent));
+    }
+}
+
+/// A child's own cancel that starts after its parent's cancel returned keeps the parent's
+/// cause, as in Go, though the parent's walk never reached the child (nothing waited on it).
+#[test]
+fn a_lone_childs_cancel_after_its_parents_keeps_the_parents_cause() {
+    for threads in [1, 4] {
+        let (parent, cancel_parent) = Context::background().with_cancel_cause();
+        let children: Vec<_> = (0..64).map(|_| parent.with_cancel_cause()).collect();
+        cancel_parent.cancel("parent");
+        thread::scope(|s| {
+            for chunk in children.chunks(64 / threads) {
+                s.spawn(move || {
+                    for (ctx, cancel) in chunk {
+                        cancel.cancel("own");
+                        assert_eq!(cause_text(ctx).as_deref(), Some("parent"));
+                        assert_eq!(ctx.err(), Some(Error::Canceled));
+                    }
+                });
+            }
+        });
+        assert!(census(&parent).is_clean());
+    }
+}
