@@ -205,10 +205,13 @@
 //!
 //! # Memory orderings
 //!
-//! Every change to `state` is a read-modify-write with `AcqRel` (or `Acquire` on failure), so
-//! all changes to it form one total order that also orders the critical sections around them;
+//! Every change to `state` is a read-modify-write with `AcqRel` (or `Acquire` on failure), but
+//! one: the `Release` store that clears `LONE`, made while no other change can be (see
+//! [`Scope::unlone`]). So all changes to it form one total order that also orders the critical
+//! sections around them;
 //! lock-free readers (`is_done`, `err`, `cause`) load it with `Acquire`, which is all invariant
-//! 1 needs. Every other field is read and written under a lock. Links are atomics only so
+//! 1 needs. Every other field is read and written under a lock, but the `lone` and `tasks`
+//! counts, relaxed counters that only the census and the cancellation's event read. Links are atomics only so
 //! that they can be cleared through `&self`; they are read and written under the lock of the
 //! parent's slab that holds them (or with exclusive access in `Drop`).
 
@@ -817,9 +820,13 @@ impl Scope {
 
     /// Ends `child`'s lone life under this scope, now that it is registered here (not before:
     /// a query that finds the child not lone leaves it to this scope's walk, invariant 5).
-    #[cold]
+    ///
+    /// A plain store: the child is linking ([`Scope::link_now`]), so it holds its own lock with
+    /// `BUSY` set, and nothing else changes its state meanwhile (a finish, a claim or a
+    /// registration of its own takes that lock; its children link it before they register).
     fn unlone(&self, child: &Scope) {
-        child.state.fetch_and(!LONE, Ordering::AcqRel);
+        let state = child.state.load(Ordering::Relaxed);
+        child.state.store(state & !LONE, Ordering::Release);
         self.lone.fetch_sub(1, Ordering::Relaxed);
     }
 
