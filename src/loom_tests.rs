@@ -255,6 +255,33 @@ fn loom_a_lone_child_links_to_wait_while_its_parent_is_cancelled() {
     });
 }
 
+/// A lone child's own `cancel()` while the child links (a grandchild is derived from it) and
+/// its parent is cancelled: the cancel may find the child lone, then the parent done, and the
+/// child linked by then, with the parent's walk still to reach it. It must not return before
+/// the child is done (it returned early, with the child live, until `Scope::cancel_slow` went
+/// on in that case).
+#[test]
+fn loom_a_lone_childs_cancel_returns_done_while_it_links_and_its_parent_is_cancelled() {
+    loom::model(|| {
+        let (parent, cancel_parent) = Context::background().with_cancel();
+        let (child, cancel_child) = parent.with_cancel();
+        let linker = {
+            let child = child.clone();
+            thread::spawn(move || drop(child.with_cancel()))
+        };
+        let own = {
+            let child = child.clone();
+            thread::spawn(move || {
+                cancel_child.cancel();
+                assert!(child.is_done(), "cancel() returned with the child live");
+            })
+        };
+        cancel_parent.cancel();
+        linker.join().unwrap();
+        own.join().unwrap();
+    });
+}
+
 /// A lone child's own cancellation races its parent's while a reader looks at the child: the
 /// child ends with one cause, its own or the parent's, and a reader that saw a cause never
 /// sees another one later (a query that finds the parent done makes the child take the

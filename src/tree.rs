@@ -1193,8 +1193,13 @@ impl Scope {
             && let Some(parent) = self.parent.scope()
             && parent.is_done()
         {
-            self.adopt(parent);
-            return;
+            // Unless it linked meanwhile, and the parent's walk, not over yet, has still to
+            // finish it or its subtree: then this cancel goes on, to finish it or wait for that
+            // walk, as any other would (a review's loom model found the early return).
+            let state = self.adopt(parent);
+            if state & ERR != LIVE && state & PROPAGATING == 0 {
+                return;
+            }
         }
         if let Some(descendants) = self.cancel_quietly(err, cause) {
             tracing::debug!(
