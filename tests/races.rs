@@ -889,3 +889,73 @@ fn a_lone_childs_cancel_after_its_parents_keeps_the_parents_cause() {
         assert!(census(&parent).is_clean());
     }
 }
+
+/// Threads derive lone children of one parent at once, each counted in its own thread's shard
+/// of the parent (or in the parent's own count on its home thread), and release, link or keep
+/// them, some from another thread than made them: the census counts exactly the children
+/// still held, every one then follows the parent's cancellation, and nothing is left counted.
+#[test]
+fn lone_children_of_a_shared_parent_are_counted_wherever_they_are_made_and_released() {
+    const ITERATIONS: u64 = 200;
+    const THREADS: usize = 4;
+    const CHILDREN: usize = 32;
+    for iteration in 0..ITERATIONS {
+        let (parent, cancel_parent) = Context::background().with_cancel();
+        let barrier = Barrier::new(THREADS);
+        let made: Vec<Vec<(Context, CancelHandle)>> = thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|worker| {
+                    let (parent, barrier) = (&parent, &barrier);
+                    s.spawn(move || {
+                        let mut rng = Rng::new(iteration * 31 + worker as u64);
+                        barrier.wait();
+                        let mut kept = Vec::new();
+                        for _ in 0..CHILDREN {
+                            let (ctx, cancel) = parent.with_cancel();
+                            match rng.below(4) {
+                                0 => drop((ctx, cancel)), // released where it was made
+                                1 => {
+                                    drop(ctx.token()); // links it into the parent
+                                    kept.push((ctx, cancel));
+                                }
+                                _ => kept.push((ctx, cancel)),
+                            }
+                        }
+                        kept
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let held: usize = made.iter().map(Vec::len).sum();
+        assert_eq!(census(&parent).contexts, held, "iteration {iteration}");
+
+        // Half the threads' children are released by another thread than made them.
+        let (released, kept): (Vec<_>, Vec<_>) =
+            made.into_iter().enumerate().partition(|(n, _)| n % 2 == 0);
+        let kept: Vec<(Context, CancelHandle)> = kept.into_iter().flat_map(|(_, v)| v).collect();
+        let barrier = Barrier::new(2);
+        thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                drop(released);
+            });
+            s.spawn(|| {
+                barrier.wait();
+                assert!(census(&parent).contexts >= kept.len());
+            });
+        });
+        assert_eq!(
+            census(&parent).contexts,
+            kept.len(),
+            "iteration {iteration}"
+        );
+        cancel_parent.cancel();
+        assert!(
+            kept.iter().all(|(ctx, _)| ctx.is_done()),
+            "iteration {iteration}"
+        );
+        drop(kept);
+        assert!(census(&parent).is_clean(), "{}", census(&parent));
+    }
+}
