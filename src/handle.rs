@@ -28,10 +28,7 @@ impl Trigger {
 impl Drop for Trigger {
     fn drop(&mut self) {
         if let Some(scope) = self.0.take() {
-            if !Scope::is_unobserved(&scope) {
-                scope.cancel(Error::Canceled, Cause::from(Error::Canceled));
-            }
-            Scope::recycle(scope);
+            Scope::let_go(scope);
         }
     }
 }

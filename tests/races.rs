@@ -959,3 +959,48 @@ fn lone_children_of_a_shared_parent_are_counted_wherever_they_are_made_and_relea
         assert!(census(&parent).is_clean(), "{}", census(&parent));
     }
 }
+
+/// The last handle of a chain's link whose child has gone is dropped on one thread (which
+/// lets the link go unfinished when nothing could tell, and keeps it for reuse) while another
+/// cancels its parent: a token handed out by the link is cancelled either way, and nothing of
+/// the old life reaches what the releasing thread derives next.
+#[test]
+fn a_links_last_handle_dropped_while_its_parent_is_cancelled() {
+    const ITERATIONS: u64 = 2_000;
+    for iteration in 0..ITERATIONS {
+        let (root, cancel_root) = Context::background().with_cancel();
+        let (link, cancel_link) = root.with_cancel();
+        drop(link.with_cancel()); // links it into the root, and goes
+        let token = (iteration % 2 == 0).then(|| link.token());
+        drop(link); // the handle now holds the link alone
+        let barrier = Arc::new(Barrier::new(2));
+        let releaser = {
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let mut rng = Rng::new(iteration);
+                barrier.wait();
+                rng.spin(1_000);
+                drop(cancel_link);
+                (0..3)
+                    .map(|_| Context::background().with_cancel())
+                    .collect::<Vec<_>>()
+            })
+        };
+        barrier.wait();
+        cancel_root.cancel();
+        let fresh = releaser.join().unwrap();
+        for (ctx, _cancel) in &fresh {
+            assert!(
+                !ctx.is_done(),
+                "iteration {iteration}: the old life reached a new one"
+            );
+        }
+        if let Some(token) = token {
+            assert!(
+                token.is_cancelled(),
+                "iteration {iteration}: the token was not cancelled"
+            );
+        }
+        assert!(census(&root).is_clean());
+    }
+}
