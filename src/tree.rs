@@ -72,10 +72,10 @@
 //! A lone scope leaves its parent's count when it is finished or dropped (the swap of its link
 //! in [`Scope::unlink`], as for a registration), so the census counts live lone children from
 //! the count, and the cancellation's event counts the lone children of every scope it finished.
-//! The count is the parent's own for children made on the thread that made the parent (its
-//! `home`), and the parent's shard of the child's thread for the others, so that threads
-//! deriving from one shared parent do not all write one line (see [`Scope::lone_link`]); the
-//! child's link says which.
+//! The count is kept per thread and summed when read: the parent's own `lone` counts for the
+//! thread that made the parent (its `home`, the only thread that writes it, with plain loads
+//! and stores), and each of its shards' for the other threads of that shard, so that threads
+//! deriving from one shared parent do not all write one line (see [`Scope::count_lone`]).
 //! Queries of a scope that is not lone test one more bit (`ErrOK` 1.3-1.4 -> 2.3-2.6 ns/op on a
 //! machine in a slow state, where Go's took 5.2); a live lone one also calls out of line and
 //! loads its parent's state. Chains pay too: each link is made when its child is derived, with
@@ -91,9 +91,9 @@
 //! finds the lock held ([`Scope::attach`] tries it) gives the scope eight shards, each a lock
 //! and a slab on a cache line of its own; from then on children register in their thread's
 //! shard (threads take shards in turn), and leave it through their link, which names the slab.
-//! Waiters, callbacks, timers and the mirror token stay in `inner`. (Lone children made on
-//! other threads than the parent's are counted in their thread's shard, made for that on
-//! first use; `SHARDED` is not set for a count.) The protocol keeps invariants 2 and 3:
+//! Waiters, callbacks, timers and the mirror token stay in `inner`. (Lone children joining
+//! or leaving the count on other threads than the parent's home count in their thread's
+//! shard, made for that on first use; `SHARDED` is not set for a count.) The protocol keeps invariants 2 and 3:
 //!
 //! - A registration into a shard holds the shard's lock while it sets `BUSY | SHARDED` by a
 //!   read-modify-write (or, once both are set, loads `state`: every finish that swaps from then
@@ -252,16 +252,9 @@ const SLEEPER: u8 = 0b10_0000;
 const SHARDED: u8 = 0b100_0000;
 const LONE: u8 = 0b1000_0000;
 
-/// The link of a lone scope (see "Lone leaves"), registered nowhere: counted in its parent's
-/// `lone` if it was made on the parent's home thread, else in the `lone` of the shard of the
-/// thread that made it, whose link is `LONE_LINK - 1 - shard`. No [`Link`] encodes to these.
+/// The link of a lone scope (see "Lone leaves"): counted in its parent (see
+/// [`Scope::count_lone`]), registered nowhere. No [`Link`] encodes to it.
 const LONE_LINK: usize = usize::MAX;
-
-/// Whether `link` is a lone scope's (see [`LONE_LINK`]).
-#[inline(always)]
-fn is_lone_link(link: usize) -> bool {
-    link >= LONE_LINK - SHARDS
-}
 
 /// What made a scope, and what it needs beyond the common fields.
 pub(crate) enum Kind {
@@ -402,6 +395,9 @@ pub(crate) struct Scope {
     /// How many lone children (see "Lone leaves") this scope has: written by each as it is
     /// made and as it goes, next to the reference counts each also writes.
     lone: AtomicU32,
+    /// The number of the thread that made this scope, which alone writes `lone` (see
+    /// [`Scope::count_lone`]). Read with the counts, on their line, by each child as it is made.
+    home: u32,
     kind: Kind,
     /// Where this scope is registered in its parent scope (link 0; a merge keeps its link 1,
     /// in `other`'s scope, in its `Kind`): a [`Link`] encoded, 0 when not registered there.
@@ -412,9 +408,6 @@ pub(crate) struct Scope {
     tasks: AtomicU32,
     /// `ERR`, `CUSTOM_CAUSE`, `BUSY`, `PROPAGATING` and `SLEEPER` bits (see "State machine").
     state: AtomicU8,
-    /// The shard number of the thread that made this scope: lone children made elsewhere are
-    /// counted in its shards (see [`Scope::lone_link`]).
-    home: u8,
     /// Where children register once `inner`'s lock is contended (see "Shards").
     shards: OnceShards,
     /// The context this scope was derived from: link 0 of the tree, and the chain that value
@@ -483,15 +476,9 @@ impl Scope {
                 (state, extra)
             }
         };
-        // One read of this thread's shard number: the new scope's home, and where a lone one
-        // is counted in its parent.
-        let number = shard_of_this_thread();
-        let link = match lone_in {
-            Some(parent) if state & LONE != 0 => parent.lone_link(number),
-            _ => 0,
-        };
+        let link = if state & LONE != 0 { LONE_LINK } else { 0 };
         let deadline = earliest(inherited, own);
-        let scope = Scope::alloc(parent, make_kind, deadline, state, link, extra, number);
+        let scope = Scope::alloc(parent, make_kind, deadline, state, link, extra);
         // `other` and `own` describe the kind built: a second parent only for a merge, an own
         // deadline (which arms a timer) only for a deadline.
         debug_assert_eq!(
@@ -505,14 +492,14 @@ impl Scope {
         if let (Some(parent), LONE) = (lone_in, state) {
             // Counted, not registered: a parent cancelled from here on is seen by the child's
             // own queries, which look at it (see "Lone leaves").
-            parent.count_lone(link, 1);
+            parent.count_lone(1);
             return scope;
         }
 
         let refused = {
             // A merge links into two parents while holding its own lock (see "Deadlock safety").
             let _linking = is_merge.then(|| scope.lock());
-            (0..2).find_map(|link| scope.link_parent(link)?.attach(&scope, link, 0).err())
+            (0..2).find_map(|link| scope.link_parent(link)?.attach(&scope, link, false).err())
         };
         if let Some((err, cause)) = refused {
             scope.cancel_quietly(err, cause);
@@ -545,9 +532,8 @@ impl Scope {
         state: u8,
         link: usize,
         extra: Option<Box<Extra>>,
-        home: usize,
     ) -> Arc<Scope> {
-        let home = home as u8; // a shard number, below `SHARDS`
+        let home = this_thread();
         if let Some(mut spare) = spare::take() {
             let scope = spare.get();
             // `reset` left a background parent and a plain kind, which own nothing: no drop
@@ -720,7 +706,7 @@ impl Scope {
             _ => 0,
         };
         let first = scope.link.load(Ordering::Relaxed);
-        let linked = usize::from(first != 0 && !is_lone_link(first)) + usize::from(second != 0);
+        let linked = usize::from(first != 0 && first != LONE_LINK) + usize::from(second != 0);
         if Arc::weak_count(&scope) != linked || spare::full() {
             return Err(scope);
         }
@@ -734,7 +720,10 @@ impl Scope {
     fn reset(&mut self) {
         debug_assert_eq!(self.link.load(Ordering::Relaxed), 0);
         debug_assert_eq!(self.tasks.load(Ordering::Relaxed), 0);
-        debug_assert_eq!(self.lone.load(Ordering::Relaxed), 0);
+        debug_assert_eq!(self.lone_children(), 0);
+        // The counts sum to zero, but the own one may not be zero alone (see `count_lone`),
+        // and the shards' go with them below.
+        self.lone.store(0, Ordering::Relaxed);
         if !matches!(self.kind, Kind::Cancel) {
             self.kind = Kind::Cancel;
         }
@@ -895,9 +884,9 @@ impl Scope {
     }
 
     /// Registers `child` as this scope's child on the child's link `link`, or reports why this
-    /// scope is already done. `lone`: 0, or the lone link of a lone child of this scope, which
-    /// leaves `LONE` and its count here under the lock that registers it (see "Lone leaves").
-    fn attach(&self, child: &Arc<Scope>, link: usize, lone: usize) -> Result<(), (Error, Cause)> {
+    /// scope is already done. `lone`: the child is a lone child of this scope, which leaves
+    /// `LONE` and the count here under the lock that registers it (see "Lone leaves").
+    fn attach(&self, child: &Arc<Scope>, link: usize, lone: bool) -> Result<(), (Error, Cause)> {
         // Made before the lock is taken: the lock of a parent shared by many threads is held
         // as briefly as can be (`Arc::downgrade` is a compare-and-swap loop).
         let weak = Arc::downgrade(child);
@@ -917,8 +906,8 @@ impl Scope {
         if let Some(slot) = child.link(link) {
             slot.store(Link::Inner(index).encode(), Ordering::Relaxed);
         }
-        if lone != 0 {
-            self.unlone(child, lone);
+        if lone {
+            self.unlone(child);
         }
         Ok(())
     }
@@ -929,36 +918,36 @@ impl Scope {
     /// A plain store: the child is linking ([`Scope::link_now`]), so it holds its own lock with
     /// `BUSY` set, and nothing else changes its state meanwhile (a finish, a claim or a
     /// registration of its own takes that lock; its children link it before they register).
-    fn unlone(&self, child: &Scope, lone: usize) {
+    fn unlone(&self, child: &Scope) {
         let state = child.state.load(Ordering::Relaxed);
         child.state.store(state & !LONE, Ordering::Release);
-        self.count_lone(lone, -1);
+        self.count_lone(-1);
     }
 
-    /// The link a lone child made on the thread whose shard is `number` takes: the count it
-    /// joins is this scope's own on its home thread, and that shard's elsewhere.
+    /// Adds `by` to this scope's count of lone children, in the count of the calling thread:
+    /// the scope's own `lone` on its home thread (the thread that made it), which no other
+    /// thread writes, so a plain load and store; elsewhere the `lone` of the thread's shard,
+    /// by a read-modify-write, as threads share shards. A child may leave its count on another
+    /// thread than it joined it (its release, or its link, happens there), so one count may
+    /// wrap below zero; their sum, which is all anyone reads ([`Scope::lone_children`]), is
+    /// exact.
     ///
     /// A parent shared by threads (a server's root) saw every child's count go up and down
     /// from every core, on the line of its reference counts: two more moves of that line
     /// between the cores per child, `CommonParentCancel` 146 -> 211 ns/op (medians of 8
-    /// alternating runs against a build without the counts).
+    /// alternating runs against a build without the counts). And on the home thread, the
+    /// locked add was most of what a lone child cost its parent.
     #[inline(always)]
-    fn lone_link(&self, number: usize) -> usize {
-        if number == usize::from(self.home) {
-            LONE_LINK
+    fn count_lone(&self, by: i32) {
+        let me = this_thread();
+        if me == self.home && cfg!(not(loom)) {
+            let count = self.lone.load(Ordering::Relaxed);
+            self.lone
+                .store(count.wrapping_add_signed(by), Ordering::Relaxed);
+        } else if cfg!(loom) {
+            self.lone.fetch_add(by as u32, Ordering::Relaxed); // every loom thread is thread 0
         } else {
-            LONE_LINK - 1 - number
-        }
-    }
-
-    /// Adds `by` to the count of lone children that `link` (a [`Scope::lone_link`]) names.
-    #[inline(always)]
-    fn count_lone(&self, link: usize, by: i32) {
-        debug_assert!(is_lone_link(link));
-        if link == LONE_LINK {
-            self.lone.fetch_add(by as u32, Ordering::Relaxed);
-        } else {
-            self.count_lone_in_shard(LONE_LINK - 1 - link, by);
+            self.count_lone_in_shard(me as usize % SHARDS, by);
         }
     }
 
@@ -990,9 +979,7 @@ impl Scope {
             return; // unreachable: a lone scope's parent can be cancelled
         };
         debug_assert_eq!(parent.state.load(Ordering::Relaxed) & LONE, 0);
-        // Stable while this lock is held with `BUSY` set: only `unlink` clears it.
-        let lone = self.link.load(Ordering::Relaxed);
-        let refused = parent.attach(self, 0, lone).err();
+        let refused = parent.attach(self, 0, true).err();
         drop(inner);
         if let Some((err, cause)) = refused {
             // The parent is done: so is this scope, as its queries already report.
@@ -1008,7 +995,7 @@ impl Scope {
         child: &Arc<Scope>,
         link: usize,
         weak: Weak<Scope>,
-        lone: usize,
+        lone: bool,
     ) -> Result<(), (Error, Cause)> {
         let number = shard_of_this_thread();
         let shards = self.shards.get_or_init();
@@ -1037,8 +1024,8 @@ impl Scope {
         if let Some(slot) = child.link(link) {
             slot.store(Link::Shard(number, index).encode(), Ordering::Relaxed);
         }
-        if lone != 0 {
-            self.unlone(child, lone);
+        if lone {
+            self.unlone(child);
         }
         Ok(())
     }
@@ -1089,8 +1076,8 @@ impl Scope {
             let Some(parent) = self.link_parent(link) else {
                 continue;
             };
-            if is_lone_link(slot) {
-                parent.count_lone(slot, -1);
+            if slot == LONE_LINK {
+                parent.count_lone(-1);
                 continue;
             }
             if parent.state.load(Ordering::Acquire) & ERR != LIVE {
@@ -2173,55 +2160,67 @@ mod tests {
         });
     }
 
-    /// The lone counts of `scope`: its own, and its shards' summed.
+    /// The lone counts of `scope`: its own, and its shards' summed (either may have wrapped).
     fn lone_counts(scope: &Scope) -> (u32, u32) {
         let in_shards = scope.shards.get().map(|shards| {
             let counts = shards.0.iter().map(|shard| shard.1.load(Ordering::Relaxed));
-            counts.sum()
+            counts.fold(0, u32::wrapping_add)
         });
         (scope.lone.load(Ordering::Relaxed), in_shards.unwrap_or(0))
     }
 
-    /// A lone child made on a thread other than its parent's home is counted in the parent's
-    /// shard for that thread, not in the parent's own count; the census still counts it, and
-    /// it leaves the count it joined when it goes, links or is cancelled.
+    /// A lone child made on another thread than its parent's home is counted in the parent's
+    /// shard for that thread, and one made or released on the home thread in the parent's own
+    /// count; a child released elsewhere than it was made leaves the count of the releasing
+    /// thread, so counts may wrap, but their sum is what the census and the event read, and
+    /// it is exact.
     #[test]
-    fn lone_children_made_on_other_threads_are_counted_in_their_shards() {
+    fn lone_children_are_counted_by_the_thread_that_makes_or_releases_them() {
         let (parent, cancel) = Context::background().with_cancel();
         let scope = parent.scope().unwrap().clone();
-        let home = shard_of_this_thread();
-        // Threads take shard numbers in turn: one of the next eight has another.
-        let mut at_home = vec![parent.with_cancel()];
-        let made_away = |at_home: &mut Vec<_>| loop {
-            let parent = parent.clone();
-            let made = std::thread::spawn(move || (parent.with_cancel(), shard_of_this_thread()));
-            match made.join().unwrap() {
-                (pair, number) if number == home => at_home.push(pair),
-                (pair, _) => break pair,
-            }
+        let sum = || {
+            let (own, shards) = lone_counts(&scope);
+            own.wrapping_add(shards)
         };
-        let away = made_away(&mut at_home);
-        let counted = at_home.len() as u32;
-        assert_eq!(lone_counts(&scope), (counted, 1));
-        let link = away.0.scope().unwrap().link.load(Ordering::Relaxed);
-        assert!(is_lone_link(link) && link != LONE_LINK);
-        assert_eq!(crate::testing::census(&parent).contexts, at_home.len() + 1);
+        let on_another_thread = |f: Box<dyn FnOnce() + Send>| std::thread::spawn(f).join().unwrap();
 
-        drop(away); // cancelled and released: leaves the shard's count
-        assert_eq!(lone_counts(&scope), (counted, 0));
+        let home = parent.with_cancel();
+        assert_eq!(lone_counts(&scope), (1, 0));
+        let away = {
+            let parent = parent.clone();
+            std::thread::spawn(move || parent.with_cancel())
+                .join()
+                .unwrap()
+        };
+        assert_eq!(
+            lone_counts(&scope),
+            (1, 1),
+            "counted in the other thread's shard"
+        );
+        assert_eq!(crate::testing::census(&parent).contexts, 2);
 
-        // Linked, and cancelled through the walk, from the other thread's shard count.
-        let away = made_away(&mut at_home);
-        let counted = at_home.len() as u32;
-        assert_eq!(lone_counts(&scope), (counted, 1));
-        away.0.scope().unwrap().link_first();
-        assert_eq!(lone_counts(&scope), (counted, 0));
-        assert_eq!(crate::testing::census(&parent).contexts, at_home.len() + 1);
-        cancel.cancel();
-        assert!(away.0.is_done() && at_home.iter().all(|(ctx, _)| ctx.is_done()));
+        drop(away); // released here, at home: leaves the parent's own count
+        assert_eq!(lone_counts(&scope), (0, 1));
+        assert_eq!(sum(), 1);
+        on_another_thread(Box::new(move || drop(home))); // made at home, released away
+        assert_eq!(sum(), 0);
         assert_eq!(crate::testing::census(&parent).contexts, 0);
-        drop(at_home);
-        assert_eq!(lone_counts(&scope), (0, 0));
+
+        // Linked on another thread, and cancelled through the walk.
+        let (ctx, _cancel_ctx) = parent.with_cancel();
+        let linking = ctx.clone();
+        on_another_thread(Box::new(move || linking.scope().unwrap().link_first()));
+        assert_eq!(sum(), 0, "left the count as it linked");
+        assert_eq!(crate::testing::census(&parent).contexts, 1);
+        let lone = parent.with_cancel();
+        assert_eq!(sum(), 1);
+        cancel.cancel();
+        assert!(ctx.is_done() && lone.0.is_done());
+        assert_eq!(
+            sum(),
+            0,
+            "a lone child finished by its query leaves the count"
+        );
     }
 
     /// The address of the scope behind `ctx`, to see whether an allocation was reused.
@@ -2891,29 +2890,43 @@ impl OnceShards {
     }
 }
 
-/// The shard this thread registers children in: threads take shards in turn.
+/// This thread's number: threads take numbers in turn, and never give them back (a process
+/// that starts more than 4,294,967,295 threads would see two share one).
 ///
-/// Read on every derive (a scope's home, see [`Scope::lone_link`]): a constant-initialized
+/// Read on every derive (a scope's home, see [`Scope::count_lone`]): a constant-initialized
 /// thread-local is one load, where a lazily initialized one first checks its state.
 #[cfg(not(loom))]
 #[inline(always)]
-fn shard_of_this_thread() -> usize {
-    const UNSET: u8 = u8::MAX;
+fn this_thread() -> u32 {
+    const UNSET: u32 = u32::MAX;
     thread_local! {
-        static NUMBER: std::cell::Cell<u8> = const { std::cell::Cell::new(UNSET) };
+        static NUMBER: std::cell::Cell<u32> = const { std::cell::Cell::new(UNSET) };
     }
     #[cold]
     #[inline(never)]
-    fn first(number: &std::cell::Cell<u8>) -> usize {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let taken = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS;
-        number.set(taken as u8);
+    fn first(number: &std::cell::Cell<u32>) -> u32 {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let taken = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % UNSET;
+        number.set(taken);
         taken
     }
     NUMBER.with(|number| match number.get() {
         UNSET => first(number),
-        taken => usize::from(taken),
+        taken => taken,
     })
+}
+
+/// Under loom, every thread is thread 0 (loom's executions must be the same from run to run).
+#[cfg(loom)]
+fn this_thread() -> u32 {
+    0
+}
+
+/// The shard this thread registers children in: threads take shards in turn.
+#[cfg(not(loom))]
+#[inline(always)]
+fn shard_of_this_thread() -> usize {
+    this_thread() as usize % SHARDS
 }
 
 /// Under loom, one shard: loom's executions must be the same from run to run.
