@@ -80,8 +80,10 @@
 //! machine in a slow state, where Go's took 5.2); a live lone one also calls out of line and
 //! loads its parent's state. Chains pay too: each link is made when its child is derived, with
 //! the lock and claim of its own on top of the registration an eager child made
-//! (`CancelTree/depth=10/Root=Background` 937-1,086 -> 1,174 ns/op). BENCHMARKS.md has the
-//! figures.
+//! (`CancelTree/depth=10/Root=Background` 937-1,086 -> 1,174 ns/op), which the chains won
+//! back elsewhere since: a walk's spilled room kept per thread, and a link whose child has
+//! gone let go unfinished by its last handle ([`Scope::let_go`]); the same row now 7,181
+//! instructions per op against the token's 7,668. BENCHMARKS.md has the figures.
 //!
 //! # Shards
 //!
@@ -1856,6 +1858,8 @@ impl<T: Room> Batch<T> {
                 *slot = Some(item);
                 self.len += 1;
             }
+            // Room already there (a long walk's, or one kept from the last): no call.
+            None if self.spilled.len() < self.spilled.capacity() => self.spilled.push(item),
             None => self.spill(item),
         }
     }
