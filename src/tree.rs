@@ -448,23 +448,22 @@ impl Scope {
                 || at <= *now.get_or_insert_with(Instant::now)
         });
         let is_merge = other.is_some();
-        // A parent links into its own parent before it has children (see "Lone leaves").
-        if let Some(parent) = parent.scope() {
-            parent.link_first();
-        }
-        if let Some(other) = other.and_then(Context::scope) {
-            other.link_first();
-        }
-        // A parent seen done stays done: the scope is born done with its reason, without
+        // Looked up once: a context's scope is a match on its node.
+        let parent_scope = parent.scope();
+        let other_scope = other.and_then(Context::scope);
+        // A parent links into its own parent before it has children (see "Lone leaves"), and
+        // a parent seen done stays done: the scope is born done with its reason, without
         // taking the parent's lock or linking (a parent being cancelled right now is seen live
         // here and refuses the link below instead).
-        let born_done = Scope::inherit(parent).or_else(|| other.and_then(Scope::inherit));
+        let born_done = parent_scope
+            .and_then(Scope::link_and_inherit)
+            .or_else(|| other_scope.and_then(Scope::link_and_inherit));
         let is_born_done = born_done.is_some();
         // The causes go into an `Extra` here, out of the way: an empty cause carried further
         // was written as a tag and read back by a wider copy, which stalled (20% of a derive).
         // A scope with one parent and no timer is born lone, unless that parent cannot be
         // cancelled (nothing to follow) or is done.
-        let lone_in = parent.scope().filter(|_| !is_merge && arm_at.is_none());
+        let lone_in = parent_scope.filter(|_| !is_merge && arm_at.is_none());
         let (state, extra) = match born_done {
             Some((state, None)) => (state, fire_cause.and_then(Extra::with_deadline_cause)),
             Some((state, cause)) => (state, Extra::with_causes(cause, fire_cause)),
@@ -483,10 +482,7 @@ impl Scope {
         let scope = Scope::alloc(parent, make_kind, deadline, state, link, extra);
         // `other` and `own` describe the kind built: a second parent only for a merge, an own
         // deadline (which arms a timer) only for a deadline.
-        debug_assert_eq!(
-            scope.link_parent(1).is_some(),
-            other.and_then(Context::scope).is_some()
-        );
+        debug_assert_eq!(scope.link_parent(1).is_some(), other_scope.is_some());
         debug_assert!(own.is_none() || matches!(scope.kind, Kind::Deadline { .. }));
         if is_born_done {
             return scope;
@@ -511,11 +507,16 @@ impl Scope {
         scope
     }
 
-    /// If `parent` is done: the state and custom cause a scope born under it starts with.
-    #[inline]
-    fn inherit(parent: &Context) -> Option<(u8, Option<Cause>)> {
-        let scope = parent.scope()?;
-        let state = scope.state.load(Ordering::Acquire);
+    /// Links the parent `scope` first if it is lone ([`Scope::link_first`]), then, if it is
+    /// done: the state and custom cause a scope born under it starts with. One load of its
+    /// state for both when it is not lone.
+    #[inline(always)]
+    fn link_and_inherit(scope: &Arc<Scope>) -> Option<(u8, Option<Cause>)> {
+        let mut state = scope.state.load(Ordering::Acquire);
+        if state & LONE != 0 {
+            scope.link_now();
+            state = scope.state.load(Ordering::Acquire);
+        }
         if state & ERR == LIVE {
             return None;
         }
