@@ -72,10 +72,10 @@
 //! A lone scope leaves its parent's count when it is finished or dropped (the swap of its link
 //! in [`Scope::unlink`], as for a registration), so the census counts live lone children from
 //! the count, and the cancellation's event counts the lone children of every scope it finished.
-//! The count is kept per thread and summed when read: the parent's own `lone` counts for the
-//! thread that made the parent (its `home`, the only thread that writes it, with plain loads
-//! and stores), and each of its shards' for the other threads of that shard, so that threads
-//! deriving from one shared parent do not all write one line (see [`Scope::count_lone`]).
+//! The count is summed when read: the parent's own `lone`, and, once the parent has had
+//! [`AWAY_LIMIT`] lone children made on other threads than the one that made it (its
+//! `home`), each of its shards' for the other threads of that shard, so that threads deriving
+//! from one shared parent do not all write one line (see [`Scope::count_lone`]).
 //! Queries of a scope that is not lone test one more bit (`ErrOK` 1.3-1.4 -> 2.3-2.6 ns/op on a
 //! machine in a slow state, where Go's took 5.2); a live lone one also calls out of line and
 //! loads its parent's state. Chains pay too: each link is made when its child is derived, with
@@ -258,6 +258,14 @@ const LONE: u8 = 0b1000_0000;
 /// [`Scope::count_lone`]), registered nowhere. No [`Link`] encodes to it.
 const LONE_LINK: usize = usize::MAX;
 
+/// A scope's `home`: the low bits name the thread that made it, the high bits count the lone
+/// children made on other threads, up to [`AWAY_LIMIT`] (see [`Scope::count_lone`]).
+const HOME_THREAD_BITS: u32 = 24;
+const HOME_THREAD: u32 = (1 << HOME_THREAD_BITS) - 1;
+
+/// How many lone children made on other threads than a scope's home give it shards.
+const AWAY_LIMIT: u32 = 64;
+
 /// What made a scope, and what it needs beyond the common fields.
 pub(crate) enum Kind {
     /// `with_cancel`, `with_cancel_cause`, or a timeout that did not fit in an `Instant`.
@@ -397,9 +405,9 @@ pub(crate) struct Scope {
     /// How many lone children (see "Lone leaves") this scope has: written by each as it is
     /// made and as it goes, next to the reference counts each also writes.
     lone: AtomicU32,
-    /// The number of the thread that made this scope, which alone writes `lone` (see
-    /// [`Scope::count_lone`]). Read with the counts, on their line, by each child as it is made.
-    home: u32,
+    /// The thread that made this scope, and how many lone children other threads made (see
+    /// [`HOME_THREAD_BITS`]). Read and written with the counts, on their line.
+    home: AtomicU32,
     kind: Kind,
     /// Where this scope is registered in its parent scope (link 0; a merge keeps its link 1,
     /// in `other`'s scope, in its `Kind`): a [`Link`] encoded, 0 when not registered there.
@@ -547,7 +555,7 @@ impl Scope {
             scope.deadline = deadline;
             scope.state.store(state, Ordering::Relaxed);
             scope.link.store(link, Ordering::Relaxed);
-            scope.home = home;
+            scope.home.store(home & HOME_THREAD, Ordering::Relaxed);
             if extra.is_some() {
                 scope.inner_mut().extra = extra; // rare: a cause from the start
             }
@@ -562,7 +570,7 @@ impl Scope {
             lone: AtomicU32::new(0),
             shards: OnceShards::new(),
             tasks: AtomicU32::new(0),
-            home,
+            home: AtomicU32::new(home & HOME_THREAD),
             inner: Mutex::new(Inner {
                 regs: Slab::new(),
                 extra,
@@ -927,37 +935,51 @@ impl Scope {
         self.count_lone(-1);
     }
 
-    /// Adds `by` to this scope's count of lone children, in the count of the calling thread:
-    /// the scope's own `lone` on its home thread (the thread that made it), which no other
-    /// thread writes, so a plain load and store; elsewhere the `lone` of the thread's shard,
-    /// by a read-modify-write, as threads share shards. A child may leave its count on another
-    /// thread than it joined it (its release, or its link, happens there), so one count may
-    /// wrap below zero; their sum, which is all anyone reads ([`Scope::lone_children`]), is
-    /// exact.
+    /// Adds `by` to this scope's count of lone children: its own `lone`, or, on a thread other
+    /// than its home (the thread that made it) once the scope has shards, the `lone` of that
+    /// thread's shard. A child may leave its count on another thread than it joined it (its
+    /// release, or its link, happens there), so one count may wrap below zero; their sum,
+    /// which is all anyone reads ([`Scope::lone_children`]), is exact. Every change is a
+    /// read-modify-write: which count a thread takes is only a matter of speed.
     ///
     /// A parent shared by threads (a server's root) saw every child's count go up and down
     /// from every core, on the line of its reference counts: two more moves of that line
     /// between the cores per child, `CommonParentCancel` 146 -> 211 ns/op (medians of 8
-    /// alternating runs against a build without the counts). And on the home thread, the
-    /// locked add was most of what a lone child cost its parent.
+    /// alternating runs against a build without the counts). So a scope that has had
+    /// [`AWAY_LIMIT`] lone children made on other threads gets shards, and the other threads
+    /// count there, each on its shard's line. Not at the first: shards take 8 cache lines, and
+    /// giving them to every scope with a child made elsewhere (in a work-stealing runtime, most
+    /// of them) took the stress test's peak resident memory from 640-730 to 1,040-1,150 MiB.
     #[inline(always)]
     fn count_lone(&self, by: i32) {
-        let me = this_thread();
-        if me == self.home && cfg!(not(loom)) {
-            let count = self.lone.load(Ordering::Relaxed);
-            self.lone
-                .store(count.wrapping_add_signed(by), Ordering::Relaxed);
-        } else if cfg!(loom) {
-            self.lone.fetch_add(by as u32, Ordering::Relaxed); // every loom thread is thread 0
-        } else {
-            self.count_lone_in_shard(me as usize % SHARDS, by);
+        let me = this_thread() & HOME_THREAD;
+        let home = self.home.load(Ordering::Relaxed);
+        if me != home & HOME_THREAD {
+            if let Some(shards) = self.shards.get() {
+                let count = &shards.0[me as usize % SHARDS].1;
+                count.fetch_add(by as u32, Ordering::Relaxed);
+                return;
+            }
+            if by > 0 {
+                self.count_away_birth(home);
+            }
         }
+        self.lone.fetch_add(by as u32, Ordering::Relaxed);
     }
 
+    /// Counts a lone child made on another thread than this scope's home, in the high bits of
+    /// `home`; at the [`AWAY_LIMIT`]th, gives the scope its shards (see [`Scope::count_lone`]).
+    #[cold]
     #[inline(never)]
-    fn count_lone_in_shard(&self, number: usize, by: i32) {
-        let shards = self.shards.get_or_init();
-        shards.0[number].1.fetch_add(by as u32, Ordering::Relaxed);
+    fn count_away_birth(&self, home: u32) {
+        if home >> HOME_THREAD_BITS >= AWAY_LIMIT {
+            let _ = self.shards.get_or_init();
+        } else {
+            // Two threads may both add past the limit: the bits count up to 255, and a wrap
+            // would only delay the shards.
+            self.home
+                .fetch_add(1 << HOME_THREAD_BITS, Ordering::Relaxed);
+        }
     }
 
     /// Links this scope into its parent if it is lone: called before anything registers in it
@@ -2174,13 +2196,13 @@ mod tests {
         (scope.lone.load(Ordering::Relaxed), in_shards.unwrap_or(0))
     }
 
-    /// A lone child made on another thread than its parent's home is counted in the parent's
-    /// shard for that thread, and one made or released on the home thread in the parent's own
-    /// count; a child released elsewhere than it was made leaves the count of the releasing
-    /// thread, so counts may wrap, but their sum is what the census and the event read, and
-    /// it is exact.
+    /// Lone children are counted in their parent's own count until [`AWAY_LIMIT`] of them were
+    /// made on other threads than the parent's home; then the parent has shards, and children
+    /// made or released on those threads count in their shard. A child released elsewhere than
+    /// it was made leaves the count of the releasing thread, so counts may wrap, but their sum
+    /// is what the census and the event read, and it is exact.
     #[test]
-    fn lone_children_are_counted_by_the_thread_that_makes_or_releases_them() {
+    fn lone_children_made_elsewhere_give_their_parent_shards_only_when_many() {
         let (parent, cancel) = Context::background().with_cancel();
         let scope = parent.scope().unwrap().clone();
         let sum = || {
@@ -2188,24 +2210,29 @@ mod tests {
             own.wrapping_add(shards)
         };
         let on_another_thread = |f: Box<dyn FnOnce() + Send>| std::thread::spawn(f).join().unwrap();
-
-        let home = parent.with_cancel();
-        assert_eq!(lone_counts(&scope), (1, 0));
-        let away = {
+        let made_away = |n: u32| {
             let parent = parent.clone();
-            std::thread::spawn(move || parent.with_cancel())
+            std::thread::spawn(move || (0..n).map(|_| parent.with_cancel()).collect::<Vec<_>>())
                 .join()
                 .unwrap()
         };
-        assert_eq!(
-            lone_counts(&scope),
-            (1, 1),
-            "counted in the other thread's shard"
-        );
-        assert_eq!(crate::testing::census(&parent).contexts, 2);
 
-        drop(away); // released here, at home: leaves the parent's own count
-        assert_eq!(lone_counts(&scope), (0, 1));
+        let home = parent.with_cancel();
+        let few = made_away(3);
+        assert_eq!(lone_counts(&scope), (4, 0));
+        assert!(
+            scope.shards.get().is_none(),
+            "a few children made elsewhere: no shards"
+        );
+        let many = made_away(AWAY_LIMIT - 3 + 2); // the limit's birth makes the shards
+        assert!(scope.shards.get().is_some());
+        assert_eq!(lone_counts(&scope), (1 + AWAY_LIMIT + 1, 1));
+        assert_eq!(
+            crate::testing::census(&parent).contexts,
+            AWAY_LIMIT as usize + 3
+        );
+
+        drop((few, many)); // released here, at home: they leave the parent's own count
         assert_eq!(sum(), 1);
         on_another_thread(Box::new(move || drop(home))); // made at home, released away
         assert_eq!(sum(), 0);
@@ -2590,7 +2617,7 @@ mod tests {
             lone: AtomicU32::new(0),
             shards: OnceShards::new(),
             tasks: AtomicU32::new(0),
-            home: 0,
+            home: AtomicU32::new(0),
             inner: Mutex::new(Inner {
                 regs: Slab::new(),
                 extra: None,
