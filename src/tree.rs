@@ -2858,7 +2858,7 @@ const SHARDS: usize = 8;
 struct Shards([Shard; SHARDS]);
 
 /// One shard, on a cache line of its own: the children registered there, and how many lone
-/// children threads of this shard made (see [`Scope::lone_link`]).
+/// children threads of this shard made (see [`Scope::count_lone`]).
 #[repr(align(64))]
 struct Shard(Mutex<Slab<Reg>>, AtomicU32);
 
