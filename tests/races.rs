@@ -733,6 +733,32 @@ fn every_cancel_returns_only_after_the_whole_subtree_is_done() {
     }
 }
 
+/// Runs `release` on a thread of its own while this one runs `cancel`, at the same moment;
+/// then that thread derives three contexts, where the scopes it released may be kept for
+/// reuse (so each must start clean), and hands them back.
+fn release_racing_cancel(
+    iteration: u64,
+    release: impl FnOnce() + Send + 'static,
+    cancel: impl FnOnce(),
+) -> Vec<(Context, CancelHandle)> {
+    let barrier = Arc::new(Barrier::new(2));
+    let releaser = {
+        let barrier = barrier.clone();
+        thread::spawn(move || {
+            let mut rng = Rng::new(iteration);
+            barrier.wait();
+            rng.spin(1_000);
+            release();
+            (0..3)
+                .map(|_| Context::background().with_cancel())
+                .collect::<Vec<_>>()
+        })
+    };
+    barrier.wait();
+    cancel();
+    releaser.join().unwrap()
+}
+
 /// A live scope released through a value layer on one thread (and so offered for reuse)
 /// while another cancels its parent: the cancellation reaches it or it is gone, its callback
 /// runs at most once, and nothing of it reaches what that thread derives next.
@@ -752,23 +778,7 @@ fn releasing_a_live_scope_races_its_parents_cancel() {
         cancel_below.disarm();
         let value = below.with_value(1u8);
         drop((scope, below)); // the value layer now holds the chain
-        let barrier = Arc::new(Barrier::new(2));
-        let releaser = {
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                let mut rng = Rng::new(iteration);
-                barrier.wait();
-                rng.spin(1_000);
-                drop(value);
-                // Made where the released scopes may be kept: each must start clean.
-                (0..3)
-                    .map(|_| Context::background().with_cancel())
-                    .collect::<Vec<_>>()
-            })
-        };
-        barrier.wait();
-        cancel_root.cancel();
-        let fresh = releaser.join().unwrap();
+        let fresh = release_racing_cancel(iteration, move || drop(value), || cancel_root.cancel());
         for (ctx, _cancel) in &fresh {
             assert!(
                 !ctx.is_done(),
@@ -973,22 +983,11 @@ fn a_links_last_handle_dropped_while_its_parent_is_cancelled() {
         drop(link.with_cancel()); // links it into the root, and goes
         let token = (iteration % 2 == 0).then(|| link.token());
         drop(link); // the handle now holds the link alone
-        let barrier = Arc::new(Barrier::new(2));
-        let releaser = {
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                let mut rng = Rng::new(iteration);
-                barrier.wait();
-                rng.spin(1_000);
-                drop(cancel_link);
-                (0..3)
-                    .map(|_| Context::background().with_cancel())
-                    .collect::<Vec<_>>()
-            })
-        };
-        barrier.wait();
-        cancel_root.cancel();
-        let fresh = releaser.join().unwrap();
+        let fresh = release_racing_cancel(
+            iteration,
+            move || drop(cancel_link),
+            || cancel_root.cancel(),
+        );
         for (ctx, _cancel) in &fresh {
             assert!(
                 !ctx.is_done(),
