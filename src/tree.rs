@@ -487,7 +487,10 @@ impl Scope {
         };
         let link = if state & LONE != 0 { LONE_LINK } else { 0 };
         let deadline = earliest(inherited, own);
-        let scope = Scope::alloc(parent, make_kind, deadline, state, link, extra);
+        // One read of this thread's number: the new scope's home, and the count a lone one
+        // joins in its parent.
+        let me = this_thread();
+        let scope = Scope::alloc(parent, make_kind, deadline, state, link, extra, me);
         // `other` and `own` describe the kind built: a second parent only for a merge, an own
         // deadline (which arms a timer) only for a deadline.
         debug_assert_eq!(scope.link_parent(1).is_some(), other_scope.is_some());
@@ -498,7 +501,7 @@ impl Scope {
         if let (Some(parent), LONE) = (lone_in, state) {
             // Counted, not registered: a parent cancelled from here on is seen by the child's
             // own queries, which look at it (see "Lone leaves").
-            parent.count_lone(1);
+            parent.count_lone_on(me, 1);
             return scope;
         }
 
@@ -543,8 +546,8 @@ impl Scope {
         state: u8,
         link: usize,
         extra: Option<Box<Extra>>,
+        home: u32,
     ) -> Arc<Scope> {
-        let home = this_thread();
         if let Some(mut spare) = spare::take() {
             let scope = spare.get();
             // `reset` left a background parent and a plain kind, which own nothing: no drop
@@ -952,7 +955,13 @@ impl Scope {
     /// of them) took the stress test's peak resident memory from 640-730 to 1,040-1,150 MiB.
     #[inline(always)]
     fn count_lone(&self, by: i32) {
-        let me = this_thread() & HOME_THREAD;
+        self.count_lone_on(this_thread(), by);
+    }
+
+    /// [`Scope::count_lone`] for a caller that has read its thread's number, `me`.
+    #[inline(always)]
+    fn count_lone_on(&self, me: u32, by: i32) {
+        let me = me & HOME_THREAD;
         let home = self.home.load(Ordering::Relaxed);
         if me != home & HOME_THREAD {
             if let Some(shards) = self.shards.get() {
