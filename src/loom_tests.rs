@@ -13,7 +13,8 @@
 //! a worker wheel's timer that fires before the wheel has stored it, the fallback timer
 //! thread told of an earlier deadline while it sleeps, a child's last handles let go of it
 //! (leaving its parent before it is taken apart) while the parent is cancelled, and a child
-//! registering in a shard of a parent being cancelled.
+//! registering in a shard of a parent being cancelled, and two first registrations racing to
+//! make a scope's lock.
 //!
 //! Only the crate's own state byte and locks are loom's: tokio-util's `CancellationToken` is
 //! not instrumented, so the models that use one check what the scope holds, not the token's
@@ -604,5 +605,33 @@ fn loom_a_live_scope_released_by_its_child_races_the_parents_cancel() {
         releaser.join().unwrap();
         assert!(ran.load(Ordering::SeqCst) <= 1);
         assert!(census(&parent).is_clean());
+    });
+}
+
+/// A scope makes its lock on first use (`OnceInner` in `tree.rs`). Two threads that register
+/// in a fresh scope at once race to make it: one publishes its allocation, the other frees its
+/// own and takes that one. Either way both registrations are in the one lock's slab, and the
+/// scope's cancellation runs both callbacks.
+#[test]
+fn loom_two_first_registrations_race_to_make_the_lock() {
+    loom::model(|| {
+        let (ctx, cancel) = Context::background().with_cancel();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let register = |ctx: &Context, ran: &Arc<AtomicUsize>| {
+            let ran = ran.clone();
+            ctx.after_func(move || {
+                ran.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let other = {
+            let (ctx, ran) = (ctx.clone(), ran.clone());
+            thread::spawn(move || register(&ctx, &ran))
+        };
+        let mine = register(&ctx, &ran);
+        let theirs = other.join().unwrap();
+        assert_eq!(census(&ctx).callbacks, 2, "both registered in the one lock");
+        cancel.cancel();
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
+        assert!(!mine.stop() && !theirs.stop(), "both ran");
     });
 }

@@ -47,7 +47,8 @@
 //! BENCHMARKS.md), and on a parent shared by many threads it was two trips of the parent's
 //! lock between the cores. So a scope with one parent scope and no timer of its own is born
 //! *lone*: `LONE` set, its link `LONE_LINK`, and one added to its parent's `lone` count,
-//! registered nowhere. The parent's cancellation does not reach it; its queries look instead:
+//! registered nowhere. Nor does it take its own lock, which is made on first use
+//! ([`OnceInner`]): a lone leaf is one 128-byte chunk, as the bare token's node. The parent's cancellation does not reach it; its queries look instead:
 //!
 //! 4. A lone scope's parent scope is never lone. Anything that would register in a scope
 //!    first links it ([`Scope::link_first`]): a waiter, a callback, a timer or token watch, a
@@ -226,7 +227,9 @@
 //! 1 needs. Every other field is read and written under a lock, but the `lone` and `tasks`
 //! counts, relaxed counters that only the census and the cancellation's event read. Links are atomics only so
 //! that they can be cleared through `&self`; they are read and written under the lock of the
-//! parent's slab that holds them (or with exclusive access in `Drop`).
+//! parent's slab that holds them (or with exclusive access in `Drop`). The lock itself is
+//! published once, by a compare-and-swap of its pointer from null, and read with `Acquire`
+//! ([`OnceInner`]).
 
 use std::fmt;
 use std::mem;
@@ -240,7 +243,9 @@ use crate::context::{Context, release};
 use crate::error::{Cause, Error};
 use crate::slab::Slab;
 use crate::source::{self, Source};
-use crate::sync::{AtomicU8, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering, parking_lot};
+use crate::sync::{
+    AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Mutex, MutexGuard, Ordering, parking_lot,
+};
 use crate::testing::Census;
 
 const LIVE: u8 = 0;
@@ -305,7 +310,8 @@ enum Reg {
     Callback(Callback),
 }
 
-/// The fields guarded by `Scope::inner`.
+/// The fields guarded by a scope's lock, in an allocation of their own (see [`OnceInner`]).
+#[derive(Default)]
 struct Inner {
     regs: Slab<Reg>,
     /// What only some scopes hold, made on first use and kept across reuse (see "Reuse").
@@ -386,20 +392,22 @@ enum Finished {
     Propagating,
 }
 
-// Layout. What every scope needs is inline, in 168 bytes (184 with the `Arc`'s counts, of which
-// 24 hold its first registration, see `slab.rs`; glibc gives 184 bytes the 192-byte chunk it gave
-// 176);
-// what few scopes use (a merge's second parent, causes, a timer or token watch, a mirror
-// token) is one pointer away, in `Kind::Merge` and `Inner::extra`. The order keeps the fields
-// every child reads from its parent (`state`, `shards`, `parent`, `deadline`) at least 64
-// bytes past the reference counts and the `lone` count, which every child derived or dropped
-// writes: on no 64-byte line together, whatever the allocation's 16-byte alignment (a unit test
-// checks it). `lone` comes first, on the counts' line at three of the four alignments. Two
-// workers deriving from one parent (`CommonParentCancel`) took 322-359 ns/op with `shards`
-// next to the counts and 185-228 with the old 232-byte layout, which also kept the lock and
-// the registrations on lines of their own; in this order 111-199 (the spread is the
-// machine's, run to run: the layouts were measured alternately). The lock needs no line of its
-// own: the children of a contended parent register in its shards. `repr(C)` keeps the order.
+// Layout. A scope is 104 bytes (120 with the `Arc`'s counts, which glibc serves from the
+// 128-byte chunk it gives the bare token's 112-byte node); its lock and registrations are one
+// pointer away, made on first use ([`OnceInner`]), and so is what few scopes use (a merge's
+// second parent in `Kind::Merge`; causes, a timer or token watch and a mirror token in
+// `Inner::extra`). A lone leaf (see "Lone leaves"), which never takes its lock, is these 120
+// bytes alone: `ScaleMemoryPerContext/derive=with_cancel` wrote a 192-byte chunk per derive
+// with the lock and slab inline (184 bytes), and was bound by those writes (BENCHMARKS.md).
+// The order keeps the fields every child reads from its parent (`parent`, `deadline`,
+// `state`) at least 64 bytes past the reference counts and the `lone` count, which every child
+// derived or dropped writes: on no 64-byte line together, whatever the allocation's 16-byte
+// alignment (a unit test checks it). `shards` is read by a child only right after it wrote
+// the counts' line, so it may share it. Two workers deriving from one parent
+// (`CommonParentCancel`) took 322-359 ns/op with `shards` next to the counts and 185-228
+// with the old 232-byte layout, which also kept the lock and the registrations on lines of
+// their own; with the read fields apart 111-199 (the spread is the machine's, run to run: the
+// layouts were measured alternately). `repr(C)` keeps the order.
 #[repr(C)]
 pub(crate) struct Scope {
     /// How many lone children (see "Lone leaves") this scope has: written by each as it is
@@ -412,19 +420,22 @@ pub(crate) struct Scope {
     /// Where this scope is registered in its parent scope (link 0; a merge keeps its link 1,
     /// in `other`'s scope, in its `Kind`): a [`Link`] encoded, 0 when not registered there.
     link: AtomicUsize,
-    inner: Mutex<Inner>,
+    /// The lock, and the registrations and rarer fields it guards: made on first use.
+    inner: OnceInner,
+    /// Where children register once the lock is contended (see "Shards").
+    shards: OnceShards,
     /// Tasks started with `Context::spawn` on a context this scope or a descendant governs, and
     /// not yet ended.
     tasks: AtomicU32,
-    /// `ERR`, `CUSTOM_CAUSE`, `BUSY`, `PROPAGATING` and `SLEEPER` bits (see "State machine").
-    state: AtomicU8,
-    /// Where children register once `inner`'s lock is contended (see "Shards").
-    shards: OnceShards,
+    /// Keeps what follows 64 bytes past the counts (see the layout note above).
+    _apart: [u8; 4],
     /// The context this scope was derived from: link 0 of the tree, and the chain that value
     /// lookups and `Display` walk.
     parent: Context,
     /// The earliest of this scope's own deadline and those of everything it follows.
     deadline: Option<Instant>,
+    /// `ERR`, `CUSTOM_CAUSE`, `BUSY`, `PROPAGATING` and `SLEEPER` bits (see "State machine").
+    state: AtomicU8,
 }
 
 impl Scope {
@@ -560,7 +571,7 @@ impl Scope {
             scope.link.store(link, Ordering::Relaxed);
             scope.home.store(home & HOME_THREAD, Ordering::Relaxed);
             if extra.is_some() {
-                scope.inner_mut().extra = extra; // rare: a cause from the start
+                scope.inner.get_mut_or_init().extra = extra; // rare: a cause from the start
             }
             return spare.into_arc();
         }
@@ -574,10 +585,8 @@ impl Scope {
             shards: OnceShards::new(),
             tasks: AtomicU32::new(0),
             home: AtomicU32::new(home & HOME_THREAD),
-            inner: Mutex::new(Inner {
-                regs: Slab::new(),
-                extra,
-            }),
+            inner: OnceInner::holding(extra),
+            _apart: [0; 4],
         })
     }
 
@@ -658,7 +667,9 @@ impl Scope {
     /// Whether this scope, which nothing else can reach, holds nothing that its cancellation
     /// would release (see [`Scope::let_go`]).
     fn holds_nothing(&mut self) -> bool {
-        let inner = self.inner_mut();
+        let Some(inner) = self.inner.get_mut() else {
+            return true; // never locked: nothing was ever registered
+        };
         let extra = inner.extra.as_deref();
         inner.regs.len() == 0 && extra.is_none_or(|e| e.mirror.is_none() && e.source.is_none())
     }
@@ -749,21 +760,23 @@ impl Scope {
         if self.shards.get().is_some() {
             self.shards = OnceShards::new();
         }
-        let inner = self.inner_mut();
+        // The lock and what it guards stay, for the next life's use, if it had them.
+        let Some(inner) = self.inner.get_mut() else {
+            return;
+        };
         inner.regs.clear(); // no registrations are left, but their room may be
         if let Some(extra) = &mut inner.extra {
-            **extra = Extra::default(); // the allocation stays, for the next life's use
+            **extra = Extra::default(); // the allocation stays too
         }
-    }
-
-    fn inner_mut(&mut self) -> &mut Inner {
-        self.inner.get_mut().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // No code that can panic runs under this lock, but if it ever did, the state it
         // guards is still consistent: every update is a single assignment.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .get_or_init()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     #[inline]
@@ -908,7 +921,7 @@ impl Scope {
         if self.state.load(Ordering::Relaxed) & SHARDED != 0 || Scope::forced_shards(self) {
             return self.attach_sharded(child, link, weak, lone);
         }
-        let mut inner = match self.inner.try_lock() {
+        let mut inner = match self.inner.get_or_init().try_lock() {
             Ok(inner) => inner,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             // Another thread holds the lock: from now on children spread over shards.
@@ -2130,17 +2143,17 @@ mod tests {
         let at = |field: *const u8| field as usize - base;
         let lone = at((&scope.lone as *const AtomicU32).cast());
         assert_eq!(lone, 16, "the lone count right after the reference counts");
+        let home = at((&scope.home as *const AtomicU32).cast());
         let read = [
             at((&scope.state as *const AtomicU8).cast()),
-            at((&scope.shards as *const OnceShards).cast()),
             at((&scope.parent as *const Context).cast()),
             at((&scope.deadline as *const Option<Instant>).cast()),
         ];
         for align in [0, 16, 32, 48] {
-            let counts_line = align / 64;
+            let written_line = (align + home + 3) / 64; // the last byte written
             for start in read {
                 assert!(
-                    (align + start) / 64 > counts_line.max((align + lone) / 64),
+                    (align + start) / 64 > written_line,
                     "a field at offset {start} shares the counts' line at alignment {align}"
                 );
             }
@@ -2628,10 +2641,8 @@ mod tests {
             shards: OnceShards::new(),
             tasks: AtomicU32::new(0),
             home: AtomicU32::new(0),
-            inner: Mutex::new(Inner {
-                regs: Slab::new(),
-                extra: None,
-            }),
+            inner: OnceInner::holding(None),
+            _apart: [0; 4],
         });
         assert_eq!((Arc::strong_count(&scope), Arc::weak_count(&scope)), (1, 0));
         assert_eq!(parent_count(), before + 1, "the scope holds its parent");
@@ -2640,19 +2651,23 @@ mod tests {
         assert_eq!(parent_count(), before);
     }
 
-    /// The scope's `Arc` allocation stays at 184 bytes. The 100,000-task fan-out
-    /// (`ScaleCancelFanout`) is sensitive to it in ways the instruction counts do not show:
+    /// The scope's `Arc` allocation stays at 120 bytes, a 128-byte glibc chunk as the bare
+    /// token's node, and its lock's at 80, a 96-byte chunk. The 100,000-task fan-out
+    /// (`ScaleCancelFanout`) is sensitive to these in ways the instruction counts do not show:
     /// the scopes, the tasks (which Tokio aligns to 128 bytes, so glibc splits and reuses the
-    /// chunks around them) and the registrations share the heap, so the scope's size moves
-    /// where the tasks land, and Tokio's queues and task list then walk the tasks through more
-    /// or fewer cache lines (perf: the time goes to `Local::push_back`, `ShardedList::remove`
-    /// and `transition_to_notified`). With the registrations out of line, scopes of 152, 160,
-    /// 176, 192, 208, 224 and 232 bytes took 58.1, 82.8, 68.9, 56.6, 64.5, 47.1 and 47.2 ms
-    /// (medians of 3 alternating runs; the token 39-47); with the first registration inline, 176
-    /// bytes took 53.5 against 60.8 at 152. Re-measure before changing it.
+    /// chunks around them) and the registrations share the heap, so the sizes move where the
+    /// tasks land, and Tokio's queues and task list then walk the tasks through more or fewer
+    /// cache lines (perf: the time goes to `Local::push_back`, `ShardedList::remove` and
+    /// `transition_to_notified`). With the registrations out of line, scopes of 152, 160, 176,
+    /// 192, 208, 224 and 232 bytes took 58.1, 82.8, 68.9, 56.6, 64.5, 47.1 and 47.2 ms
+    /// (medians of 3 alternating runs; the token 39-47); with the first registration inline,
+    /// 176 bytes took 53.5 against 60.8 at 152; with the lock and registrations in an
+    /// allocation of their own, 120 bytes took 39.2 and 38.6 ms against 55.0 and 45.1 at 184
+    /// (the token 38.0-43.5, two alternating runs). Re-measure before changing them.
     #[test]
-    fn a_scope_allocation_stays_at_184_bytes() {
-        assert_eq!(mem::size_of::<Scope>() + 16, 184);
+    fn a_scope_allocation_stays_at_120_bytes() {
+        assert_eq!(mem::size_of::<Scope>() + 16, 120);
+        assert_eq!(mem::size_of::<Mutex<Inner>>(), 80);
     }
 
     #[test]
@@ -2788,8 +2803,8 @@ mod spare {
     use super::Kept;
 
     /// How many spare scopes a thread keeps at most: enough for a chain of 1,000 released leaf
-    /// first. 1,024 × 176 bytes (about 190 KiB of heap chunks), plus the room of at most 16
-    /// registrations (384 bytes) that a spare which had more than one keeps. With 64,
+    /// first. 1,024 × 128-byte chunks (128 KiB), plus the lock and registrations (96 bytes, and
+    /// the room of at most 16 more, 384 bytes) of a spare that had them, which it keeps. With 64,
     /// `CancelTree` at depth 1,000 was 80.3 us for `Background`, 109.0 for `OpenCanceler` and
     /// 50.2 for `ClosedCanceler`; with 1,024, 60.5, 87.8 and 31.1 (the token's 63.9, 84.5,
     /// 37.0), and 5,745 against 6,620 ns at depth 100 `Background`, medians of 3 alternating
@@ -2858,6 +2873,107 @@ mod spare {
 
     pub(super) fn keep(scope: Kept) -> Option<Kept> {
         Some(scope)
+    }
+}
+
+/// A scope's lock and what it guards, in an allocation of their own made on first use: most
+/// scopes are leaves that never take their lock (see "Lone leaves"), and so never carry it
+/// (see the layout note on [`Scope`]). Made once and kept for the scope's lifetime, across its
+/// reuse; freed with it.
+///
+/// The pointer is null until the first [`OnceInner::get_or_init`] publishes the allocation by
+/// a compare-and-swap from null (of two threads that race, one frees its own and takes the
+/// other's); it is never changed again while shared, and freed only by `drop`, with exclusive
+/// access. (std's `OnceLock` would take 16 bytes; loom models this one, as every scope's.)
+struct OnceInner(AtomicPtr<Mutex<Inner>>);
+
+#[allow(unsafe_code)]
+impl OnceInner {
+    /// None yet, or, for a scope born with a cause, one holding `extra`.
+    #[inline(always)]
+    fn holding(extra: Option<Box<Extra>>) -> Self {
+        let inner = match extra {
+            None => std::ptr::null_mut(),
+            extra => OnceInner::make(Inner {
+                regs: Slab::new(),
+                extra,
+            }),
+        };
+        OnceInner(AtomicPtr::new(inner))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn make(inner: Inner) -> *mut Mutex<Inner> {
+        Box::into_raw(Box::new(Mutex::new(inner)))
+    }
+
+    #[inline(always)]
+    fn get(&self) -> Option<&Mutex<Inner>> {
+        let inner = self.0.load(Ordering::Acquire);
+        // SAFETY: the pointer is null, or came from `Box::into_raw` in `make` and was
+        // published by the compare-and-swap in `init` (whose `Release` half this `Acquire`
+        // load pairs with, so the `Mutex` it points to is fully written) or stored with
+        // exclusive access. It is never replaced once set, and freed only in `drop`, which
+        // cannot run while `&self` is borrowed: the reference lives no longer than `self`.
+        unsafe { inner.as_ref() }
+    }
+
+    #[inline(always)]
+    fn get_or_init(&self) -> &Mutex<Inner> {
+        match self.get() {
+            Some(inner) => inner,
+            None => self.init(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn init(&self) -> &Mutex<Inner> {
+        let made = OnceInner::make(Inner::default());
+        let null = std::ptr::null_mut();
+        match self
+            .0
+            .compare_exchange(null, made, Ordering::AcqRel, Ordering::Acquire)
+        {
+            // SAFETY: `made` is published and valid until `drop`, as `get` says.
+            Ok(_) => unsafe { &*made },
+            Err(first) => {
+                // SAFETY: `made` was never published: this is its only owner.
+                drop(unsafe { Box::from_raw(made) });
+                // SAFETY: `first` was published by the winner of the swap, as `get` says.
+                unsafe { &*first }
+            }
+        }
+    }
+
+    /// What the lock guards, with exclusive access, if it was ever made.
+    fn get_mut(&mut self) -> Option<&mut Inner> {
+        let inner = self.0.load(Ordering::Relaxed);
+        // SAFETY: as in `get`; `&mut self` rules out every other reference to it.
+        let inner = unsafe { inner.as_mut() }?;
+        Some(inner.get_mut().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// [`OnceInner::get_mut`], made now if it was not.
+    fn get_mut_or_init(&mut self) -> &mut Inner {
+        if self.0.load(Ordering::Relaxed).is_null() {
+            self.0
+                .store(OnceInner::make(Inner::default()), Ordering::Relaxed);
+        }
+        self.get_mut().expect("made just above")
+    }
+}
+
+#[allow(unsafe_code)]
+impl Drop for OnceInner {
+    fn drop(&mut self) {
+        let inner = self.0.load(Ordering::Relaxed);
+        if !inner.is_null() {
+            // SAFETY: made by `Box::into_raw` in `make`, and with `&mut self` nothing else
+            // refers to it; the pointer is not used again.
+            drop(unsafe { Box::from_raw(inner) });
+        }
     }
 }
 

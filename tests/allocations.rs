@@ -280,8 +280,9 @@ fn with_cancel_from_a_live_parent_costs_one_allocation_then_none_once_a_scope_is
         }
     });
     assert_eq!(
-        registered.0, 1,
-        "the first registration inline, then the room"
+        registered.0, 3,
+        "each child's lock, made by its first registration (lone leaves never took it); in the \
+         parent the first registration inline, then the room"
     );
     assert_eq!(census(&parent).contexts, 2);
     drop((first, second));
@@ -315,8 +316,9 @@ fn a_cancelled_parent_keeps_the_room_of_its_registrations_for_its_next_life() {
     }
     assert_eq!(
         rooms,
-        [3, 0, 0],
-        "two children and the root's room, then nothing"
+        [6, 0, 0],
+        "two children, the three locks their registrations made and the root's room, then \
+         nothing"
     );
 }
 
@@ -385,8 +387,9 @@ fn a_scope_still_reachable_through_after_func_is_not_reused() {
     .unwrap();
 }
 
-/// A lone waiter registers inline, allocating nothing; a second allocates the context's room
-/// for more, which it then keeps.
+/// A first waiter makes the context's lock (a context nothing waited on never took it) and
+/// registers inline there; a second allocates the context's room for more, which it then
+/// keeps.
 #[test]
 fn done_waiters_allocate_the_registrations_once_and_then_nothing() {
     let (ctx, cancel) = Context::background().with_cancel();
@@ -394,8 +397,8 @@ fn done_waiters_allocate_the_registrations_once_and_then_nothing() {
     let (n, polled) = allocations(|| poll_once(lone.as_mut()));
     assert_eq!(
         (n, polled),
-        (0, Poll::Pending),
-        "the first waiter is inline"
+        (1, Poll::Pending),
+        "the context's lock; the first waiter is inline in it"
     );
     for round in 0..3 {
         let mut done = Box::pin(ctx.done());
@@ -436,12 +439,12 @@ fn cancelling_wakes_four_waiters_without_allocating() {
 #[tokio::test(start_paused = true)]
 async fn deadline_in_a_tokio_runtime_adds_two_allocations_to_with_cancel() {
     let (root, _cancel_root) = Context::background().with_cancel();
-    drop(root.with_cancel()); // warm the root's registrations, and keep a spare scope
+    drop(root.with_cancel()); // keep a spare scope: a lone leaf, which never took its lock
     let (n, (ctx, cancel)) = allocations(|| root.with_timeout(Duration::from_secs(1)));
     assert_eq!(
-        n, 3,
-        "a Tokio timer entry, its waker and the scope's out-of-line fields; the scope reuses \
-         the spare"
+        n, 5,
+        "a Tokio timer entry, its waker, the scope's lock and out-of-line fields, and the \
+         root's lock, made by its first registration; the scope reuses the spare"
     );
     assert_eq!(census(&root).timers, 1);
     drop((ctx, cancel)); // kept again, its out-of-line fields with it
