@@ -492,7 +492,13 @@ fn loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel() {
             !wheel.holds_a_fired_timer(),
             "the wheel keeps a timer that already fired: it would never arm again"
         );
+        assert_eq!(
+            wheel.slots(),
+            1,
+            "a fired entry's slot lives as long as its handle"
+        );
         drop(entry);
+        assert_eq!(wheel.slots(), 0, "and goes with it");
     });
 }
 

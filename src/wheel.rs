@@ -25,8 +25,11 @@
 //!   under that lock: due entries are taken out and fired after it is released, and a new
 //!   `Sleep` is polled with no lock held.
 //! - Ticks below `processed` have been fired; an insert never goes below it.
-//! - An entry is identified by its slab index and a serial number, so that removing an entry
-//!   that already fired (and whose index was reused) is a no-op.
+//! - A slot of the slab belongs to one `WheelEntry` for as long as that handle lives, and only
+//!   its drop frees it. Firing an entry (or retiring the wheel) takes it out of its bucket and
+//!   hands its scope on, but leaves the slot taken, marked fired: so an index names one entry
+//!   for its whole life, and a handle dropped after its entry fired cannot remove another's.
+//!   A fired slot lives until its scope, cancelled by the deadline, drops the handle.
 //! - Tokio fires a timer early only when its runtime shuts down. A wake before the armed
 //!   instant therefore retires the wheel: every entry is handed to its scope, which moves its
 //!   deadline to the crate's fallback timer thread, and the thread gets a new wheel next time.
@@ -80,30 +83,32 @@ struct State {
     origin: Instant,
     entries: Slab<Entry>,
     heads: Vec<usize>,
-    serial: u64,
     processed: u64,
+    /// How many entries have not fired: those in the buckets' lists.
+    pending: usize,
     /// The tick the timer is armed for, and the timer.
     armed: Option<(u64, Timer)>,
 }
 
 struct Entry {
-    serial: u64,
     tick: u64,
+    /// Taken (left empty) when the entry fires.
     scope: Weak<Scope>,
+    /// Whether the entry is still in its bucket's list; false once fired.
+    linked: bool,
     prev: usize,
     next: usize,
 }
 
-/// A scope's place in a wheel; dropping it takes the entry out.
+/// A scope's place in a wheel; dropping it takes the entry out and frees its slot.
 pub(crate) struct WheelEntry {
     wheel: Arc<Wheel>,
     index: usize,
-    serial: u64,
 }
 
 impl Drop for WheelEntry {
     fn drop(&mut self) {
-        let removed = self.wheel.lock().remove(self.index, self.serial);
+        let removed = self.wheel.lock().remove(self.index);
         drop(removed);
     }
 }
@@ -163,8 +168,8 @@ impl Wheel {
                 origin: Instant::now(),
                 entries: Slab::new(),
                 heads: vec![NIL; SLOTS as usize],
-                serial: 0,
                 processed: 0,
+                pending: 0,
                 armed: None,
             }),
             retired: AtomicBool::new(false),
@@ -173,15 +178,13 @@ impl Wheel {
 
     /// Puts `scope`'s deadline `at` in this wheel, arming its timer if `at` is the earliest.
     pub(crate) fn insert(self: &Arc<Self>, scope: &Arc<Scope>, at: Instant) -> WheelEntry {
-        let (index, serial, arm) = {
+        let (index, arm) = {
             let mut state = self.lock();
             let tick = state.tick_of(at).max(state.processed);
-            let serial = state.serial;
-            state.serial += 1;
             let index = state.link(Entry {
-                serial,
                 tick,
                 scope: Arc::downgrade(scope),
+                linked: true,
                 prev: NIL,
                 next: NIL,
             });
@@ -189,7 +192,7 @@ impl Wheel {
                 Some((armed, _)) if *armed <= tick => None,
                 _ => Some(tick),
             };
-            (index, serial, arm)
+            (index, arm)
         };
         if let Some(tick) = arm {
             self.arm(tick);
@@ -197,7 +200,6 @@ impl Wheel {
         WheelEntry {
             wheel: self.clone(),
             index,
-            serial,
         }
     }
 
@@ -293,26 +295,34 @@ impl State {
             old.prev = index;
         }
         self.heads[bucket] = index;
+        self.pending += 1;
         index
     }
 
-    fn unlink(&mut self, index: usize) -> Option<Entry> {
-        let entry = self.entries.remove_if(index, |_| true)?;
-        match self.entries.get_mut(entry.prev) {
-            Some(prev) => prev.next = entry.next,
-            None => self.heads[(entry.tick % SLOTS) as usize] = entry.next,
+    /// Takes the entry at `index` out of its bucket's list and marks it fired; its slot stays
+    /// taken (see "Invariants"). Returns its scope, or `None` if it had fired already.
+    fn unlink(&mut self, index: usize) -> Option<Weak<Scope>> {
+        let entry = self.entries.get_mut(index).filter(|entry| entry.linked)?;
+        entry.linked = false;
+        self.pending -= 1;
+        let (prev, next, tick) = (entry.prev, entry.next, entry.tick);
+        let scope = std::mem::take(&mut entry.scope);
+        match self.entries.get_mut(prev) {
+            Some(prev) => prev.next = next,
+            None => self.heads[(tick % SLOTS) as usize] = next,
         }
-        if let Some(next) = self.entries.get_mut(entry.next) {
-            next.prev = entry.prev;
+        if let Some(next) = self.entries.get_mut(next) {
+            next.prev = prev;
         }
-        Some(entry)
+        Some(scope)
     }
 
-    fn remove(&mut self, index: usize, serial: u64) -> Option<Entry> {
-        match self.entries.get_mut(index) {
-            Some(entry) if entry.serial == serial => self.unlink(index),
-            _ => None,
-        }
+    /// Frees the slot of a `WheelEntry` being dropped, taking its entry out first if it has
+    /// not fired; returns what it held, to be dropped once the lock is released.
+    fn remove(&mut self, index: usize) -> Option<Weak<Scope>> {
+        let scope = self.unlink(index);
+        self.entries.remove_if(index, |_| true);
+        scope
     }
 
     /// Takes every entry due by `now`, and marks those ticks processed.
@@ -329,7 +339,7 @@ impl State {
             while let Some(entry) = self.entries.get_mut(index) {
                 let next = entry.next;
                 if entry.tick <= now_tick {
-                    due.extend(self.unlink(index).map(|entry| entry.scope));
+                    due.extend(self.unlink(index));
                 }
                 index = next;
             }
@@ -341,7 +351,7 @@ impl State {
     /// The tick to wake at next: the earliest entry within one rotation, or one rotation ahead
     /// if every entry is further out. `None` when empty.
     fn next_tick(&mut self) -> Option<u64> {
-        if self.entries.len() == 0 {
+        if self.pending == 0 {
             return None;
         }
         for tick in self.processed..self.processed + SLOTS {
@@ -356,10 +366,14 @@ impl State {
         Some(self.processed + SLOTS)
     }
 
+    /// Takes every entry that has not fired, as fired (their slots stay taken).
     fn drain_all(&mut self) -> Vec<Weak<Scope>> {
-        self.heads.fill(NIL);
-        let mut scopes = Vec::with_capacity(self.entries.len());
-        std::mem::take(&mut self.entries).for_each(|entry| scopes.push(entry.scope));
+        let mut scopes = Vec::with_capacity(self.pending);
+        for bucket in 0..self.heads.len() {
+            while self.heads[bucket] != NIL {
+                scopes.extend(self.unlink(self.heads[bucket]));
+            }
+        }
         scopes
     }
 }
@@ -403,6 +417,59 @@ mod tests {
         if !pause.is_zero() {
             std::thread::sleep(pause);
         }
+    }
+
+    /// A fired entry keeps its slot until its handle drops, so a handle dropped after its entry
+    /// fired (the scope's cancellation drops it a moment later) cannot take out an entry armed
+    /// meanwhile; the same after the wheel is retired.
+    #[test]
+    fn a_handle_dropped_after_its_entry_fired_leaves_later_entries_alone() {
+        use super::{Entry, NIL, SLOTS, Slab, State, TICK};
+        use std::sync::Arc;
+
+        let (a, _cancel_a) = Context::background().with_cancel();
+        let (b, _cancel_b) = Context::background().with_cancel();
+        let entry = |ctx: &Context, tick| Entry {
+            tick,
+            scope: Arc::downgrade(ctx.scope().unwrap()),
+            linked: true,
+            prev: NIL,
+            next: NIL,
+        };
+        let origin = tokio::time::Instant::now();
+        let mut state = State {
+            origin,
+            entries: Slab::new(),
+            heads: vec![NIL; SLOTS as usize],
+            processed: 0,
+            pending: 0,
+            armed: None,
+        };
+        let first = state.link(entry(&a, 1));
+        let due = state.take_due(origin + TICK);
+        assert_eq!(due.len(), 1, "a fired");
+        assert_eq!(
+            (state.pending, state.entries.len()),
+            (0, 1),
+            "its slot kept"
+        );
+        let second = state.link(entry(&b, 5));
+        assert_ne!(second, first, "a fired entry's slot is not reused");
+        assert!(
+            state.remove(first).is_none(),
+            "a's handle drops: nothing left to fire"
+        );
+        assert_eq!(state.next_tick(), Some(5), "b is still armed");
+        let third = state.link(entry(&a, 7));
+        assert_eq!(
+            state.drain_all().len(),
+            2,
+            "retired: b and a's new entry fire"
+        );
+        assert_eq!((state.pending, state.entries.len()), (0, 2));
+        assert!(state.remove(second).is_none() && state.remove(third).is_none());
+        assert_eq!(state.entries.len(), 0, "every slot freed by its handle");
+        assert_eq!(state.next_tick(), None);
     }
 
     /// A `Sleep` that fires before `arm` stores it must not leave the wheel armed with a
@@ -478,9 +545,14 @@ pub(crate) mod loom_timer {
             self.lock().origin
         }
 
-        /// Whether no deadline is left in the wheel.
+        /// Whether no deadline is left in the wheel to fire.
         pub(crate) fn is_empty(&self) -> bool {
-            self.lock().entries.len() == 0
+            self.lock().pending == 0
+        }
+
+        /// How many slots are taken: entries not fired, and fired ones whose handle lives.
+        pub(crate) fn slots(&self) -> usize {
+            self.lock().entries.len()
         }
 
         /// Whether the timer the wheel holds armed has already fired: such a timer never wakes
