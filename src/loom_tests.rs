@@ -617,10 +617,13 @@ fn loom_a_live_scope_released_by_its_child_races_the_parents_cancel() {
 /// A scope makes its lock on first use (`OnceInner` in `tree.rs`). Two threads that register
 /// in a fresh scope at once race to make it: one publishes its allocation, the other frees its
 /// own and takes that one. Either way both registrations are in the one lock's slab, and the
-/// scope's cancellation runs both callbacks.
+/// scope's cancellation runs both callbacks. `tree::lock_check` makes the model fail if the
+/// lock could be found before it was written (the publication's orderings weakened), and here
+/// if a lock made is not freed once the scope is gone (the loser's leaked).
 #[test]
 fn loom_two_first_registrations_race_to_make_the_lock() {
     loom::model(|| {
+        let live_before = crate::tree::lock_check::live();
         let (ctx, cancel) = Context::background().with_cancel();
         let ran = Arc::new(AtomicUsize::new(0));
         let register = |ctx: &Context, ran: &Arc<AtomicUsize>| {
@@ -639,5 +642,11 @@ fn loom_two_first_registrations_race_to_make_the_lock() {
         cancel.cancel();
         assert_eq!(ran.load(Ordering::SeqCst), 2);
         assert!(!mine.stop() && !theirs.stop(), "both ran");
+        drop((ctx, cancel, mine, theirs));
+        assert_eq!(
+            crate::tree::lock_check::live(),
+            live_before,
+            "every lock made was freed"
+        );
     });
 }

@@ -23,9 +23,10 @@ pub(crate) struct Slab<T> {
     rest: Vec<Entry<T>>,
     /// Index of the first vacant entry, or `1 + rest.len()` when there is none. Vacant
     /// entries are linked through their `next_free`; some of `rest`'s may never have been
-    /// filled (see [`Slab::grow`]).
-    next_free: usize,
-    len: usize,
+    /// filled (see [`Slab::grow`]). It and `len` are 32 bits wide, which keeps a scope's lock
+    /// in a 96-byte glibc chunk (see `Inner` in `tree.rs`); [`Slab::grow`] stops at that size.
+    next_free: u32,
+    len: u32,
 }
 
 impl<T> Default for Slab<T> {
@@ -50,7 +51,7 @@ impl<T> Slab<T> {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.len as usize
     }
 
     #[inline(always)]
@@ -77,7 +78,7 @@ impl<T> Slab<T> {
     /// 36.6 -> 29.9 ns per derive; 1,000 children, all in cache: 26.4 -> 21.4.)
     #[inline(always)]
     pub(crate) fn insert_with(&mut self, make: impl FnOnce() -> T) -> usize {
-        let index = self.next_free;
+        let index = self.next_free as usize;
         if index > self.rest.len() {
             self.grow();
         }
@@ -88,7 +89,8 @@ impl<T> Slab<T> {
             unreachable!("the free list only links vacant entries")
         };
         *entry = Entry::Full(make());
-        self.next_free = next_free;
+        // `grow` keeps every index within 32 bits.
+        self.next_free = next_free as u32;
         self.len += 1;
         index
     }
@@ -103,11 +105,17 @@ impl<T> Slab<T> {
     #[cold]
     #[inline(never)]
     fn grow(&mut self) {
-        debug_assert_eq!(self.next_free, 1 + self.rest.len());
+        debug_assert_eq!(self.next_free as usize, 1 + self.rest.len());
         let start = self.rest.len();
         let room = self.rest.capacity() - start;
         let add = if room > 0 { room } else { start.max(1) };
         let end = start + add.min(32);
+        // Entry `end`'s index, the "none" the last new entry links to, must fit in 32 bits:
+        // 4 billion registrations in one scope (100 GB of them) is no program's.
+        assert!(
+            end < u32::MAX as usize,
+            "more than 4 billion registrations in one slab"
+        );
         // `rest[i]` is entry `i + 1`; the last links to `1 + rest.len()`, "none".
         self.rest
             .extend((start..end).map(|i| Entry::Vacant { next_free: i + 2 }));
@@ -122,7 +130,7 @@ impl<T> Slab<T> {
 
     /// Removes the entry at `index` if it is full and `pred` accepts it.
     pub(crate) fn remove_if(&mut self, index: usize, pred: impl FnOnce(&T) -> bool) -> Option<T> {
-        let next_free = self.next_free;
+        let next_free = self.next_free as usize;
         let entry = self.entry_mut(index)?;
         match entry {
             Entry::Full(value) if pred(value) => {}
@@ -131,7 +139,8 @@ impl<T> Slab<T> {
         let Entry::Full(value) = std::mem::replace(entry, Entry::Vacant { next_free }) else {
             unreachable!("checked full above")
         };
-        self.next_free = index;
+        // An index the slab handed out: within 32 bits.
+        self.next_free = index as u32;
         self.len -= 1;
         if self.len == 0 {
             // Forget the free list but keep the capacity: the next insert starts at index 0.

@@ -36,8 +36,10 @@ pub(crate) enum Source {
     },
     /// A deadline in this worker thread's wheel (multi-thread runtimes).
     Wheel { _entry: crate::wheel::WheelEntry },
-    /// A deadline on the crate's fallback timer thread.
-    Fallback { _entry: FallbackEntry },
+    /// A deadline on the crate's fallback timer thread. Boxed, as this path is rare (no
+    /// runtime, or one shut down): its 24-byte key inline would make every `Source` 32 bytes,
+    /// and a scope's lock, which holds one, a size class larger (see `Inner` in `tree.rs`).
+    Fallback { _entry: Box<FallbackEntry> },
     /// A watch on a foreign `CancellationToken`.
     Token {
         _cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -130,7 +132,7 @@ impl Wake for TokenWaker {
 pub(crate) fn fallback_timer(scope: &Arc<Scope>, at: Instant) -> Source {
     let key = Fallback::get().schedule(scope, at.into_std());
     Source::Fallback {
-        _entry: FallbackEntry { key },
+        _entry: Box::new(FallbackEntry { key }),
     }
 }
 

@@ -48,7 +48,9 @@
 //! lock between the cores. So a scope with one parent scope and no timer of its own is born
 //! *lone*: `LONE` set, its link `LONE_LINK`, and one added to its parent's `lone` count,
 //! registered nowhere. Nor does it take its own lock, which is made on first use
-//! ([`OnceInner`]): a lone leaf is one 128-byte chunk, as the bare token's node. The parent's cancellation does not reach it; its queries look instead:
+//! ([`OnceInner`]): a lone leaf is one 128-byte chunk, as the bare token's node (unless it was
+//! born with a custom cause, which the lock holds, or reuses a scope that had made its lock,
+//! see "Reuse"). The parent's cancellation does not reach it; its queries look instead:
 //!
 //! 4. A lone scope's parent scope is never lone. Anything that would register in a scope
 //!    first links it ([`Scope::link_first`]): a waiter, a callback, a timer or token watch, a
@@ -182,7 +184,10 @@
 //! callbacks and mirror token of a scope released live, which a freed scope would drop unrun and
 //! uncancelled too) is dropped before it is kept, with no lock held. A finish empties a scope's
 //! registrations in place ([`Scope::finish`]), so every scope a cancellation reaches keeps their
-//! room (up to 16 entries) and its next life registers without allocating.
+//! room (up to 16 entries) and its next life registers without allocating. The lock goes with
+//! them: a scope that made its lock ([`OnceInner`]) keeps it, and its out-of-line fields'
+//! allocation, across all its lives, while a scope that never made one starts its next life
+//! without it and makes it on first use, as a fresh one does.
 //!
 //! Recycling where a child lets go of its parent as well as in the handle was first measured
 //! before the shards existed, and made `CommonParentCancel` 18% slower (502 against 428
@@ -229,7 +234,8 @@
 //! that they can be cleared through `&self`; they are read and written under the lock of the
 //! parent's slab that holds them (or with exclusive access in `Drop`). The lock itself is
 //! published once, by a compare-and-swap of its pointer from null, and read with `Acquire`
-//! ([`OnceInner`]).
+//! ([`OnceInner`]); where the scope is not yet shared (born with a cause) or is held alone
+//! (a reused scope), the pointer is stored plainly.
 
 use std::fmt;
 use std::mem;
@@ -311,22 +317,40 @@ enum Reg {
 }
 
 /// The fields guarded by a scope's lock, in an allocation of their own (see [`OnceInner`]).
+/// 88 bytes with the lock, a 96-byte glibc chunk (see the scope's size test).
 #[derive(Default)]
 struct Inner {
     regs: Slab<Reg>,
-    /// What only some scopes hold, made on first use and kept across reuse (see "Reuse").
-    extra: Option<Box<Extra>>,
+    /// What some scopes hold besides registrations.
+    outside: Outside,
+    #[cfg(loom)]
+    mark: lock_check::Mark,
 }
 
-/// What a plain `with_cancel` scope never holds: out of line, so that it costs such a scope
-/// one pointer rather than 88 bytes.
+/// What a scope holds besides its registrations. A plain deadline's timer (or a token watch)
+/// sits here inline, so that a `with_timeout` context is two allocations, the scope and its
+/// lock, rather than three; anything more goes to an [`Extra`], which then holds the source
+/// too. The `Extra`, once made, is kept across reuse (see "Reuse").
+///
+/// 24 bytes: `Source`'s tag leaves room for the other two variants' encoding.
+#[derive(Default)]
+enum Outside {
+    #[default]
+    Nothing,
+    Source(Source),
+    Extra(Box<Extra>),
+}
+
+/// What a plain `with_cancel` or `with_timeout` scope never holds: out of line, so that it
+/// costs such a scope nothing beyond the 24 bytes of [`Outside`].
 #[derive(Default)]
 struct Extra {
     /// The cause, when it is not the error itself (`CUSTOM_CAUSE`).
     cause: Option<Cause>,
     /// What a deadline reports when it fires, if not the error itself.
     deadline_cause: Option<Cause>,
-    /// What can cancel this scope from outside the tree: its deadline timer or a token watch.
+    /// What can cancel this scope from outside the tree (its deadline timer or a token
+    /// watch), once the scope has an `Extra`; [`Outside::Source`] before.
     source: Option<Source>,
     /// The token behind `Context::token`, made on first use and cancelled with the scope.
     mirror: Option<CancellationToken>,
@@ -363,20 +387,98 @@ impl Extra {
 }
 
 impl Inner {
+    /// The [`Extra`], made now if it was not, with the source moved into it.
     fn extra(&mut self) -> &mut Extra {
-        self.extra.get_or_insert_with(Box::default)
+        if !matches!(self.outside, Outside::Extra(_)) {
+            self.make_extra();
+        }
+        match &mut self.outside {
+            Outside::Extra(extra) => extra,
+            _ => unreachable!("made just above"),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn make_extra(&mut self) {
+        let source = match mem::take(&mut self.outside) {
+            Outside::Source(source) => Some(source),
+            _ => None,
+        };
+        self.outside = Outside::Extra(Box::new(Extra {
+            source,
+            ..Extra::default()
+        }));
+    }
+
+    fn extra_ref(&self) -> Option<&Extra> {
+        match &self.outside {
+            Outside::Extra(extra) => Some(extra),
+            _ => None,
+        }
     }
 
     fn cause(&self) -> Option<&Cause> {
-        self.extra.as_ref()?.cause.as_ref()
+        self.extra_ref()?.cause.as_ref()
+    }
+
+    fn deadline_cause(&self) -> Option<&Cause> {
+        self.extra_ref()?.deadline_cause.as_ref()
     }
 
     fn mirror(&self) -> Option<&CancellationToken> {
-        self.extra.as_ref()?.mirror.as_ref()
+        self.extra_ref()?.mirror.as_ref()
     }
 
     fn source(&self) -> Option<&Source> {
-        self.extra.as_ref()?.source.as_ref()
+        match &self.outside {
+            Outside::Nothing => None,
+            Outside::Source(source) => Some(source),
+            Outside::Extra(extra) => extra.source.as_ref(),
+        }
+    }
+
+    /// Installs `source`, handing back the one it replaces.
+    fn replace_source(&mut self, source: Source) -> Option<Source> {
+        match &mut self.outside {
+            Outside::Extra(extra) => extra.source.replace(source),
+            outside => match mem::replace(outside, Outside::Source(source)) {
+                Outside::Source(old) => Some(old),
+                _ => None,
+            },
+        }
+    }
+
+    /// Whether a finish has more to release than registrations: a source or a mirror token.
+    fn holds_outside(&self) -> bool {
+        match &self.outside {
+            Outside::Nothing => false,
+            Outside::Source(_) => true,
+            Outside::Extra(extra) => extra.source.is_some() || extra.mirror.is_some(),
+        }
+    }
+
+    /// Hands a finishing scope's mirror token to the walk, and returns its source, to be
+    /// dropped once the lock is released.
+    #[inline(never)]
+    fn take_outside(&mut self, walk: &mut Walk) -> Option<Source> {
+        match &mut self.outside {
+            Outside::Nothing => None,
+            Outside::Source(_) => match mem::take(&mut self.outside) {
+                Outside::Source(source) => Some(source),
+                _ => unreachable!("matched just above"),
+            },
+            Outside::Extra(extra) => extra.take_outside(walk),
+        }
+    }
+
+    /// Empties what a reused scope carried, keeping an `Extra`'s allocation.
+    fn clear_outside(&mut self) {
+        match &mut self.outside {
+            Outside::Nothing => {}
+            Outside::Source(_) => self.outside = Outside::Nothing,
+            Outside::Extra(extra) => **extra = Extra::default(), // the allocation stays too
+        }
     }
 }
 
@@ -394,16 +496,16 @@ enum Finished {
 
 // Layout. A scope is 104 bytes (120 with the `Arc`'s counts, which glibc serves from the
 // 128-byte chunk it gives the bare token's 112-byte node); its lock and registrations are one
-// pointer away, made on first use ([`OnceInner`]), and so is what few scopes use (a merge's
-// second parent in `Kind::Merge`; causes, a timer or token watch and a mirror token in
-// `Inner::extra`). A lone leaf (see "Lone leaves"), which never takes its lock, is these 120
+// pointer away, made on first use ([`OnceInner`]), with a timer or token watch inline in it
+// (`Inner::outside`), and so is what few scopes use (a merge's second parent in `Kind::Merge`;
+// causes and a mirror token in an `Extra`). A lone leaf (see "Lone leaves"), which never takes its lock, is these 120
 // bytes alone: `ScaleMemoryPerContext/derive=with_cancel` wrote a 192-byte chunk per derive
 // with the lock and slab inline (184 bytes), and was bound by those writes (BENCHMARKS.md).
 // The order keeps the fields every child reads from its parent (`parent`, `deadline`,
 // `state`) at least 64 bytes past the reference counts and the `lone` count, which every child
 // derived or dropped writes: on no 64-byte line together, whatever the allocation's 16-byte
-// alignment (a unit test checks it). `shards` is read by a child only right after it wrote
-// the counts' line, so it may share it. Two workers deriving from one parent
+// alignment (a unit test checks it). `shards` and `inner` are read by a child only right
+// after it wrote the counts' line (registering in its parent), so they may share it. Two workers deriving from one parent
 // (`CommonParentCancel`) took 322-359 ns/op with `shards` next to the counts and 185-228
 // with the old 232-byte layout, which also kept the lock and the registrations on lines of
 // their own; with the read fields apart 111-199 (the spread is the machine's, run to run: the
@@ -570,8 +672,9 @@ impl Scope {
             scope.state.store(state, Ordering::Relaxed);
             scope.link.store(link, Ordering::Relaxed);
             scope.home.store(home & HOME_THREAD, Ordering::Relaxed);
-            if extra.is_some() {
-                scope.inner.get_mut_or_init().extra = extra; // rare: a cause from the start
+            if let Some(extra) = extra {
+                // Rare: a cause from the start (it replaces an `Extra` the scope kept).
+                scope.inner.get_mut_or_init().outside = Outside::Extra(extra);
             }
             return spare.into_arc();
         }
@@ -670,8 +773,7 @@ impl Scope {
         let Some(inner) = self.inner.get_mut() else {
             return true; // never locked: nothing was ever registered
         };
-        let extra = inner.extra.as_deref();
-        inner.regs.len() == 0 && extra.is_none_or(|e| e.mirror.is_none() && e.source.is_none())
+        inner.regs.len() == 0 && !inner.holds_outside()
     }
 
     /// Lets go of a cancel handle's `scope`. If it held the last reference and nothing else
@@ -765,18 +867,11 @@ impl Scope {
             return;
         };
         inner.regs.clear(); // no registrations are left, but their room may be
-        if let Some(extra) = &mut inner.extra {
-            **extra = Extra::default(); // the allocation stays too
-        }
+        inner.clear_outside();
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // No code that can panic runs under this lock, but if it ever did, the state it
-        // guards is still consistent: every update is a single assignment.
-        self.inner
-            .get_or_init()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock_inner(self.inner.get_or_init())
     }
 
     #[inline]
@@ -1258,8 +1353,7 @@ impl Scope {
             }
         };
         let propagating = inner.regs.len() != 0 || !sharded.is_empty();
-        let holds_more = (inner.extra.as_ref())
-            .is_some_and(|extra| extra.source.is_some() || extra.mirror.is_some());
+        let holds_more = inner.holds_outside();
         if !propagating && !holds_more {
             return Finished::Bare;
         }
@@ -1274,16 +1368,15 @@ impl Scope {
         for shard in sharded {
             shard.for_each(|reg| walk.take(reg));
         }
-        match inner.extra.as_mut() {
-            Some(extra) if holds_more => {
-                let source = extra.take_outside(walk);
-                drop(inner);
-                // A timer or token watch observes nothing: dropped now, with no lock held.
-                drop(source);
-            }
-            // (Apart: a `None` source carried to one drop after the match was written as a tag
-            // and read back in a wider copy, a stall: 129 -> 124 ns per `OpenCanceler` op.)
-            _ => drop(inner),
+        if holds_more {
+            let source = inner.take_outside(walk);
+            drop(inner);
+            // A timer or token watch observes nothing: dropped now, with no lock held.
+            drop(source);
+        } else {
+            // (Apart: a `None` source carried to one drop after this branch was written as a
+            // tag and read back in a wider copy, a stall: 129 -> 124 ns per `OpenCanceler` op.)
+            drop(inner);
         }
         drop(surplus);
         if propagating {
@@ -1495,7 +1588,7 @@ impl Scope {
             let mut inner = self.lock();
             match self.claim() {
                 Some(_) => Some(source),
-                None => inner.extra().source.replace(source),
+                None => inner.replace_source(source),
             }
         };
         drop(replaced);
@@ -1515,11 +1608,7 @@ impl Scope {
             self.set_source(source::fallback_timer(self, *at));
             return;
         }
-        let cause = self
-            .lock()
-            .extra
-            .as_ref()
-            .and_then(|e| e.deadline_cause.clone());
+        let cause = self.lock().deadline_cause().cloned();
         let cause = cause.unwrap_or(Cause::from(Error::DeadlineExceeded));
         self.cancel(Error::DeadlineExceeded, cause);
     }
@@ -1627,7 +1716,8 @@ impl Scope {
     }
 
     fn existing_mirror(&self) -> Option<CancellationToken> {
-        let mirror = self.lock().mirror().cloned();
+        // A scope that never made its lock has no mirror: asking makes none.
+        let mirror = (self.inner.get()).and_then(|inner| lock_inner(inner).mirror().cloned());
         if mirror.is_none() && self.is_done() {
             let cancelled = CancellationToken::new();
             cancelled.cancel();
@@ -1705,13 +1795,15 @@ impl Scope {
             if !seen.insert(Arc::as_ptr(&scope)) {
                 continue; // a merge is registered in two parents
             }
-            let inner = scope.lock();
+            // A scope that never made its lock holds nothing there; counting makes none.
+            let inner = scope.inner.get().map(lock_inner);
             let held = scope.shards.get();
             let shards = held
                 .as_ref()
                 .map_or_else(Vec::new, |shards| shards.lock_all());
             let sharded = shards.iter().flat_map(|shard| shard.iter());
-            for reg in inner.regs.iter().chain(sharded) {
+            let regs = inner.iter().flat_map(|inner| inner.regs.iter());
+            for reg in regs.chain(sharded) {
                 match reg {
                     Reg::Child(child) => stack.extend(child.upgrade().map(|c| (c, false))),
                     Reg::Waiter(_) => census.waiters += 1,
@@ -1725,7 +1817,7 @@ impl Scope {
             }
             if !is_root {
                 census.contexts += 1;
-                match inner.source() {
+                match inner.as_ref().and_then(|inner| inner.source()) {
                     Some(Source::Token { .. }) => census.token_watches += 1,
                     Some(_) => census.timers += 1,
                     None => {}
@@ -2338,7 +2430,7 @@ mod tests {
         let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(1));
         assert_eq!(address(&ctx), old, "the allocation is reused");
         assert!(
-            ctx.scope().unwrap().lock().extra.is_some(),
+            matches!(ctx.scope().unwrap().lock().outside, Outside::Extra(_)),
             "and its extra fields"
         );
         assert_eq!(ctx.done().await, Error::DeadlineExceeded);
@@ -2652,7 +2744,7 @@ mod tests {
     }
 
     /// The scope's `Arc` allocation stays at 120 bytes, a 128-byte glibc chunk as the bare
-    /// token's node, and its lock's at 80, a 96-byte chunk. The 100,000-task fan-out
+    /// token's node, and its lock's at 88, a 96-byte chunk (80 before it held a timer inline). The 100,000-task fan-out
     /// (`ScaleCancelFanout`) is sensitive to these in ways the instruction counts do not show:
     /// the scopes, the tasks (which Tokio aligns to 128 bytes, so glibc splits and reuses the
     /// chunks around them) and the registrations share the heap, so the sizes move where the
@@ -2667,7 +2759,12 @@ mod tests {
     #[test]
     fn a_scope_allocation_stays_at_120_bytes() {
         assert_eq!(mem::size_of::<Scope>() + 16, 120);
-        assert_eq!(mem::size_of::<Mutex<Inner>>(), 80);
+        assert_eq!(mem::size_of::<Mutex<Inner>>(), 88);
+        assert_eq!(
+            mem::size_of::<Outside>(),
+            24,
+            "a source inline, in the tag's room"
+        );
     }
 
     #[test]
@@ -2804,7 +2901,8 @@ mod spare {
 
     /// How many spare scopes a thread keeps at most: enough for a chain of 1,000 released leaf
     /// first. 1,024 × 128-byte chunks (128 KiB), plus the lock and registrations (96 bytes, and
-    /// the room of at most 16 more, 384 bytes) of a spare that had them, which it keeps. With 64,
+    /// the room of at most 16 more, 384 bytes) and the out-of-line fields (80 bytes) of a
+    /// spare that had them, which it keeps. With 64,
     /// `CancelTree` at depth 1,000 was 80.3 us for `Background`, 109.0 for `OpenCanceler` and
     /// 50.2 for `ClosedCanceler`; with 1,024, 60.5, 87.8 and 31.1 (the token's 63.9, 84.5,
     /// 37.0), and 5,745 against 6,620 ns at depth 100 `Background`, medians of 3 alternating
@@ -2887,6 +2985,13 @@ mod spare {
 /// access. (std's `OnceLock` would take 16 bytes; loom models this one, as every scope's.)
 struct OnceInner(AtomicPtr<Mutex<Inner>>);
 
+// `AtomicPtr` is `Send` and `Sync` whatever it points to, so a scope would stay both with a
+// field in `Inner` that is neither: check what it points to.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Mutex<Inner>>();
+};
+
 #[allow(unsafe_code)]
 impl OnceInner {
     /// None yet, or, for a scope born with a cause, one holding `extra`.
@@ -2894,9 +2999,9 @@ impl OnceInner {
     fn holding(extra: Option<Box<Extra>>) -> Self {
         let inner = match extra {
             None => std::ptr::null_mut(),
-            extra => OnceInner::make(Inner {
-                regs: Slab::new(),
-                extra,
+            Some(extra) => OnceInner::make(Inner {
+                outside: Outside::Extra(extra),
+                ..Inner::default()
             }),
         };
         OnceInner(AtomicPtr::new(inner))
@@ -2905,7 +3010,24 @@ impl OnceInner {
     #[cold]
     #[inline(never)]
     fn make(inner: Inner) -> *mut Mutex<Inner> {
+        #[cfg(loom)]
+        {
+            inner.mark.written();
+            lock_check::made();
+        }
         Box::into_raw(Box::new(Mutex::new(inner)))
+    }
+
+    /// Frees a lock made by `make`.
+    ///
+    /// # Safety
+    ///
+    /// `inner` came from `make`, and nothing refers to it or will.
+    unsafe fn free(inner: *mut Mutex<Inner>) {
+        #[cfg(loom)]
+        lock_check::freed();
+        // SAFETY: the caller's contract: `Box::into_raw` made it, and this is its only owner.
+        drop(unsafe { Box::from_raw(inner) });
     }
 
     #[inline(always)]
@@ -2932,6 +3054,7 @@ impl OnceInner {
     fn init(&self) -> &Mutex<Inner> {
         let made = OnceInner::make(Inner::default());
         let null = std::ptr::null_mut();
+        // The strong compare-and-swap: a weak one may fail spuriously, with `first` null.
         match self
             .0
             .compare_exchange(null, made, Ordering::AcqRel, Ordering::Acquire)
@@ -2939,9 +3062,11 @@ impl OnceInner {
             // SAFETY: `made` is published and valid until `drop`, as `get` says.
             Ok(_) => unsafe { &*made },
             Err(first) => {
-                // SAFETY: `made` was never published: this is its only owner.
-                drop(unsafe { Box::from_raw(made) });
-                // SAFETY: `first` was published by the winner of the swap, as `get` says.
+                // SAFETY: `made` came from `make` and was never published: nothing else
+                // refers to it.
+                unsafe { OnceInner::free(made) };
+                // SAFETY: `first` was published by the winner of the swap, as `get` says, and
+                // is not null: only a strong compare-and-swap fails only on another value.
                 unsafe { &*first }
             }
         }
@@ -2970,10 +3095,67 @@ impl Drop for OnceInner {
     fn drop(&mut self) {
         let inner = self.0.load(Ordering::Relaxed);
         if !inner.is_null() {
-            // SAFETY: made by `Box::into_raw` in `make`, and with `&mut self` nothing else
-            // refers to it; the pointer is not used again.
-            drop(unsafe { Box::from_raw(inner) });
+            // SAFETY: made by `make`, and with `&mut self` nothing else refers to it; the
+            // pointer is not used again.
+            unsafe { OnceInner::free(inner) };
         }
+    }
+}
+
+/// Takes a scope's lock.
+fn lock_inner(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // No code that can panic runs under this lock, but if it ever did, the state it guards is
+    // still consistent: every update is a single assignment.
+    let inner = inner.lock().unwrap_or_else(PoisonError::into_inner);
+    #[cfg(loom)]
+    inner.mark.read();
+    inner
+}
+
+/// Under loom, what checks [`OnceInner`]'s publication and its frees: loom's `Mutex` keeps its
+/// data in memory loom does not track, and loom reports leaks of its own allocations only.
+#[cfg(loom)]
+pub(crate) mod lock_check {
+    use std::cell::Cell;
+
+    /// Written when a lock is made, read each time it is taken: a read that the write does not
+    /// happen before (a publication that lost its `Release`/`Acquire` pairing) fails the model
+    /// as a causality violation.
+    pub(super) struct Mark(loom::cell::UnsafeCell<()>);
+
+    impl Default for Mark {
+        fn default() -> Self {
+            Mark(loom::cell::UnsafeCell::new(()))
+        }
+    }
+
+    impl Mark {
+        pub(super) fn written(&self) {
+            self.0.with_mut(|_| ());
+        }
+
+        pub(super) fn read(&self) {
+            self.0.with(|_| ());
+        }
+    }
+
+    std::thread_local! {
+        /// Locks made less locks freed. Loom runs all of a model's threads on the thread that
+        /// runs the model, so this counts that model's alone.
+        static LIVE: Cell<isize> = const { Cell::new(0) };
+    }
+
+    pub(super) fn made() {
+        LIVE.with(|live| live.set(live.get() + 1));
+    }
+
+    pub(super) fn freed() {
+        LIVE.with(|live| live.set(live.get() - 1));
+    }
+
+    /// How many locks are made and not yet freed.
+    pub(crate) fn live() -> isize {
+        LIVE.with(Cell::get)
     }
 }
 
