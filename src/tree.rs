@@ -498,18 +498,20 @@ enum Finished {
 // 128-byte chunk it gives the bare token's 112-byte node); its lock and registrations are one
 // pointer away, made on first use ([`OnceInner`]), with a timer or token watch inline in it
 // (`Inner::outside`), and so is what few scopes use (a merge's second parent in `Kind::Merge`;
-// causes and a mirror token in an `Extra`). A lone leaf (see "Lone leaves"), which never takes its lock, is these 120
-// bytes alone: `ScaleMemoryPerContext/derive=with_cancel` wrote a 192-byte chunk per derive
-// with the lock and slab inline (184 bytes), and was bound by those writes (BENCHMARKS.md).
+// causes and a mirror token in an `Extra`). A lone leaf (see "Lone leaves"), which never
+// takes its lock, is these 120 bytes alone: `ScaleMemoryPerContext/derive=with_cancel` wrote
+// a 192-byte chunk per derive with the lock and slab inline (184 bytes), and was bound by
+// those writes (BENCHMARKS.md).
 // The order keeps the fields every child reads from its parent (`parent`, `deadline`,
 // `state`) at least 64 bytes past the reference counts and the `lone` count, which every child
 // derived or dropped writes: on no 64-byte line together, whatever the allocation's 16-byte
 // alignment (a unit test checks it). `shards` and `inner` are read by a child only right
-// after it wrote the counts' line (registering in its parent), so they may share it. Two workers deriving from one parent
-// (`CommonParentCancel`) took 322-359 ns/op with `shards` next to the counts and 185-228
-// with the old 232-byte layout, which also kept the lock and the registrations on lines of
-// their own; with the read fields apart 111-199 (the spread is the machine's, run to run: the
-// layouts were measured alternately). `repr(C)` keeps the order.
+// after it wrote the counts' line (registering in its parent), so they may share it. Two
+// workers deriving from one parent (`CommonParentCancel`) took 322-359 ns/op with `shards`
+// next to the counts and 185-228 with the old 232-byte layout, which also kept the lock and
+// the registrations on lines of their own; with the read fields apart 111-199 (the spread is
+// the machine's, run to run: the layouts were measured alternately). `repr(C)` keeps the
+// order.
 #[repr(C)]
 pub(crate) struct Scope {
     /// How many lone children (see "Lone leaves") this scope has: written by each as it is
@@ -2744,8 +2746,9 @@ mod tests {
     }
 
     /// The scope's `Arc` allocation stays at 120 bytes, a 128-byte glibc chunk as the bare
-    /// token's node, and its lock's at 88, a 96-byte chunk (80 before it held a timer inline). The 100,000-task fan-out
-    /// (`ScaleCancelFanout`) is sensitive to these in ways the instruction counts do not show:
+    /// token's node, and its lock's at 88, a 96-byte chunk (80 before it held a timer
+    /// inline). The 100,000-task fan-out (`ScaleCancelFanout`) is sensitive to these in ways
+    /// the instruction counts do not show:
     /// the scopes, the tasks (which Tokio aligns to 128 bytes, so glibc splits and reuses the
     /// chunks around them) and the registrations share the heap, so the sizes move where the
     /// tasks land, and Tokio's queues and task list then walk the tasks through more or fewer

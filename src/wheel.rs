@@ -370,10 +370,16 @@ impl State {
     fn drain_all(&mut self) -> Vec<Weak<Scope>> {
         let mut scopes = Vec::with_capacity(self.pending);
         for bucket in 0..self.heads.len() {
-            while self.heads[bucket] != NIL {
-                scopes.extend(self.unlink(self.heads[bucket]));
+            // Every list is emptied whole, so its links need no mending; each step marks an
+            // entry fired, so even a broken list could not be walked twice.
+            let mut index = std::mem::replace(&mut self.heads[bucket], NIL);
+            while let Some(entry) = self.entries.get_mut(index).filter(|entry| entry.linked) {
+                entry.linked = false;
+                index = entry.next;
+                scopes.push(std::mem::take(&mut entry.scope));
             }
         }
+        self.pending = 0;
         scopes
     }
 }
