@@ -463,12 +463,11 @@ impl Inner {
     #[inline(never)]
     fn take_outside(&mut self, walk: &mut Walk) -> Option<Source> {
         match &mut self.outside {
-            Outside::Nothing => None,
-            Outside::Source(_) => match mem::take(&mut self.outside) {
-                Outside::Source(source) => Some(source),
-                _ => unreachable!("matched just above"),
-            },
             Outside::Extra(extra) => extra.take_outside(walk),
+            outside => match mem::take(outside) {
+                Outside::Source(source) => Some(source),
+                _ => None,
+            },
         }
     }
 
