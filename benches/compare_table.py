@@ -3,7 +3,12 @@
 
 Both inputs are `go test -bench` style output: one line per benchmark,
 `BenchmarkName-P  N  value unit  value unit ...`. Rows are joined on the name with the `-P`
-suffix removed, in Go's order. Three tables come out:
+suffix removed, in Go's order. A name may appear several times, once per round (as
+benches/compare-go.sh --rounds writes them): the k-th line of a name in one file pairs with the
+k-th line of the same name in the other. Each figure is then the median over the rounds, and
+each ratio the median of the per-round ratios, with their range: the two sides of a pair ran
+back to back, so a ratio holds even while the machine's speed drifts from round to round.
+Three tables come out:
 
 1. Go's suite: Go ns/op, taskctx ns/op, ratio Go/taskctx (above 1: taskctx is faster), B/op
    and allocs/op of each.
@@ -26,13 +31,15 @@ CSV_FIELDS = [
     "go_ns_op", "taskctx_ns_op", "ratio_go_over_taskctx",
     "go_B_op", "taskctx_B_op", "go_allocs_op", "taskctx_allocs_op",
     "token_ns_op", "taskctx_over_token", "token_B_op", "token_allocs_op",
+    "rounds", "ratio_min", "ratio_max",
     "extra",
 ]
 STANDARD_UNITS = ("ns/op", "B/op", "allocs/op")
 
 
 def parse(path):
-    """Benchmark name (without `Benchmark` and `-P`) -> {unit: value}, in file order."""
+    """Benchmark name (without `Benchmark` and `-P`) -> [{unit: value}, one per round], in
+    file order."""
     rows = {}
     with open(path, encoding="utf-8") as lines:
         for line in lines:
@@ -46,8 +53,34 @@ def parse(path):
                     metrics[unit] = float(value)
                 except ValueError:
                     break
-            rows[name] = metrics
+            rows.setdefault(name, []).append(metrics)
     return rows
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+
+
+def summary(rounds):
+    """The median of each metric over the rounds of one row."""
+    units = dict.fromkeys(unit for metrics in rounds for unit in metrics)
+    return {unit: median(metrics.get(unit) for metrics in rounds) for unit in units}
+
+
+def paired(numerators, denominators, unit="ns/op"):
+    """Round k's numerator over round k's denominator, for every round both sides have."""
+    return [r for r in (ratio(a.get(unit), b.get(unit))
+                        for a, b in zip(numerators, denominators)) if r is not None]
+
+
+def spread(ratios):
+    """The fields of a row that describe its per-round ratios."""
+    return {"rounds": len(ratios), "ratio_min": min(ratios, default=None),
+            "ratio_max": max(ratios, default=None)}
 
 
 def ns(value):
@@ -75,6 +108,13 @@ def times(value):
     return "—" if value is None else f"{value:.2f}×"
 
 
+def times_range(row, key):
+    """The median ratio, and its range over the rounds when there were several."""
+    if row[key] is None or (row["rounds"] or 0) < 2:
+        return times(row[key])
+    return f"{row[key]:.2f}× ({row['ratio_min']:.2f}–{row['ratio_max']:.2f})"
+
+
 def extras(metrics):
     """The metrics beyond Go's three, as `value unit` pairs."""
     return ", ".join(f"{ns(v)} {u}" for u, v in metrics.items()
@@ -85,8 +125,10 @@ def build(go, ours):
     """The three tables, each a list of dicts keyed by CSV_FIELDS."""
     suite, tokens, extra = [], [], []
     joined = set()
-    for name, g in go.items():
-        r = ours.get(name, {})
+    for name, go_rounds in go.items():
+        our_rounds = ours.get(name, [])
+        g, r = summary(go_rounds), summary(our_rounds)
+        ratios = paired(go_rounds, our_rounds)
         joined.add(name)
         notes = ""
         if "lookup-ns/op" in r:
@@ -95,32 +137,36 @@ def build(go, ours):
         suite.append({
             "section": "go", "benchmark": name,
             "go_ns_op": g.get("ns/op"), "taskctx_ns_op": r.get("ns/op"),
-            "ratio_go_over_taskctx": ratio(g.get("ns/op"), r.get("ns/op")),
+            "ratio_go_over_taskctx": median(ratios), **spread(ratios),
             "go_B_op": g.get("B/op"), "taskctx_B_op": r.get("B/op"),
             "go_allocs_op": g.get("allocs/op"), "taskctx_allocs_op": r.get("allocs/op"),
             "extra": notes,
         })
-    for name, t in ours.items():
+    for name, token_rounds in ours.items():
         if not name.startswith("Token"):
             continue
         base = name[len("Token"):]
-        r = ours.get(base, {})
+        our_rounds = ours.get(base, [])
+        r, t = summary(our_rounds), summary(token_rounds)
+        ratios = paired(our_rounds, token_rounds)
         joined.add(name)
         tokens.append({
             "section": "token", "benchmark": base,
             "taskctx_ns_op": r.get("ns/op"), "token_ns_op": t.get("ns/op"),
-            "taskctx_over_token": ratio(r.get("ns/op"), t.get("ns/op")),
+            "taskctx_over_token": median(ratios), **spread(ratios),
             "taskctx_B_op": r.get("B/op"), "token_B_op": t.get("B/op"),
             "taskctx_allocs_op": r.get("allocs/op"), "token_allocs_op": t.get("allocs/op"),
             "extra": extras(r),
         })
-    for name, r in ours.items():
+    for name, our_rounds in ours.items():
         if name in joined:
             continue
+        r = summary(our_rounds)
         extra.append({
             "section": "extra", "benchmark": name,
             "taskctx_ns_op": r.get("ns/op"),
             "taskctx_B_op": r.get("B/op"), "taskctx_allocs_op": r.get("allocs/op"),
+            "rounds": len(our_rounds), "ratio_min": None, "ratio_max": None,
             "extra": extras(r),
         })
     return suite, tokens, extra
@@ -135,7 +181,7 @@ def tables(suite, tokens, extra):
             ["benchmark", "Go ns/op", "taskctx ns/op", "Go/taskctx",
              "Go allocs", "taskctx allocs", "Go B/op", "taskctx B/op", "notes"],
             [[r["benchmark"], ns(r["go_ns_op"]), ns(r["taskctx_ns_op"]),
-              times(r["ratio_go_over_taskctx"]), count(r["go_allocs_op"]),
+              times_range(r, "ratio_go_over_taskctx"), count(r["go_allocs_op"]),
               count(r["taskctx_allocs_op"]), count(r["go_B_op"]),
               count(r["taskctx_B_op"]), r["extra"]] for r in suite],
             range(1, 8),
@@ -146,7 +192,7 @@ def tables(suite, tokens, extra):
             ["benchmark", "taskctx ns/op", "token ns/op", "taskctx/token",
              "taskctx allocs", "token allocs", "taskctx B/op", "token B/op", "taskctx extra"],
             [[r["benchmark"], ns(r["taskctx_ns_op"]), ns(r["token_ns_op"]),
-              times(r["taskctx_over_token"]), count(r["taskctx_allocs_op"]),
+              times_range(r, "taskctx_over_token"), count(r["taskctx_allocs_op"]),
               count(r["token_allocs_op"]), count(r["taskctx_B_op"]),
               count(r["token_B_op"]), r["extra"]] for r in tokens],
             range(1, 8),
