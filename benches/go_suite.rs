@@ -25,8 +25,8 @@
 //!   in every thread during the timed section only and divided by `N`, truncated, as Go does. A
 //!   `realloc` counts as one allocation of the new size (Go has no `realloc`: growth allocates).
 //! - Names carry Go's `-P` suffix (threads per parallel benchmark). Rows named `Token…` do the
-//!   same work with a bare tokio-util `CancellationToken`; rows named `Scale…` and
-//!   `SpawnAwaitFloor` have no Go counterpart. Extra metrics follow Go's `b.ReportMetric`
+//!   same work with a bare tokio-util `CancellationToken`; rows named `Scale…`,
+//!   `SpawnAwaitFloor`, `DeepValueOutermostHit` and `ErrOKThroughValue` have no Go counterpart. Extra metrics follow Go's `b.ReportMetric`
 //!   format: `live-B/op` (memory rows) is the heap still held per operation when the timed
 //!   section ends; `ns/task` (fan-out rows) is the time per task woken; `floor-ns/op` and
 //!   `lookup-ns/op`, see below.
@@ -486,6 +486,18 @@ fn err_ok_and_canceled(h: &Harness) {
         measure(|| {
             for _ in 0..n {
                 if let Some(err) = black_box(&live).err() {
+                    panic!("ctx.err() = {err:?}");
+                }
+            }
+        })
+    });
+    // Not in Go's suite: the same check through a value layer, which a query reaches one
+    // load further away (the layer's nearest scope).
+    let through_value = live.with_value("layer");
+    h.bench("ErrOKThroughValue", 1, |n| {
+        measure(|| {
+            for _ in 0..n {
+                if let Some(err) = black_box(&through_value).err() {
                     panic!("ctx.err() = {err:?}");
                 }
             }

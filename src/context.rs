@@ -800,7 +800,17 @@ impl Context {
     /// ```
     #[inline]
     pub fn is_done(&self) -> bool {
-        self.scope().is_some_and(|scope| scope.is_done())
+        // Matched here rather than through `scope()`: that match compiles to a jump table and
+        // a jump back to a shared load, three taken branches a check; with the arms apart the
+        // scope's load follows its compare. `ContextCancelDone` 1.47 -> 0.87 ns/op, `ErrOK`
+        // 3.44 -> 2.20 (medians of 16 alternating processes), through a value layer
+        // 1.71 -> 1.80. Sending the other arms out of line took `ErrOK` to 1.16 but the value
+        // layer to 3.41.
+        match &self.node {
+            Node::Scope(scope) => scope.is_done(),
+            Node::Value(node) => node.scope.as_ref().is_some_and(|scope| scope.is_done()),
+            _ => false,
+        }
     }
 
     /// `None` while the context is live; once it is done, why, and the same answer forever.
@@ -820,7 +830,12 @@ impl Context {
     /// ```
     #[inline]
     pub fn err(&self) -> Option<Error> {
-        self.scope().and_then(|scope| scope.err())
+        // As in `is_done`, whose comment has the figures.
+        match &self.node {
+            Node::Scope(scope) => scope.err(),
+            Node::Value(node) => node.scope.as_ref().and_then(|scope| scope.err()),
+            _ => None,
+        }
     }
 
     /// `None` while the context is live; once it is done, the error that explains why.
