@@ -142,7 +142,7 @@ header="# taskctx vs Go's context, side by side
 
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - Machine: ${cpu:-unknown CPU}, $(nproc) cores, $(uname -srm)
-- Go: $("$go" version | sed 's/^go version //'), the binary of \`go test -c context\`, run with \`-test.bench '^Group$' -test.benchmem\` per group, GOMAXPROCS default
+- Go: $("$go" version | sed 's/^go version //'), the binary of \`go test -c context\`, run with \`-test.bench '^BenchmarkGroup$' -test.benchmem\` per group, GOMAXPROCS default
 - taskctx: $commit, $(rustc --version), the binary of \`cargo bench --bench go_suite\`, run with \`--bench '^(Token)?Group$'\` per group
 - Rounds: $rounds, each benchmark group run on both sides back to back, the first side alternating; figures are medians over the rounds, ratios the median (and range) of the per-round ratios
 - Bench time: $benchtime per benchmark; whole run $((SECONDS - started)) s
