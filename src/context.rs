@@ -729,7 +729,10 @@ impl Context {
     ///
     /// Equivalent to `async fn done(&self) -> Error`. On a context that is already done it is
     /// ready at once, without locking or allocating. On one that can never be done it never
-    /// completes.
+    /// completes. Pending on a child nothing else registers in, it waits in the parent (the
+    /// child makes no lock of its own); if the child then starts to hold registrations (a
+    /// child of its own, a second waiter), the future is woken once and, polled again,
+    /// registers in the child.
     ///
     /// # Examples
     ///

@@ -77,7 +77,8 @@
 //! as Go's allocator keeps freed memory per thread), so a chain released leaf first, or a
 //! context dropped before its handle, is rebuilt without the allocator. A context keeps its
 //! first registration (a child, a waiting `done()`, a callback) inline: registering it
-//! allocates nothing. A deadline adds two (a Tokio timer entry and its waker) and no task, and
+//! allocates nothing. A `done()` future of a child that nothing else registers in (a task
+//! awaiting its own child) waits in the parent, so the child takes no lock of its own. A deadline adds two (a Tokio timer entry and its waker) and no task, and
 //! the first deadline a scope's allocation carries one more (the out-of-line fields, which it
 //! keeps when reused). A value context is two allocations:
 //! the node, and the value boxed behind it, which keeps every layer's key at a fixed offset so

@@ -41,15 +41,10 @@ use crate::wheel::{Wheel, loom_timer};
 use crate::{Cause, Context, Error};
 
 /// `pair`, with its context registered in its parent rather than lone (see "Lone leaves" in
-/// `tree.rs`): a `done()` future polled once registers it there, and its drop leaves it there.
+/// `tree.rs`), as it is once anything registers in it (a lone context's `done()` future waits
+/// in the parent instead, and does not link it).
 fn linked<T>(pair: (Context, T)) -> (Context, T) {
-    {
-        let mut done = std::pin::pin!(pair.0.done());
-        // Ready instead if the parent is already done: then there is nothing to register in.
-        let _ = done
-            .as_mut()
-            .poll(&mut task::Context::from_waker(Waker::noop()));
-    }
+    pair.0.scope().unwrap().link_first();
     pair
 }
 
@@ -227,11 +222,11 @@ fn loom_parent_cancel_races_a_child_cancel_and_drop() {
     });
 }
 
-/// A lone child starts waiting (so links into its parent, `Scope::link_now`) while the parent
-/// is cancelled: either the link is made under the live parent's lock, and the parent's walk
-/// finds the child and wakes the waiter, or the parent refuses it, and the child takes the
-/// parent's error and cause. Never a waiter registered in a child the walk cannot reach: loom
-/// would report the blocked `block_on` as a deadlock.
+/// A lone child starts waiting (its future waits in the parent, `Scope::wait_lone`) while the
+/// parent is cancelled: either the waiter is registered under the live parent's lock, and the
+/// parent's finish takes it and wakes it, or the parent refuses it, and the child takes the
+/// parent's error and cause. Never a waiter registered where no walk takes it: loom would
+/// report the blocked `block_on` as a deadlock.
 #[test]
 fn loom_a_lone_child_links_to_wait_while_its_parent_is_cancelled() {
     loom::model(|| {
@@ -253,6 +248,84 @@ fn loom_a_lone_child_links_to_wait_while_its_parent_is_cancelled() {
         reader.join().unwrap();
         assert_eq!(child.cause().unwrap().to_string(), "shutting down");
         assert!(census(&parent).is_clean());
+    });
+}
+
+/// A lone child's future waits in its parent while the child itself is cancelled, in the
+/// parent's lock or in a shard of it: the cancel swaps the waiter's registration out of the
+/// child's link after its finish, and the future swaps it in before it returns pending, so
+/// either the cancel finds it and wakes it, or the future finds the link closed and sees the
+/// child done. Loom reports a lost wake-up as a deadlock.
+#[test]
+fn loom_a_lone_childs_waiter_in_its_parent_races_the_childs_cancel() {
+    for sharded in [false, true] {
+        loom::model(move || {
+            let (parent, _cancel_parent) = Context::background().with_cancel();
+            if sharded {
+                parent.scope().unwrap().use_shards();
+            }
+            let (child, cancel_child) = parent.with_cancel();
+            let waiter = {
+                let child = child.clone();
+                thread::spawn(move || block_on(child.done()))
+            };
+            cancel_child.cancel();
+            assert_eq!(waiter.join().unwrap(), Error::Canceled);
+            assert_eq!(census(&parent).waiters, 0, "{}", census(&parent));
+        });
+    }
+}
+
+/// A lone child's future waits in its parent while another thread links the child (derives
+/// from it) and the child is cancelled: the link takes the waiter out of the parent and wakes
+/// it to register in the child, or finds it gone; the future, woken, registers in the linked
+/// child or sees it done. No wake-up is lost and no registration is left in the parent.
+#[test]
+fn loom_a_lone_childs_waiter_moves_into_it_when_it_links_during_its_cancel() {
+    loom::model(|| {
+        let (parent, _cancel_parent) = Context::background().with_cancel();
+        let (child, cancel_child) = parent.with_cancel();
+        let waiter = {
+            let child = child.clone();
+            thread::spawn(move || block_on(child.done()))
+        };
+        let linker = {
+            let child = child.clone();
+            thread::spawn(move || drop(child.with_cancel()))
+        };
+        cancel_child.cancel();
+        assert_eq!(waiter.join().unwrap(), Error::Canceled);
+        linker.join().unwrap();
+        assert_eq!(census(&parent).waiters, 0, "{}", census(&parent));
+    });
+}
+
+/// A lone child's future that waited in its parent is dropped while the child is cancelled:
+/// its registration is taken out exactly once, by whichever of the two swaps it out of the
+/// child's link, and no clone of its waker stays anywhere.
+#[test]
+fn loom_a_lone_childs_future_dropped_during_its_cancel_leaves_nothing() {
+    loom::model(|| {
+        let (parent, _cancel_parent) = Context::background().with_cancel();
+        let (child, cancel_child) = parent.with_cancel();
+        let parked = Arc::new(Parked);
+        let waiter = {
+            let child = child.clone();
+            let waker = Waker::from(parked.clone());
+            thread::spawn(move || {
+                let mut done = child.done();
+                let _ = std::pin::Pin::new(&mut done).poll(&mut task::Context::from_waker(&waker));
+                drop(done);
+            })
+        };
+        cancel_child.cancel();
+        waiter.join().unwrap();
+        assert_eq!(census(&parent).waiters, 0, "{}", census(&parent));
+        assert_eq!(
+            Arc::strong_count(&parked),
+            1,
+            "a clone of the waker is still held"
+        );
     });
 }
 

@@ -253,9 +253,10 @@ fn with_value_costs_the_node_and_the_boxed_value_and_one_for_a_zero_sized_value(
 
 /// A child of a live parent costs one allocation, its own, where Go makes two: it is counted in
 /// its parent, not registered there, until something waits on it. A released child's
-/// allocation is kept by the thread and reused by the next one: none from then on. Live
-/// children take no room in their parent until they register: the first one's registration is
-/// inline, the second's allocates the parent's room for more.
+/// allocation is kept by the thread and reused by the next one: none from then on. A `done()`
+/// future of a lone child waits in the parent, and the child makes no lock of its own: the
+/// first waiter's registration is inline in the parent's lock, the second's allocates the
+/// parent's room for more.
 #[test]
 fn with_cancel_from_a_live_parent_costs_one_allocation_then_none_once_a_scope_is_reused() {
     let (parent, _cancel_parent) = Context::background().with_cancel();
@@ -270,56 +271,75 @@ fn with_cancel_from_a_live_parent_costs_one_allocation_then_none_once_a_scope_is
         drop(child);
         assert!(census(&parent).is_clean(), "round {round}");
     }
-    let (first, _cancel_first) = parent.with_cancel();
+    let (first, cancel_first) = parent.with_cancel();
     let (n, second) = allocations(|| parent.with_cancel());
     assert_eq!(n, 1, "the second child's scope, whose spare the first took");
     assert_eq!(census(&parent).contexts, 2);
-    let registered = allocations(|| {
-        for child in [&first, &second.0] {
-            assert!(poll_once(pin!(child.done())).is_pending());
-        }
-    });
+    {
+        let mut waiting = [pin!(first.done()), pin!(second.0.done())];
+        let (registered, ()) = allocations(|| {
+            for done in &mut waiting {
+                assert!(poll_once(done.as_mut()).is_pending());
+            }
+        });
+        assert_eq!(
+            registered, 2,
+            "the parent's lock (which no census made: counting takes no lock a scope has not \
+             made), its first registration inline, then the room; no lock of the children's own"
+        );
+        let counted = census(&parent);
+        assert_eq!((counted.contexts, counted.waiters), (2, 2));
+        assert_eq!(
+            census(&first).waiters,
+            1,
+            "a lone child counts its waiter in the parent"
+        );
+    }
     assert_eq!(
-        registered.0, 4,
-        "each child's lock, made by its first registration (lone leaves never took it); the \
-         parent's lock (which no census made: counting takes no lock a scope has not made), its \
-         first registration inline, then the room"
+        census(&parent).waiters,
+        0,
+        "the futures' registrations went with them"
     );
-    assert_eq!(census(&parent).contexts, 2);
-    drop((first, second));
+    drop((first, cancel_first, second));
+    assert!(census(&parent).is_clean());
 }
 
 /// A cancellation takes a parent's registrations out to walk them, and gives the emptied room
-/// back: when the parent's allocation is reused, its next child registers without allocating.
+/// back: when the parent's allocation is reused, its next waiters register without allocating.
 #[test]
 fn a_cancelled_parent_keeps_the_room_of_its_registrations_for_its_next_life() {
     let mut rooms = Vec::new();
     for round in 0..3 {
         let (root, cancel) = Context::background().with_cancel();
-        // Two children, each awaited once so that it registers in the root: the second needs
+        // Two children, each awaited by a future that waits in the root: the second needs
         // room beyond the inline registration.
-        let (n, children) = allocations(|| {
-            let children = [root.with_cancel(), root.with_cancel()];
-            for (child, _) in &children {
-                assert!(poll_once(pin!(child.done())).is_pending());
+        let (made, children) = allocations(|| [root.with_cancel(), root.with_cancel()]);
+        {
+            let [(first, _), (second, _)] = &children;
+            let mut waiting = [pin!(first.done()), pin!(second.done())];
+            let (registered, ()) = allocations(|| {
+                for done in &mut waiting {
+                    assert!(poll_once(done.as_mut()).is_pending());
+                }
+            });
+            rooms.push(made + registered);
+            cancel.cancel();
+            for done in &mut waiting {
+                assert_eq!(
+                    poll_once(done.as_mut()),
+                    Poll::Ready(Error::Canceled),
+                    "round {round}"
+                );
             }
-            children
-        });
-        rooms.push(n);
-        cancel.cancel();
-        assert!(
-            children.iter().all(|(child, _)| child.is_done()),
-            "round {round}"
-        );
+        }
         // As in `CancelTree`: the root's last references are its children's, so it is kept.
         drop((cancel, root));
         drop(children);
     }
     assert_eq!(
         rooms,
-        [6, 0, 0],
-        "two children, the three locks their registrations made and the root's room, then \
-         nothing"
+        [4, 0, 0],
+        "two children, the root's lock and its room, then nothing"
     );
 }
 

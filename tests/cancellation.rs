@@ -598,15 +598,15 @@ fn a_leaf_waiter_wakes_during_the_walk_and_the_others_once_their_subtree_is_done
     let (a, _cancel_a) = root.with_cancel();
     let (b, _cancel_b) = root.with_cancel();
     let (c, _cancel_c) = root.with_cancel();
-    // A context registers in its parent once something waits on it or is derived from it:
-    // `a`, `b`, then `c` (as `c_child` is derived), the order the walk takes them in reverse.
+    // A context registers in its parent once a child is derived from it (or something
+    // registers in it; a `done()` future of a lone context waits in the parent instead): `a`,
+    // `b`, then `c` (as `c_child` is derived), the order the walk takes them in reverse.
     for leaf in [&a, &b] {
-        assert!(leaf.done().now_or_never().is_none());
+        drop(leaf.with_cancel());
     }
     let (c_child, _cancel_c_child) = c.with_cancel();
-    // Awaited, so that it registers in `c` and the walk goes below `c`.
-    let mut c_child_done = c_child.done();
-    assert!((&mut c_child_done).now_or_never().is_none());
+    // Registered in `c` too, so that the walk goes below `c`.
+    drop(c_child.with_cancel());
     // Per waiter: (its own subtree done, the whole tree done), as seen when woken.
     let seen = Arc::new(Mutex::new(Vec::new()));
     let everything = vec![
@@ -649,6 +649,78 @@ fn a_leaf_waiter_wakes_during_the_walk_and_the_others_once_their_subtree_is_done
     assert!(last.contains(&"root") && last.contains(&"c"), "{seen:?}");
 }
 
+/// A `done()` future of a lone context (a child nothing else registers in) waits in the
+/// parent, and the child makes no lock of its own. It is woken by the child's own cancel and
+/// by the parent's, takes the newest waker, leaves nothing behind when dropped, and moves into
+/// the child (woken once, to poll again) when the child links.
+#[test]
+fn a_lone_contexts_done_future_waits_in_its_parent() {
+    let (root, cancel_root) = Context::background().with_cancel();
+
+    // Woken by the child's own cancel.
+    let (child, cancel_child) = root.with_cancel();
+    let (counter, waker) = counting_waker();
+    let mut done = child.done();
+    assert_eq!(poll_with(&mut done, &waker), Poll::Pending);
+    let (in_root, in_child) = (census(&root), census(&child));
+    assert_eq!((in_root.contexts, in_root.waiters), (1, 1));
+    assert_eq!(in_child.waiters, 1);
+    cancel_child.cancel();
+    assert_eq!(wakes(&counter), 1);
+    assert_eq!(
+        census(&root).waiters,
+        0,
+        "taken out of the parent by the child's cancel"
+    );
+    assert_eq!(poll_with(&mut done, &waker), Poll::Ready(Error::Canceled));
+    drop(done);
+    drop(child);
+
+    // The newest waker is the one woken; a dropped future leaves nothing.
+    let (child, _cancel_child) = root.with_cancel();
+    let (old, old_waker) = counting_waker();
+    let (new, new_waker) = counting_waker();
+    let mut done = child.done();
+    assert_eq!(poll_with(&mut done, &old_waker), Poll::Pending);
+    assert_eq!(poll_with(&mut done, &new_waker), Poll::Pending);
+    assert_eq!(census(&root).waiters, 1, "replaced in place");
+    let mut dropped = child.done();
+    assert_eq!(poll_with(&mut dropped, &old_waker), Poll::Pending);
+    assert_eq!(census(&root).waiters, 1, "a second future linked the child");
+    assert_eq!(
+        wakes(&new),
+        1,
+        "the first future woken to register in the child"
+    );
+    assert_eq!(poll_with(&mut done, &new_waker), Poll::Pending);
+    assert_eq!(census(&child).waiters, 2);
+    drop(dropped);
+    assert_eq!(census(&child).waiters, 1);
+
+    // Woken by the parent's cancel; the lone sibling's future with it.
+    let (sibling, _cancel_sibling) = root.with_cancel();
+    let (by_root, by_root_waker) = counting_waker();
+    let mut sibling_done = sibling.done();
+    assert_eq!(poll_with(&mut sibling_done, &by_root_waker), Poll::Pending);
+    assert_eq!(
+        census(&root).waiters,
+        2,
+        "the child's, in it, and the sibling's, in root"
+    );
+    cancel_root.cancel();
+    assert_eq!((wakes(&new), wakes(&by_root), wakes(&old)), (2, 1, 0));
+    assert_eq!(
+        poll_with(&mut sibling_done, &by_root_waker),
+        Poll::Ready(Error::Canceled)
+    );
+    assert_eq!(
+        poll_with(&mut done, &new_waker),
+        Poll::Ready(Error::Canceled)
+    );
+    drop((sibling_done, done));
+    assert!(census(&root).waiters == 0 && census(&child).waiters == 0);
+}
+
 #[test]
 fn done_futures_leave_no_waiters_behind_once_woken() {
     let (root, _cancel_root) = Context::background().with_cancel();
@@ -658,6 +730,10 @@ fn done_futures_leave_no_waiters_behind_once_woken() {
     for done in &mut futures {
         assert_eq!(poll_with(done, &waker), Poll::Pending);
     }
+    // The first waited in `root` while `ctx` was lone; the second linked `ctx`, which woke the
+    // first to register in `ctx` instead, as an executor polls a woken future again.
+    assert_eq!(census(&root).waiters, 4);
+    assert_eq!(poll_with(&mut futures[0], &waker), Poll::Pending);
     assert_eq!(census(&root).waiters, 5);
 
     cancel.cancel();

@@ -841,23 +841,11 @@ fn lookup(ctx: &Context, slot: Slot) -> Option<u32> {
     }
 }
 
-/// Reads everything; polls every pending waiter once (a woken one that is not ready was woken
-/// spuriously, which is allowed and not recorded).
+/// Reads everything; polls every pending waiter once, first, as an executor runs a woken task
+/// (a woken one that is not ready was woken spuriously, which is allowed and not recorded: a
+/// lone context's future waiting in its parent is woken to register in the context once it
+/// links, and registered again by this poll before the censuses below count it).
 fn observe(world: &mut World) -> Observation {
-    let contexts = world
-        .ctxs
-        .iter()
-        .map(|(node, ctx)| Reading {
-            node: *node,
-            is_done: ctx.is_done(),
-            err: ctx.err(),
-            cause: ctx.cause().map(MCause::observe),
-            deadline: ctx.deadline(),
-            remaining: ctx.remaining(),
-            values: SLOTS.map(|slot| lookup(ctx, slot)),
-            census: census_tuple(census(ctx)),
-        })
-        .collect();
     let waiters = world
         .waiters
         .iter_mut()
@@ -872,6 +860,20 @@ fn observe(world: &mut World) -> Observation {
                 Poll::Ready(err) => (woken, Some(err)),
                 Poll::Pending => (false, None),
             }
+        })
+        .collect();
+    let contexts = world
+        .ctxs
+        .iter()
+        .map(|(node, ctx)| Reading {
+            node: *node,
+            is_done: ctx.is_done(),
+            err: ctx.err(),
+            cause: ctx.cause().map(MCause::observe),
+            deadline: ctx.deadline(),
+            remaining: ctx.remaining(),
+            values: SLOTS.map(|slot| lookup(ctx, slot)),
+            census: census_tuple(census(ctx)),
         })
         .collect();
     let callbacks = world
