@@ -1306,24 +1306,25 @@ impl Scope {
             let me: *const Scope = self;
             let mine =
                 |reg: &Reg| matches!(reg, Reg::Child(weak) if std::ptr::eq(weak.as_ptr(), me));
-            let removed = match Link::decode(slot) {
-                Link::Inner(index) => parent.lock().regs.remove_if(index, mine),
-                Link::Shard(number, index) => parent.remove_from_shard(number, index, mine),
-            };
+            let removed = parent.in_slab(Link::decode(slot), |slab, index| {
+                slab.remove_if(index, mine)
+            });
             drop(removed);
         }
     }
 
-    #[cold]
-    #[inline(never)]
-    fn remove_from_shard(
-        &self,
-        number: usize,
-        index: usize,
-        pred: impl FnOnce(&Reg) -> bool,
-    ) -> Option<Reg> {
-        let shards = self.shards.get()?;
-        lock_slab(&shards.0[number].0).remove_if(index, pred)
+    /// Runs `f` on the slab that `link` names (this scope's `inner`, or one of its shards) and
+    /// the index there, under that slab's lock; `None` if it names a shard that was never
+    /// made.
+    #[inline]
+    fn in_slab<T>(&self, link: Link, f: impl FnOnce(&mut Slab<Reg>, usize) -> T) -> Option<T> {
+        match link {
+            Link::Inner(index) => Some(f(&mut self.lock().regs, index)),
+            Link::Shard(number, index) => {
+                let shards = self.shards.get()?;
+                Some(f(&mut lock_slab(&shards.0[number].0), index))
+            }
+        }
     }
 
     /// Takes out of this scope's registrations the waiter a lone child registered here as
@@ -1335,12 +1336,10 @@ impl Scope {
         if self.state.load(Ordering::Acquire) & ERR != LIVE {
             return None; // invariant 2: its registrations are already gone, to its walk
         }
-        let waiter = |reg: &Reg| matches!(reg, Reg::Waiter(_));
-        let taken = match Link::decode(link & !WAITER_LINK) {
-            Link::Inner(index) => self.lock().regs.remove_if(index, waiter),
-            Link::Shard(number, index) => self.remove_from_shard(number, index, waiter),
-        };
-        match taken {
+        let taken = self.in_slab(Link::decode(link & !WAITER_LINK), |slab, index| {
+            slab.remove_if(index, |reg| matches!(reg, Reg::Waiter(_)))
+        });
+        match taken.flatten() {
             Some(Reg::Waiter(waker)) => Some(waker),
             _ => None,
         }
@@ -1769,14 +1768,15 @@ impl Scope {
                 drop(stale);
                 return Some(Poll::Pending);
             }
-            // Taken: by this scope's finish or its parent's (then it is done), or by a link.
-            if let Some(err) = self.err() {
-                *slot = 0;
-                return Some(Poll::Ready(err));
-            }
-            if self.link.load(Ordering::Acquire) != LONE_LINK {
-                return None;
-            }
+            // Taken: by this scope's finish or its parent's (then it is done), or by a link
+            // (then the future registers in this scope, which can never be lone again).
+            return match self.err() {
+                Some(err) => {
+                    *slot = 0;
+                    Some(Poll::Ready(err))
+                }
+                None => None,
+            };
         }
         match parent.register_lone_waiter(self, cx.waker().clone()) {
             Ok(Some(link)) => {
@@ -1850,13 +1850,7 @@ impl Scope {
                 _ => None, // taken by this scope's finish
             }
         };
-        match Link::decode(link & !WAITER_LINK) {
-            Link::Inner(index) => update(&mut self.lock().regs, index),
-            Link::Shard(number, index) => {
-                let shards = self.shards.get()?;
-                update(&mut lock_slab(&shards.0[number].0), index)
-            }
-        }
+        self.in_slab(Link::decode(link & !WAITER_LINK), update)?
     }
 
     /// Drops the registration of a `done()` future that goes away before the scope is done.
