@@ -81,7 +81,9 @@ impl CancelHandle {
     /// thread, as an executor that polls a task inside its waker would. Waiting there could
     /// wait for the very walk that runs the waker; so such a call returns without waiting for
     /// any other cancellation's walk, and what it releases may run before those descendants
-    /// are done. Tokio's wakers only schedule the task, so this never happens under Tokio.)
+    /// are done. What holds there: when it returns, the context reports done, and once the
+    /// cancellation that ran the waker returns, so does every descendant. Tokio's wakers only
+    /// schedule the task, so this never happens under Tokio.)
     ///
     /// # Examples
     ///
