@@ -265,6 +265,19 @@ impl Context {
     /// while it runs (inside `block_on`), so a context moved to another runtime sees its
     /// deadline fire only while the arming runtime runs or after it is dropped.
     ///
+    /// When the deadline passes, the cancellation (reaching the descendants, waking their
+    /// `done()` futures, running their [`after_func`](Context::after_func) callbacks) never
+    /// holds up the runtime's other timers:
+    ///
+    /// - on a multi-thread runtime it runs in a task of that runtime, spawned when the timer
+    ///   fires, so the context reports done a moment after the deadline, as Go's does once its
+    ///   timer's goroutine has run;
+    /// - on a current-thread runtime it runs in place, when the runtime's timer fires, so that
+    ///   with a paused clock, once `tokio::time::advance` past the deadline returns, the context
+    ///   and every descendant report done;
+    /// - outside a runtime it runs on a thread the crate starts for the deadlines due at that
+    ///   moment.
+    ///
     /// # Examples
     ///
     /// ```
@@ -683,17 +696,21 @@ impl Context {
 
     /// Arranges for `f` to run once when this context is done, or at once if it already is.
     ///
-    /// `f` runs on the thread that cancels the context (or that fires its deadline), after every
-    /// lock of the crate has been released: it may cancel contexts, this one included, derive
-    /// new ones, or call [`AfterFunc::stop`], without deadlocking. When the cancelling call
-    /// returns, `f` has run. Keep `f` short and non-blocking, as you would a waker; to do async
-    /// work, spawn a task from it. A panic in `f` is caught and reported as a `tracing` error
-    /// event; the cancellation and the other callbacks go on.
+    /// `f` runs on the thread that cancels the context (for a deadline, see
+    /// [`with_deadline`](Context::with_deadline) for where that is), after every lock of the
+    /// crate has been released: it may cancel contexts, this one included, derive new ones, or
+    /// call [`AfterFunc::stop`], without deadlocking. When the cancelling call returns, `f` has
+    /// run. Keep `f` short and non-blocking, as you would a waker; to do async work, spawn a
+    /// task from it. A panic in `f` is caught and reported as a `tracing` error event; the
+    /// cancellation and the other callbacks go on. (So is a panic in a waker of a `done()`
+    /// future that the cancellation wakes.)
     ///
     /// On a context that can never be done (background, or below `without_cancel`), `f` is
     /// dropped without running. If every handle to the context is dropped before it is done,
-    /// `f` is dropped too. Avoid capturing a clone of the same context in `f`: the context
-    /// would then stay alive until it is done.
+    /// `f` is dropped too. Avoid capturing in `f` a clone of the same context, or its
+    /// [`CancelHandle`](crate::CancelHandle): `f` is held by the context until it is done, so
+    /// the context would then stay alive, and registered in its parent, until it is cancelled
+    /// by other means (a parent, a deadline, `cancel()`), never by dropping the handles.
     ///
     /// Go runs each `AfterFunc` callback in a new goroutine; this runs it in place, which makes
     /// "after `cancel()` returns, the callbacks have run" a guarantee.

@@ -1,25 +1,36 @@
 //! What cancels a scope from outside the tree: its deadline timer, or a foreign token.
 //!
-//! Neither costs a task. A deadline is a Tokio `Sleep` that is polled once, by hand, with a
-//! waker that holds only a `Weak` reference to the scope: Tokio's timer wheel calls that waker
-//! when the deadline passes, and the waker cancels the scope. Dropping the scope drops the
-//! `Sleep`, which takes the entry out of the wheel, so nothing outlives the context. A token
-//! watch is the same idea over the token's `cancelled()` future.
+//! Neither costs a task while it waits. A deadline is a Tokio `Sleep` that is polled once, by
+//! hand, with a waker that holds only a `Weak` reference to the scope: Tokio's timer wheel calls
+//! that waker when the deadline passes. Dropping the scope drops the `Sleep`, which takes the
+//! entry out of the wheel, so nothing outlives the context. A token watch is the same idea over
+//! the token's `cancelled()` future.
 //!
-//! On the workers of a multi-thread runtime, deadlines go into a wheel per worker instead (see
-//! `wheel.rs`), which spares every worker a trip through Tokio's one timer lock.
+//! # Where a deadline's cancellation runs
 //!
-//! Outside a Tokio runtime there is no timer wheel, and when a runtime shuts down Tokio fires
-//! every timer early. In both cases the deadline moves to one crate-wide thread that sleeps on
-//! the system clock (the clock `tokio::time::Instant` reads when no runtime is around).
+//! Tokio calls a timer's waker inside its timer driver. On a multi-thread runtime, one worker
+//! at a time holds the driver, and no timer of the runtime fires until that waker returns. So
+//! there the waker only hands the scope on ([`deadline_due`]): a task spawned on the runtime
+//! runs the cancellation, its walk, wakers and `after_func` callbacks, as a `CancellationToken`
+//! cancelled from a task would (pinned by
+//! `tests/deadlines.rs::a_slow_deadline_callback_delays_no_timer_of_a_multi_thread_runtime`).
+//! If the runtime cannot run that task (it is shutting down), the task's drop runs the
+//! cancellation where it is dropped. On a current-thread runtime the driver and every task
+//! share one thread, so a task would stall the other timers as long: the waker cancels in
+//! place, and a paused clock's `advance` returns with the deadline's whole subtree done
+//! (pinned by `tests/deadlines.rs::deadline_cancels_the_subtree_at_the_deadline_and_not_before`).
+//! The fallback thread below hands each batch of deadlines to a thread of its own, so that a
+//! callback that blocks holds up no later deadline.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::mem;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, Weak};
 use std::task::{self, Poll, Wake, Waker};
 
+use tokio::runtime::RuntimeFlavor;
 use tokio::task::Unconstrained;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -77,8 +88,68 @@ impl Wake for TimerWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(scope) = self.0.upgrade() {
-            scope.deadline_fired();
+        deadline_due(self.0.clone());
+    }
+}
+
+/// Hands a deadline that a Tokio timer fired to a task of the current runtime, which calls
+/// [`Scope::deadline_fired`], if it is a multi-thread one; calls it in place otherwise (see
+/// "Where a deadline's cancellation runs").
+pub(crate) fn deadline_due(scope: Weak<Scope>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            drop(runtime.spawn(DeadlineDue(Some(scope))));
+        }
+        _ => fire(scope),
+    }
+}
+
+fn fire(scope: Weak<Scope>) {
+    if let Some(scope) = scope.upgrade() {
+        scope.deadline_fired();
+    }
+}
+
+/// Fires a batch of the fallback thread's deadlines on a thread of its own, so that a
+/// callback that blocks holds up no later deadline; in place if no thread can be started
+/// (or under loom, whose models drive the fallback thread's loop by hand).
+fn fire_batch(due: Vec<Weak<Scope>>) {
+    fn fire_all(batch: &Mutex<Vec<Weak<Scope>>>) {
+        let due = mem::take(&mut *batch.lock().unwrap_or_else(PoisonError::into_inner));
+        due.into_iter().for_each(fire);
+    }
+    let batch = Arc::new(Mutex::new(due));
+    if !cfg!(loom) {
+        let theirs = batch.clone();
+        let spawned = std::thread::Builder::new()
+            .name("taskctx-deadline".into())
+            .spawn(move || fire_all(&theirs));
+        if spawned.is_ok() {
+            return;
+        }
+    }
+    fire_all(&batch);
+}
+
+/// The task that runs a deadline's cancellation: at its first poll, or when it is dropped
+/// unpolled (a runtime shutting down drops the tasks it can no longer run).
+struct DeadlineDue(Option<Weak<Scope>>);
+
+impl Future for DeadlineDue {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, _: &mut task::Context<'_>) -> Poll<()> {
+        if let Some(scope) = self.0.take() {
+            fire(scope);
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for DeadlineDue {
+    fn drop(&mut self) {
+        if let Some(scope) = self.0.take() {
+            fire(scope);
         }
     }
 }
@@ -226,11 +297,8 @@ impl Fallback {
             }
             if !due.is_empty() {
                 drop(queue);
-                for scope in due.iter().filter_map(Weak::upgrade) {
-                    scope.deadline_fired();
-                }
                 fired += due.len();
-                drop(due);
+                fire_batch(due);
                 if fired >= fire_at_most {
                     return;
                 }

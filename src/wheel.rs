@@ -260,9 +260,7 @@ impl Wheel {
         };
         drop(old_sleep);
         // What is due first: arming may find the next tick already due and fire it inline.
-        for scope in due.iter().filter_map(Weak::upgrade) {
-            scope.deadline_fired();
-        }
+        due.into_iter().for_each(crate::source::deadline_due);
         if let Some(tick) = next {
             self.arm(tick);
         }

@@ -1,6 +1,7 @@
 //! Deadlines and timeouts: when a deadline fires, which error and cause it reports, how
 //! deadlines combine down the tree, and that cancelling first disarms the timer. Time is
-//! Tokio's paused clock, moved by `tokio::time::advance`, except in the multi-thread test.
+//! Tokio's paused clock, moved by `tokio::time::advance`, except in the multi-thread tests and
+//! those outside a runtime.
 
 use std::time::Duration;
 
@@ -406,4 +407,82 @@ fn past_deadline_under_a_parent_whose_timer_has_not_run_is_done_at_once() {
     assert_eq!(cause_text(&child).as_deref(), Some("too late"));
     assert!(!parent.is_done(), "the child's own deadline never flows up");
     drop(runtime);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where a deadline's cancellation runs
+
+type Waited = std::sync::mpsc::Receiver<Result<(), std::sync::mpsc::RecvTimeoutError>>;
+
+/// Makes `a` (due in 10 ms) run a callback that waits, with a 10 s watchdog, for `b` (due in
+/// 20 ms) to fire, and returns what the wait saw. Both are armed where this is called.
+fn a_callback_that_waits_for_another_deadline() -> (Context, Context, Waited) {
+    let (a, cancel_a) = Context::background().with_timeout(10 * MS);
+    let (b, cancel_b) = Context::background().with_timeout(20 * MS);
+    cancel_a.disarm();
+    cancel_b.disarm();
+    let (b_fired, wait_for_b) = std::sync::mpsc::channel();
+    let (result, waited) = std::sync::mpsc::channel();
+    let _registration = b.after_func(move || {
+        let _ = b_fired.send(());
+    });
+    let _registration = a.after_func(move || {
+        let _ = result.send(wait_for_b.recv_timeout(Duration::from_secs(10)));
+    });
+    (a, b, waited)
+}
+
+fn assert_the_callback_saw_the_other_deadline((a, b, waited): (Context, Context, Waited)) {
+    let seen = waited.recv_timeout(Duration::from_secs(20));
+    assert_eq!(
+        seen,
+        Ok(Ok(())),
+        "the other deadline fired while the callback waited"
+    );
+    assert_eq!(a.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(b.err(), Some(Error::DeadlineExceeded));
+}
+
+#[test]
+fn a_slow_deadline_callback_delays_no_timer_of_a_multi_thread_runtime() {
+    // The callback blocks its worker until another deadline has fired: that can happen only
+    // if the callback does not hold Tokio's timer driver. The other worker is kept busy, as
+    // an idle one would not look at the timers until it is woken (Tokio's own behaviour,
+    // whoever blocks a worker). Once for deadlines armed in a worker's task (the worker's
+    // wheel), once from the thread that runs `block_on` (Tokio's timer).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = rt.spawn({
+        let stop = stop.clone();
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let in_a_task = || {
+        rt.block_on(async {
+            tokio::spawn(async { a_callback_that_waits_for_another_deadline() })
+                .await
+                .unwrap()
+        })
+    };
+    let in_block_on = || rt.block_on(async { a_callback_that_waits_for_another_deadline() });
+    // One at a time: two blocked callbacks would block both workers.
+    for arm in [&in_a_task as &dyn Fn() -> _, &in_block_on] {
+        assert_the_callback_saw_the_other_deadline(arm());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(busy).unwrap();
+}
+
+#[test]
+fn a_slow_deadline_callback_delays_no_later_deadline_outside_a_runtime() {
+    // Outside a runtime, deadlines are kept by the crate's timer thread: a callback that
+    // blocks must not hold it up either.
+    assert_the_callback_saw_the_other_deadline(a_callback_that_waits_for_another_deadline());
 }
