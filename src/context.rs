@@ -62,6 +62,13 @@ use crate::value::{Key, Label, ValueNode, key_bit, key_id};
 ///   for each.
 /// - **Merge.** [`Context::merge`] is done when either of two contexts is; Go offers only a
 ///   recipe.
+///
+/// # Panics
+///
+/// Dropping the last handle to a context releases, iteratively, every context above it that
+/// nothing else holds, however long the chain. If the `Drop` of a value (or of a cause or
+/// callback a released context held) panics, the rest of the chain is still released, and the
+/// first such panic is then resumed from the drop, so it is not lost.
 #[derive(Clone)]
 pub struct Context {
     node: Node,
@@ -1082,17 +1089,42 @@ pub(crate) fn release(ctx: Context) {
 /// Lets go of `scope`; if that was the last reference, frees it and returns its parent
 /// (queueing a merge's other parent in `others`) for the caller to let go of next.
 #[inline(always)] // its result returned through memory stalled the loop below
-fn free(scope: Arc<Scope>, others: &mut Vec<Context>) -> Option<Context> {
+fn free(
+    scope: Arc<Scope>,
+    others: &mut Vec<Context>,
+    panic: &mut Option<Panic>,
+) -> Option<Context> {
     Arc::into_inner(scope).map(|mut scope| {
         let (parent, other) = scope.detach_parents();
         others.extend(other);
+        // A cause or callback it still holds is the user's, and may panic in its drop.
+        drop_caught(scope, panic);
         parent
     })
+}
+
+/// A panic caught while releasing a chain, to be resumed once the chain is released.
+type Panic = Box<dyn Any + Send + 'static>;
+
+/// Drops `node`, which may run the user's `Drop` code, and keeps the first panic in `panic`.
+///
+/// Whatever the node held that the release goes on with (its parents) must already be taken
+/// out of it: a panic here must not take them along. Pinned by
+/// `value_whose_drop_panics_midway_down_a_chain_does_not_stop_its_release`.
+#[inline(always)]
+fn drop_caught<T>(node: T, panic: &mut Option<Panic>) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(node))) {
+        // Any later panic is dropped: only one can be resumed.
+        panic.get_or_insert(payload);
+    }
 }
 
 fn release_chain(ctx: Context) {
     let mut next = Some(ctx);
     let mut others = Vec::new(); // only merges put anything here
+    // The rest of the chain is released whatever one node's drop does: a panic is caught where
+    // user code runs (the drop of a value node, or of a freed scope) and resumed at the end.
+    let mut panic = None;
     while let Some(ctx) = next.take().or_else(|| others.pop()) {
         next = match ctx.node {
             Node::Background | Node::Todo => None,
@@ -1109,17 +1141,27 @@ fn release_chain(ctx: Context) {
                         others.extend(other);
                         Some(parent)
                     }
-                    Err(scope) => free(scope, &mut others),
+                    Err(scope) => free(scope, &mut others, &mut panic),
                 }
             }
-            Node::Scope(scope) => free(scope, &mut others),
+            Node::Scope(scope) => free(scope, &mut others, &mut panic),
             // `get_mut` succeeds only for the sole owner (these nodes have no weak references).
             Node::Value(mut node) => {
-                Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent))
+                let parent = Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent));
+                drop_caught(node, &mut panic);
+                parent
             }
             Node::Detached(mut node) => {
                 Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent))
             }
         };
+    }
+    if let Some(payload) = panic {
+        // Resuming while this thread unwinds from another panic (this release runs in a drop
+        // during that unwinding) would abort the process: the panic already under way is the
+        // one the user sees.
+        if !std::thread::panicking() {
+            std::panic::resume_unwind(payload);
+        }
     }
 }

@@ -713,6 +713,54 @@ fn value_whose_drop_derives_contexts_is_dropped_cleanly() {
     });
 }
 
+/// A value that counts its drop in `dropped`, or panics in it instead.
+struct DropProbe {
+    dropped: Arc<AtomicUsize>,
+    panics: bool,
+}
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        assert!(!self.panics, "this value's drop panics");
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn value_whose_drop_panics_midway_down_a_chain_does_not_stop_its_release() {
+    const VALUES: usize = 1_000;
+    guarded(|| {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (root, _cancel_root) = Context::background().with_cancel();
+        let mut leaf = root.clone();
+        for i in 0..VALUES {
+            if i % 10 == 0 {
+                let (ctx, handle) = leaf.with_cancel();
+                handle.disarm();
+                leaf = ctx;
+            }
+            leaf = leaf.with_value(DropProbe {
+                dropped: dropped.clone(),
+                panics: i == VALUES / 2,
+            });
+        }
+        assert_eq!(census(&root).contexts, VALUES / 10);
+
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(leaf)))
+            .expect_err("the value's panic comes out of the drop");
+        assert_eq!(
+            panic.downcast_ref::<&str>(),
+            Some(&"this value's drop panics")
+        );
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            VALUES - 1,
+            "every other value was dropped"
+        );
+        assert!(census(&root).is_clean(), "{}", census(&root));
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deep chains
 
