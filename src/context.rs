@@ -62,6 +62,13 @@ use crate::value::{Key, Label, ValueNode, key_bit, key_id};
 ///   for each.
 /// - **Merge.** [`Context::merge`] is done when either of two contexts is; Go offers only a
 ///   recipe.
+///
+/// # Panics
+///
+/// Dropping the last handle to a context releases, iteratively, every context above it that
+/// nothing else holds, however long the chain. If the `Drop` of a value (or of a cause or
+/// callback a released context held) panics, the rest of the chain is still released, and the
+/// first such panic is then resumed from the drop, so it is not lost.
 #[derive(Clone)]
 pub struct Context {
     node: Node,
@@ -1017,7 +1024,19 @@ impl Context {
         TaskHandle::spawn(self, f(self.clone()))
     }
 
-    /// Writes this context's part of the Go-style name (after its parent's).
+    /// The other parent of a merge: its name goes inside this context's `.Merge(…)`.
+    fn merged_with(&self) -> Option<&Context> {
+        match &self.node {
+            Node::Scope(scope) => match scope.kind() {
+                Kind::Merge(merge) => Some(&merge.other),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Writes this context's layer of the Go-style name (after its parent's). A merge writes
+    /// only `.Merge(`: the caller writes the other parent's name and the `)`.
     fn fmt_link(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.node {
             Node::Background => f.write_str("context.Background"),
@@ -1033,9 +1052,37 @@ impl Context {
                     let left = at.saturating_duration_since(Instant::now());
                     write!(f, ".WithDeadline([{left:?}])")
                 }
-                Kind::Merge(merge) => write!(f, ".Merge({})", merge.other),
+                Kind::Merge(_) => f.write_str(".Merge("),
                 Kind::Token => f.write_str(".WithToken"),
             },
+        }
+    }
+}
+
+/// The most layers a context's name shows (see `Display for Context`).
+const NAME_LAYERS: usize = 256;
+
+/// One chain of a name being written: what is left to write of it, root first.
+struct NameChain<'a> {
+    /// The layers still to write.
+    shown: std::vec::IntoIter<&'a Context>,
+    /// How many layers follow them that are left out.
+    left_out: usize,
+}
+
+impl<'a> NameChain<'a> {
+    /// The chain that ends at `ctx`, of which the `room` layers nearest the root are kept.
+    ///
+    /// Only those are collected, so that a long chain costs two walks and no more memory.
+    fn new(ctx: &'a Context, room: usize) -> Self {
+        let chain = || std::iter::successors(Some(ctx), |ctx| ctx.parent());
+        let depth = chain().count();
+        let left_out = depth.saturating_sub(room);
+        let mut shown: Vec<_> = chain().skip(left_out).collect();
+        shown.reverse();
+        NameChain {
+            shown: shown.into_iter(),
+            left_out,
         }
     }
 }
@@ -1044,7 +1091,16 @@ impl fmt::Display for Context {
     /// Go's form, such as `context.Background.WithCancel.WithValue(type my_app::User)`.
     ///
     /// Values show their type (or key type) only, never their contents: a value may hold a
-    /// credential. A deadline shows the time left in brackets.
+    /// credential. A deadline shows the time left in brackets. A merge shows the name of its
+    /// other parent in parentheses: `context.Background.WithCancel.Merge(context.TODO)`.
+    ///
+    /// A name shows at most 256 layers: the root and each `.With…` or `.Merge(`, counting those
+    /// inside a merge's parentheses. Past that, `…(N more)` ends each chain that has layers left
+    /// out, N of them (a merge among them counts as one, whatever its other parent holds), and
+    /// every open `Merge(` is closed. Merges can make a name of exponential length (a context
+    /// merged with itself 64 times names 2^64 layers); this bound keeps every name short.
+    /// Writing a name uses no more stack however deep its chains and merges, and time linear in
+    /// the layers shown and the depth of the chains they are in.
     ///
     /// # Examples
     ///
@@ -1058,13 +1114,44 @@ impl fmt::Display for Context {
     ///     "context.Background.WithCancel.WithValue(type alloc::string::String).WithoutCancel",
     /// );
     /// assert!(!ctx.to_string().contains("hunter2"));
+    ///
+    /// let mut deep = Context::background();
+    /// for _ in 0..300 {
+    ///     deep = deep.with_value(0u8);
+    /// }
+    /// assert!(deep.to_string().ends_with(".WithValue(type u8)…(45 more)"));
     /// ```
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut chain = vec![self];
-        while let Some(parent) = chain[chain.len() - 1].parent() {
-            chain.push(parent);
+        // An explicit stack of the chains being written, one more for each open `Merge(`, so
+        // that no nesting of merges can overflow the thread's stack; and a budget of layers,
+        // as the work would double with each merge of a context with itself. Pinned by the
+        // `display_of_*` tests in `tests/bad_input.rs` and by
+        // `display_names_at_most_256_layers_and_counts_the_rest_of_the_chain`.
+        let mut room = NAME_LAYERS;
+        let mut chains = vec![NameChain::new(self, room)];
+        while let Some(chain) = chains.last_mut() {
+            match chain.shown.next() {
+                Some(ctx) if room > 0 => {
+                    room -= 1;
+                    ctx.fmt_link(f)?;
+                    if let Some(other) = ctx.merged_with() {
+                        chains.push(NameChain::new(other, room));
+                    }
+                }
+                unwritten => {
+                    let more =
+                        chain.left_out + chain.shown.len() + usize::from(unwritten.is_some());
+                    if more > 0 {
+                        write!(f, "…({more} more)")?;
+                    }
+                    chains.pop();
+                    if !chains.is_empty() {
+                        f.write_str(")")?;
+                    }
+                }
+            }
         }
-        chain.iter().rev().try_for_each(|ctx| ctx.fmt_link(f))
+        Ok(())
     }
 }
 
@@ -1099,17 +1186,42 @@ pub(crate) fn release(ctx: Context) {
 /// Lets go of `scope`; if that was the last reference, frees it and returns its parent
 /// (queueing a merge's other parent in `others`) for the caller to let go of next.
 #[inline(always)] // its result returned through memory stalled the loop below
-fn free(scope: Arc<Scope>, others: &mut Vec<Context>) -> Option<Context> {
+fn free(
+    scope: Arc<Scope>,
+    others: &mut Vec<Context>,
+    panic: &mut Option<Panic>,
+) -> Option<Context> {
     Arc::into_inner(scope).map(|mut scope| {
         let (parent, other) = scope.detach_parents();
         others.extend(other);
+        // A cause or callback it still holds is the user's, and may panic in its drop.
+        drop_caught(scope, panic);
         parent
     })
+}
+
+/// A panic caught while releasing a chain, to be resumed once the chain is released.
+type Panic = Box<dyn Any + Send + 'static>;
+
+/// Drops `node`, which may run the user's `Drop` code, and keeps the first panic in `panic`.
+///
+/// Whatever the node held that the release goes on with (its parents) must already be taken
+/// out of it: a panic here must not take them along. Pinned by
+/// `value_whose_drop_panics_midway_down_a_chain_does_not_stop_its_release`.
+#[inline(always)]
+fn drop_caught<T>(node: T, panic: &mut Option<Panic>) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(node))) {
+        // Any later panic is dropped: only one can be resumed.
+        panic.get_or_insert(payload);
+    }
 }
 
 fn release_chain(ctx: Context) {
     let mut next = Some(ctx);
     let mut others = Vec::new(); // only merges put anything here
+    // The rest of the chain is released whatever one node's drop does: a panic is caught where
+    // user code runs (the drop of a value node, or of a freed scope) and resumed at the end.
+    let mut panic = None;
     while let Some(ctx) = next.take().or_else(|| others.pop()) {
         next = match ctx.node {
             Node::Background | Node::Todo => None,
@@ -1126,17 +1238,27 @@ fn release_chain(ctx: Context) {
                         others.extend(other);
                         Some(parent)
                     }
-                    Err(scope) => free(scope, &mut others),
+                    Err(scope) => free(scope, &mut others, &mut panic),
                 }
             }
-            Node::Scope(scope) => free(scope, &mut others),
+            Node::Scope(scope) => free(scope, &mut others, &mut panic),
             // `get_mut` succeeds only for the sole owner (these nodes have no weak references).
             Node::Value(mut node) => {
-                Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent))
+                let parent = Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent));
+                drop_caught(node, &mut panic);
+                parent
             }
             Node::Detached(mut node) => {
                 Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent))
             }
         };
+    }
+    if let Some(payload) = panic {
+        // Resuming while this thread unwinds from another panic (this release runs in a drop
+        // during that unwinding) would abort the process: the panic already under way is the
+        // one the user sees.
+        if !std::thread::panicking() {
+            std::panic::resume_unwind(payload);
+        }
     }
 }

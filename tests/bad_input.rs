@@ -1,6 +1,7 @@
 //! Hostile and unusual input: overflowing, zero and past timeouts, deadlines, waiters and tasks
 //! outside or across runtimes and through runtime shutdown, panicking and re-entrant callbacks,
-//! re-entrant drops, and chains deep enough to overflow a naive recursive drop. Waits on real
+//! re-entrant and panicking drops, chains deep enough to overflow a naive recursive drop, and
+//! names of contexts too deep or too merged to write in full. Waits on real
 //! time (where there is no runtime to pause) block on a channel or a Tokio timeout; their 10 s
 //! bounds only ever catch hangs.
 
@@ -863,6 +864,54 @@ fn value_whose_drop_derives_contexts_is_dropped_cleanly() {
     });
 }
 
+/// A value that counts its drop in `dropped`, or panics in it instead.
+struct DropProbe {
+    dropped: Arc<AtomicUsize>,
+    panics: bool,
+}
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        assert!(!self.panics, "this value's drop panics");
+        self.dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn value_whose_drop_panics_midway_down_a_chain_does_not_stop_its_release() {
+    const VALUES: usize = 1_000;
+    guarded(|| {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (root, _cancel_root) = Context::background().with_cancel();
+        let mut leaf = root.clone();
+        for i in 0..VALUES {
+            if i % 10 == 0 {
+                let (ctx, handle) = leaf.with_cancel();
+                handle.disarm();
+                leaf = ctx;
+            }
+            leaf = leaf.with_value(DropProbe {
+                dropped: dropped.clone(),
+                panics: i == VALUES / 2,
+            });
+        }
+        assert_eq!(census(&root).contexts, VALUES / 10);
+
+        let panic = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(leaf)))
+            .expect_err("the value's panic comes out of the drop");
+        assert_eq!(
+            panic.downcast_ref::<&str>(),
+            Some(&"this value's drop panics")
+        );
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            VALUES - 1,
+            "every other value was dropped"
+        );
+        assert!(census(&root).is_clean(), "{}", census(&root));
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Deep chains
 
@@ -982,5 +1031,102 @@ fn chain_of_100_000_contexts_with_handles_dropped_leaf_first_does_not_overflow_t
         }
         assert_eq!(Arc::strong_count(&marker), 1);
         assert!(census(&root).is_clean());
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names of huge contexts
+
+/// Far more than a name of at most 256 short layers and its `…(N more)` marks can take.
+const NAME_CAP: usize = 16 * 1024;
+
+/// A buffer that refuses to grow past `NAME_CAP` bytes, so that a name without bound fails the
+/// test at once rather than filling memory.
+#[derive(Default)]
+struct Capped(String);
+
+impl std::fmt::Write for Capped {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.0.len() + s.len() > NAME_CAP {
+            return Err(std::fmt::Error);
+        }
+        self.0.push_str(s);
+        Ok(())
+    }
+}
+
+/// `ctx`'s `Display` and `Debug`, each of which must fit in `NAME_CAP` bytes.
+fn bounded_names(ctx: &Context) -> (String, String) {
+    use std::fmt::Write;
+    let (mut shown, mut debug) = (Capped::default(), Capped::default());
+    write!(shown, "{ctx}").expect("the name fits in NAME_CAP bytes");
+    write!(debug, "{ctx:?}").expect("the Debug form fits in NAME_CAP bytes");
+    (shown.0, debug.0)
+}
+
+#[test]
+fn display_of_10_000_nested_merges_on_a_2_mib_stack_is_elided() {
+    guarded_with_stack(DEFAULT_STACK, || {
+        let (base, _cancel) = Context::background().with_cancel();
+        let mut merged = base.clone();
+        for _ in 0..10_000 {
+            merged = base.merge(&merged);
+        }
+        // Unbounded buffers: a recursive walk of the name overflows the stack before it is long.
+        let (shown, debug) = (merged.to_string(), format!("{merged:?}"));
+        assert!(shown.len() <= NAME_CAP, "{} bytes", shown.len());
+        assert!(
+            shown.starts_with(
+                "context.Background.WithCancel.Merge(context.Background.WithCancel.Merge("
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(".Merge(context.Background…(2 more))"),
+            "the rest is elided: {shown}"
+        );
+        assert_eq!(
+            shown.matches('(').count(),
+            shown.matches(')').count(),
+            "every open Merge( is closed"
+        );
+        assert!(debug.contains(&shown), "{debug}");
+    });
+}
+
+#[test]
+fn display_of_a_context_merged_with_itself_64_times_is_bounded() {
+    guarded(|| {
+        let (mut merged, _cancel) = Context::background().with_cancel();
+        for _ in 0..64 {
+            merged = merged.merge(&merged);
+        }
+        let (shown, _) = bounded_names(&merged);
+        assert!(shown.starts_with("context.Background.WithCancel.Merge("));
+        assert!(shown.contains(" more)"), "the rest is elided: {shown}");
+    });
+}
+
+#[test]
+fn display_of_a_chain_of_100_000_contexts_is_elided_without_overflow() {
+    guarded_with_stack(DEFAULT_STACK, || {
+        let (root, _cancel_root) = Context::background().with_cancel();
+        let mut leaf = root.clone();
+        for i in 0..CHAIN {
+            leaf = if i % 2 == 0 {
+                let (ctx, handle) = leaf.with_cancel();
+                handle.disarm();
+                ctx
+            } else {
+                leaf.with_value(i)
+            };
+        }
+        let (shown, _) = bounded_names(&leaf);
+        assert!(
+            shown.starts_with("context.Background.WithCancel.WithCancel.WithValue(type usize)"),
+            "{shown}"
+        );
+        // 100,002 layers with the root and its `WithCancel`, of which the first 256 are named.
+        assert!(shown.ends_with("…(99746 more)"), "{shown}");
     });
 }

@@ -107,6 +107,30 @@ fn display_of_merge_and_token_layers() {
     );
 }
 
+#[test]
+fn display_names_at_most_256_layers_and_counts_the_rest_of_the_chain() {
+    let mut parent = Context::background();
+    for _ in 0..254 {
+        parent = parent.with_value(0u8);
+    }
+    let ctx = parent.with_value(0u8);
+    let full = format!("context.Background{}", ".WithValue(type u8)".repeat(255));
+    assert_eq!(ctx.to_string(), full, "256 layers: named in full");
+
+    let (longer, _cancel) = ctx.with_cancel();
+    assert_eq!(longer.to_string(), format!("{full}…(1 more)"));
+
+    let merged = parent.merge(&Context::todo());
+    assert_eq!(
+        merged.to_string(),
+        format!(
+            "{}.Merge(…(1 more))",
+            &full[..full.len() - ".WithValue(type u8)".len()]
+        ),
+        "the other parent's root would be the 257th layer"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn display_of_deadline_layers() {
     let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(5));
