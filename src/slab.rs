@@ -1,4 +1,5 @@
-//! A minimal slab: stable indices, O(1) insert and remove, no allocation once warm.
+//! A minimal slab: stable indices, O(1) amortised insert and remove, no allocation once warm,
+//! and room given back once it is well below what the slab holds at its peak.
 //!
 //! Each scope keeps its registrations (children, waiting futures, callbacks) in one of these so
 //! that a registration can be removed by the index it was given, without a search.
@@ -11,9 +12,49 @@
 //! with the slimmer scope it is faster there too: 60.8 -> 53.5 ms, and `CancelTree` at depth
 //! 1,000 `Background` 99.7 -> 80.1 us, `OpenCanceler` 141.4 -> 110.5 us (medians of 3
 //! alternating runs).
+//!
+//! # Invariants
+//!
+//! "The room" is `rest`'s capacity; its upper half, the entries with an index above half of it.
+//!
+//! 1. An index names one entry from the insert that returns it to the removal that ends it:
+//!    entries never move (a wheel's lists and a scope's link hold indices). So only the vacant
+//!    tail of `rest` can be given back, and a full entry pins the room below it until it goes.
+//! 2. Every vacant entry is either free, linked once into the list that `next_free` heads and
+//!    [`NONE`] ends, or parked: linked nowhere and marked [`PARKED`], so that it can be dropped
+//!    from the tail without a search of the list. Only a sparse slab parks entries.
+//! 3. A slab is sparse (`SPARSE` set in `len`) from a removal that leaves it at most a quarter
+//!    full of a room larger than [`MIN_ROOM`] until it empties, fills its lower half (then
+//!    [`Slab::grow`] frees what is parked), or a [`Slab::settle`] finds it fuller. While it is,
+//!    every vacant entry in its upper half is parked and the room does not change: inserts
+//!    fill the lower half and the upper half only empties. Once its last full entry goes, the
+//!    tail is dropped down to the lower half and `settle` shrinks the room to half or less. So
+//!    live entries drift to the front as they are replaced, and the room follows them down
+//!    (`a_steady_load_after_a_burst_drifts_to_the_front_and_gives_the_room_back`).
+//! 4. The room shrinks to no less than twice the entries held and [`MIN_ROOM`], and to nothing
+//!    below the last full entry (`a_slab_emptied_to_a_few_entries_gives_its_room_back`).
+//!
+//! Why it cannot thrash: each step that visits the whole room (a settle, the unparking of a
+//! sparse slab whose lower half is full, a growth or a shrink) follows a quarter of the room's
+//! worth of inserts or removals since the room last changed, or halves the room, and halvings
+//! add up to less than twice the first. A shrink leaves the slab at most half full, so growing
+//! back takes as many inserts as it holds, and shrinking again as many removals
+//! (`shrinking_costs_a_bounded_amount_of_work_per_operation`).
 
 /// The most entries [`Slab::clear`] keeps room for.
 const KEPT_CAPACITY: usize = 16;
+
+/// The room a slab never gives back: below it, a slab stays as it is.
+const MIN_ROOM: usize = 64;
+
+/// The end of the free list: above every index (see [`Slab::grow`]).
+const NONE: u32 = u32::MAX;
+
+/// The link of a parked entry (invariant 2): never followed.
+const PARKED: usize = usize::MAX;
+
+/// In `len`, the flag of a sparse slab (invariant 3); the count is the bits below.
+const SPARSE: u32 = 1 << 31;
 
 pub(crate) struct Slab<T> {
     /// Entry 0, inline: most slabs hold one entry at a time (a link of a chain has one child,
@@ -21,11 +62,12 @@ pub(crate) struct Slab<T> {
     first: Entry<T>,
     /// Entries 1 and up: entry `i` is `rest[i - 1]`.
     rest: Vec<Entry<T>>,
-    /// Index of the first vacant entry, or `1 + rest.len()` when there is none. Vacant
-    /// entries are linked through their `next_free`; some of `rest`'s may never have been
-    /// filled (see [`Slab::grow`]). It and `len` are 32 bits wide, which keeps a scope's lock
-    /// in a 96-byte glibc chunk (see `Inner` in `tree.rs`); [`Slab::grow`] stops at that size.
+    /// Index of the first free entry, or [`NONE`]. Free entries are linked through their
+    /// `next_free`; some of `rest`'s may never have been filled (see [`Slab::grow`]). It and
+    /// `len` are 32 bits wide, which keeps a scope's lock in a 96-byte glibc chunk (see
+    /// `Inner` in `tree.rs`); [`Slab::grow`] stops at that size.
     next_free: u32,
+    /// How many entries are full, and [`SPARSE`].
     len: u32,
 }
 
@@ -43,7 +85,9 @@ enum Entry<T> {
 impl<T> Slab<T> {
     pub(crate) const fn new() -> Self {
         Slab {
-            first: Entry::Vacant { next_free: 1 },
+            first: Entry::Vacant {
+                next_free: NONE as usize,
+            },
             rest: Vec::new(),
             next_free: 0,
             len: 0,
@@ -51,7 +95,7 @@ impl<T> Slab<T> {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len as usize
+        (self.len & !SPARSE) as usize
     }
 
     #[inline(always)]
@@ -78,10 +122,10 @@ impl<T> Slab<T> {
     /// 36.6 -> 29.9 ns per derive; 1,000 children, all in cache: 26.4 -> 21.4.)
     #[inline(always)]
     pub(crate) fn insert_with(&mut self, make: impl FnOnce() -> T) -> usize {
-        let index = self.next_free as usize;
-        if index > self.rest.len() {
+        if self.next_free == NONE {
             self.grow();
         }
+        let index = self.next_free as usize;
         let Some(entry) = self.entry_mut(index) else {
             unreachable!("the free list only links entries that exist")
         };
@@ -102,23 +146,34 @@ impl<T> Slab<T> {
     // then as many as it holds (its growth doubles it, as one more push would): so the room
     // follows the most entries ever held as it did with `Vec::push`, which `clear`'s
     // `KEPT_CAPACITY` relies on.
+    // A sparse slab whose lower half is full frees its parked entries first (invariant 3).
     #[cold]
     #[inline(never)]
     fn grow(&mut self) {
-        debug_assert_eq!(self.next_free as usize, 1 + self.rest.len());
+        debug_assert_eq!(self.next_free, NONE);
+        if self.len & SPARSE != 0 {
+            self.len &= !SPARSE;
+            self.relink(usize::MAX);
+            if self.next_free != NONE {
+                return;
+            }
+        }
         let start = self.rest.len();
         let room = self.rest.capacity() - start;
         let add = if room > 0 { room } else { start.max(1) };
         let end = start + add.min(32);
-        // Entry `end`'s index, the "none" the last new entry links to, must fit in 32 bits:
-        // 4 billion registrations in one scope (100 GB of them) is no program's.
+        // The last index, `end`, must stay below [`NONE`], and the count, at most `end + 1`,
+        // below [`SPARSE`]: 2 billion registrations in one scope (50 GB of them) is no
+        // program's.
         assert!(
-            end < u32::MAX as usize,
-            "more than 4 billion registrations in one slab"
+            end + 1 < SPARSE as usize,
+            "more than 2 billion registrations in one slab"
         );
-        // `rest[i]` is entry `i + 1`; the last links to `1 + rest.len()`, "none".
-        self.rest
-            .extend((start..end).map(|i| Entry::Vacant { next_free: i + 2 }));
+        // `rest[i]` is entry `i + 1`; the last links to [`NONE`].
+        self.rest.extend((start..end).map(|i| Entry::Vacant {
+            next_free: if i + 1 < end { i + 2 } else { NONE as usize },
+        }));
+        self.next_free = start as u32 + 1;
     }
 
     pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut T> {
@@ -143,18 +198,106 @@ impl<T> Slab<T> {
         self.next_free = index as u32;
         self.len -= 1;
         if self.len == 0 {
-            // Forget the free list but keep the capacity: the next insert starts at index 0.
+            // Forget the free list: the next insert starts at index 0.
             self.reset_free_list();
+        } else if self.rest.capacity() > MIN_ROOM
+            && (self.len & SPARSE != 0 || 4 * self.len as usize <= self.rest.capacity())
+        {
+            self.removed_from_sparse(index);
         }
         Some(value)
     }
 
-    /// Empties the free list, for a slab that holds nothing.
+    /// After a removal (of `index`, now the free list's head) from a slab at most a quarter
+    /// full: makes it sparse, or keeps it so (invariant 3).
+    #[cold]
+    #[inline(never)]
+    fn removed_from_sparse(&mut self, index: usize) {
+        if self.len & SPARSE == 0 {
+            return self.settle();
+        }
+        if self.len() == 0 {
+            return self.reset_free_list();
+        }
+        let half = self.rest.capacity() / 2;
+        if index <= half {
+            return;
+        }
+        let Some(Entry::Vacant { next_free }) = self.entry_mut(index) else {
+            unreachable!("just removed")
+        };
+        let next = std::mem::replace(next_free, PARKED);
+        self.next_free = next as u32;
+        if index == self.rest.len() {
+            while let Some(Entry::Vacant { next_free: PARKED }) = self.rest.last() {
+                self.rest.pop();
+                #[cfg(test)]
+                tests::visited(1);
+            }
+            if self.rest.len() <= half {
+                self.settle();
+            }
+        }
+    }
+
+    /// Drops the vacant tail, shrinks the room to what is left if that halves it, and links
+    /// the free list anew, lowest index first, parking the upper half if the slab is still
+    /// sparse (invariants 3 and 4).
+    #[cold]
+    #[inline(never)]
+    fn settle(&mut self) {
+        #[cfg(test)]
+        tests::visited(self.rest.len());
+        while let Some(Entry::Vacant { .. }) = self.rest.last() {
+            self.rest.pop();
+        }
+        let len = self.len();
+        let target = self.rest.len().max(2 * len).max(MIN_ROOM);
+        if target <= self.rest.capacity() / 2 {
+            self.rest.shrink_to(target);
+        }
+        let room = self.rest.capacity();
+        let sparse = room > MIN_ROOM && 4 * len <= room;
+        // `len` is below `SPARSE` (see `grow`).
+        self.len = len as u32 | if sparse { SPARSE } else { 0 };
+        self.relink(if sparse { room / 2 } else { usize::MAX });
+    }
+
+    /// Links every vacant entry with an index up to `bound` into the free list, in order, and
+    /// parks the others.
+    fn relink(&mut self, bound: usize) {
+        #[cfg(test)]
+        tests::visited(self.rest.len());
+        let mut head = NONE as usize;
+        for (i, entry) in self.rest.iter_mut().enumerate().rev() {
+            if let Entry::Vacant { next_free } = entry {
+                // `rest[i]` is entry `i + 1`.
+                *next_free = if i < bound {
+                    std::mem::replace(&mut head, i + 1)
+                } else {
+                    PARKED
+                };
+            }
+        }
+        if let Entry::Vacant { next_free } = &mut self.first {
+            *next_free = std::mem::replace(&mut head, 0);
+        }
+        // An index below `NONE`, or `NONE`.
+        self.next_free = head as u32;
+    }
+
+    /// Empties the free list, for a slab that holds nothing, and gives back its room beyond
+    /// [`MIN_ROOM`].
     fn reset_free_list(&mut self) {
         if !self.rest.is_empty() {
             self.rest.clear();
         }
-        self.first = Entry::Vacant { next_free: 1 };
+        if self.rest.capacity() > MIN_ROOM {
+            self.rest.shrink_to(MIN_ROOM);
+        }
+        self.first = Entry::Vacant {
+            next_free: NONE as usize,
+        };
         self.next_free = 0;
         self.len = 0;
     }
@@ -167,7 +310,7 @@ impl<T> Slab<T> {
             self.reset_free_list();
         }
         debug_assert!(
-            matches!(self.first, Entry::Vacant { next_free: 1 })
+            matches!(self.first, Entry::Vacant { next_free } if next_free == NONE as usize)
                 && self.rest.is_empty()
                 && self.next_free == 0
         );
@@ -206,7 +349,12 @@ impl<T> Slab<T> {
 
     /// Hands every value to `f` and leaves the slab empty, with its capacity.
     pub(crate) fn drain(&mut self, mut f: impl FnMut(T)) {
-        let first = std::mem::replace(&mut self.first, Entry::Vacant { next_free: 1 });
+        let first = std::mem::replace(
+            &mut self.first,
+            Entry::Vacant {
+                next_free: NONE as usize,
+            },
+        );
         if let Entry::Full(value) = first {
             f(value);
         }
@@ -233,7 +381,62 @@ impl<T> Slab<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::Slab;
+    use std::cell::Cell;
+
+    use super::{Entry, MIN_ROOM, NONE, PARKED, SPARSE, Slab};
+
+    std::thread_local! {
+        /// How many entries this thread's slabs visited in steps that may visit the whole room.
+        static VISITED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub(super) fn visited(entries: usize) {
+        VISITED.with(|visited| visited.set(visited.get() + entries));
+    }
+
+    /// Checks invariants 2 to 4: the free list links vacant entries only, each once; the rest
+    /// of the vacant entries are parked, only in a sparse slab's upper half, and in a sparse
+    /// slab every vacant entry there is; the count is right.
+    fn check<T>(slab: &Slab<T>) {
+        let entry = |index: usize| match index.checked_sub(1) {
+            None => &slab.first,
+            Some(i) => &slab.rest[i],
+        };
+        let entries = 1 + slab.rest.len();
+        let mut free = vec![false; entries];
+        let mut index = slab.next_free as usize;
+        while index != NONE as usize {
+            assert!(!free[index], "entry {index} linked twice");
+            free[index] = true;
+            let Entry::Vacant { next_free } = *entry(index) else {
+                panic!("full entry {index} in the free list")
+            };
+            index = next_free;
+        }
+        let sparse = slab.len & SPARSE != 0;
+        let half = slab.rest.capacity() / 2;
+        let mut full = 0;
+        for (index, is_free) in free.into_iter().enumerate() {
+            match *entry(index) {
+                Entry::Full(_) => full += 1,
+                Entry::Vacant { next_free } if next_free == PARKED => {
+                    assert!(sparse && index > half, "entry {index} parked out of place");
+                }
+                Entry::Vacant { .. } => {
+                    assert!(is_free, "vacant entry {index} is neither free nor parked");
+                    assert!(
+                        !sparse || index <= half,
+                        "free entry {index} in the upper half"
+                    );
+                }
+            }
+        }
+        assert_eq!(full, slab.len());
+        assert!(!matches!(
+            slab.rest.last(),
+            Some(Entry::Vacant { next_free: PARKED })
+        ));
+    }
 
     #[test]
     fn indices_are_stable_and_reused() {
@@ -316,7 +519,11 @@ mod tests {
                 assert_eq!(slab.remove_if(index, |_| true), None, "removed once");
             }
             assert_eq!(slab.len(), model.len());
+            if step % 97 == 0 {
+                check(&slab);
+            }
         }
+        check(&slab);
         for (&index, &value) in &model {
             assert_eq!(slab.get_mut(index).copied(), Some(value));
         }
@@ -326,6 +533,140 @@ mod tests {
         all.sort();
         expected.sort();
         assert_eq!(all, expected);
+    }
+
+    /// A deterministic shuffle (xorshift), so that removals come in no particular order.
+    fn shuffle<T>(items: &mut [T], mut seed: u64) {
+        for i in (1..items.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            items.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+    }
+
+    /// After a burst of 100,000, the few entries that stay (scattered among the first ones,
+    /// with holes between them) hold room within a small factor of their number.
+    #[test]
+    fn a_slab_emptied_to_a_few_entries_gives_its_room_back() {
+        let mut slab = Slab::new();
+        let ids: Vec<usize> = (0..100_000).map(|i| slab.insert(i)).collect();
+        assert!(slab.capacity() >= 100_000 - 1, "entry 0 is inline");
+        let (kept, mut gone): (Vec<_>, Vec<_>) =
+            ids.into_iter().partition(|&i| i < 96 && i % 3 == 0);
+        shuffle(&mut gone, 0x9E37_79B9_7F4A_7C15);
+        for index in gone {
+            assert_eq!(slab.remove_if(index, |_| true), Some(index));
+        }
+        assert_eq!(slab.len(), kept.len());
+        assert!(
+            slab.capacity() <= 4 * slab.len(),
+            "{} entries of room for {}",
+            slab.capacity(),
+            slab.len()
+        );
+        for index in kept {
+            assert_eq!(
+                slab.get_mut(index).copied(),
+                Some(index),
+                "indices are stable"
+            );
+        }
+    }
+
+    /// Entries that stay after a burst are scattered over its whole room, and pin it; but as
+    /// they are replaced (a steady load of 100 entries, each living for 100 operations), the
+    /// new ones go to the front, and the room follows them down.
+    #[test]
+    fn a_steady_load_after_a_burst_drifts_to_the_front_and_gives_the_room_back() {
+        use std::collections::VecDeque;
+        let mut slab = Slab::new();
+        let ids: Vec<usize> = (0..100_000).map(|i| slab.insert(i)).collect();
+        let (kept, mut gone): (Vec<_>, Vec<_>) = ids.into_iter().partition(|&i| i % 1_000 == 999);
+        shuffle(&mut gone, 0x2545_F491_4F6C_DD1D);
+        for index in gone {
+            slab.remove_if(index, |_| true);
+        }
+        let mut live: VecDeque<(usize, usize)> = kept.into_iter().map(|i| (i, i)).collect();
+        shuffle(live.make_contiguous(), 0x1234_5678_9ABC_DEF1);
+        assert!(
+            slab.capacity() >= 99_999,
+            "the last entry pins the room below it"
+        );
+        for value in 100_000..100_000 + 100 * 20 {
+            let (index, old) = live.pop_front().unwrap();
+            assert_eq!(slab.remove_if(index, |_| true), Some(old));
+            live.push_back((slab.insert(value), value));
+        }
+        assert!(
+            slab.capacity() <= 4 * slab.len().max(MIN_ROOM),
+            "{} entries of room for {}",
+            slab.capacity(),
+            slab.len()
+        );
+        for (index, value) in live {
+            assert_eq!(slab.get_mut(index).copied(), Some(value));
+        }
+    }
+
+    /// The steps that visit the whole room stay within a few entries per insert or removal,
+    /// even where a naive rule would repeat them at every operation: a slab that hovers at a
+    /// quarter full while its last entry pins the room, and one whose evenly spread entries
+    /// go from the last down, each leaving only three vacant entries behind it.
+    #[test]
+    fn shrinking_costs_a_bounded_amount_of_work_per_operation() {
+        let mut operations = 0;
+        let mut next = {
+            let mut seed: u64 = 0x0DDB_1A5E_5BAD_5EED;
+            move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            }
+        };
+        VISITED.with(|visited| visited.set(0));
+
+        // Hovering: the last entry pinned, about a quarter full.
+        let mut slab = Slab::new();
+        let mut ids: Vec<usize> = (0..100_000).map(|i| slab.insert(i)).collect();
+        let last = ids.pop().unwrap();
+        shuffle(&mut ids, next());
+        let quarter = slab.rest.capacity() / 4;
+        while slab.len() > quarter + 1 {
+            slab.remove_if(ids.pop().unwrap(), |_| true).unwrap();
+        }
+        for step in 0..100_000 {
+            if step % 2 == 0 {
+                let at = (next() % ids.len() as u64) as usize;
+                slab.remove_if(ids.swap_remove(at), |_| true).unwrap();
+            } else {
+                ids.push(slab.insert(step));
+            }
+        }
+        assert!(slab.get_mut(last).is_some());
+        check(&slab);
+        operations += 200_000;
+
+        // Evenly spread, going from the last down.
+        let mut slab = Slab::new();
+        let mut ids: Vec<usize> = (0..100_000).map(|i| slab.insert(i)).collect();
+        let (mut kept, mut gone): (Vec<_>, Vec<_>) = ids.drain(..).partition(|i| i % 4 == 0);
+        shuffle(&mut gone, next());
+        kept.sort_unstable();
+        for index in gone.into_iter().chain(kept.into_iter().rev()) {
+            slab.remove_if(index, |_| true).unwrap();
+            if index % 1_000 == 0 {
+                check(&slab);
+            }
+        }
+        operations += 200_000;
+
+        let visited = VISITED.with(Cell::get);
+        assert!(
+            visited <= 8 * operations,
+            "{visited} entries visited in {operations} operations"
+        );
     }
 
     #[test]

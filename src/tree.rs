@@ -2745,6 +2745,24 @@ mod tests {
         }
     }
 
+    /// A live parent whose crowd of registered children has gone gives their room back: to
+    /// a little, whether a few of them stay or none does.
+    #[test]
+    fn a_live_parent_gives_back_the_room_of_children_gone() {
+        on_fresh_thread(|| {
+            let (parent, _cancel) = Context::background().with_cancel();
+            let room = || parent.scope().unwrap().lock().regs.capacity();
+            let mut children: Vec<_> = (0..100_000).map(|_| linked(parent.with_cancel())).collect();
+            assert!(room() >= 100_000 - 1, "entry 0 is inline");
+            let stay: Vec<_> = children.drain(..20).collect();
+            drop(children);
+            assert!(room() <= 64, "{} entries of room for 20 children", room());
+            drop(stay);
+            assert!(room() <= 64, "{} entries of room for none", room());
+            assert!(!parent.is_done());
+        });
+    }
+
     /// A scope whose handle and context went first is released by its last child's link to
     /// it, and reused: as `CancelTree/Root=ClosedCanceler` drops its root.
     #[test]

@@ -476,6 +476,46 @@ mod tests {
         assert_eq!(state.next_tick(), None);
     }
 
+    /// A burst of deadlines armed on a worker and dropped gives the wheel's room back: to a
+    /// little, whether a few of them stay or none does.
+    #[test]
+    fn a_wheel_gives_back_the_room_of_a_burst_of_deadlines() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::spawn(async {
+                // All on one worker, in one poll: this thread's wheel.
+                let room = || {
+                    super::LOCAL.with(|local| {
+                        let local = local.borrow();
+                        local
+                            .wheel
+                            .as_ref()
+                            .map(|wheel| wheel.lock().entries.capacity())
+                    })
+                };
+                let mut deadlines: Vec<_> = (0..200_000)
+                    .map(|_| Context::background().with_timeout(Duration::from_secs(600)))
+                    .collect();
+                assert!(room().unwrap() >= 200_000 - 1, "entry 0 is inline");
+                let stay: Vec<_> = deadlines.drain(..20).collect();
+                drop(deadlines);
+                assert!(room().unwrap() <= 64, "{:?} entries of room for 20", room());
+                drop(stay);
+                assert!(
+                    room().unwrap() <= 64,
+                    "{:?} entries of room for none",
+                    room()
+                );
+            })
+            .await
+            .unwrap();
+        });
+    }
+
     /// A `Sleep` that fires before `arm` stores it must not leave the wheel armed with a
     /// `Sleep` that never wakes again: later deadlines on the same worker still fire.
     #[test]
