@@ -21,7 +21,7 @@
 //!    `DeadlineExceeded`, not early. Resident memory (`VmRSS`) and the live heap (counted by
 //!    this program's allocator) are read at process start, after a warm-up of a quarter of the
 //!    cycles (at least 100,000) and at the end, and all are printed; the run fails if after the
-//!    warm-up the live heap grew by 0.01 byte per cycle or more, or `VmRSS` by more than 5%
+//!    warm-up the live heap grew by 0.01 byte per cycle or more, or `VmRSS` by more than 5% (and 512 KiB)
 //!    (see `soak` for why the warm-up is left out). The parent's census must be clean at the end.
 //! 2. **tree**: a random tree of 1,000,000 contexts (quick: 100,000) cancelled from every thread
 //!    at once in random order, each node with a cause of its own, while other threads derive new
@@ -36,7 +36,8 @@
 //!    short ones still fire afterwards, and nothing is left registered.
 //! 5. **hostile**: 10,000 deadlines (quick: 2,000) due over 200 ms on a two-worker runtime,
 //!    half in the workers' wheels, half in Tokio's timer, whose `after_func` callbacks block
-//!    for 1-5 ms (one in 64) or panic (one in 16), and whose waiters' wakers panic (one in 16).
+//!    for 1-5 ms (about 32 of them) or panic (one in 16), and whose waiters' wakers panic (one
+//!    in 16).
 //!    Every context must end done with `DeadlineExceeded`, every other callback run and every
 //!    other waiter wake; a 1 ms ticker on the same runtime prints how late the other timers
 //!    were (the p99 and the worst tick).
@@ -369,9 +370,15 @@ const FIRING_CAUSE: &str = "soak deadline fired";
 const FIRING: usize = 8;
 
 /// Growth allowed after the warm-up: of the live heap, in bytes per cycle; of `VmRSS`, in
-/// percent.
+/// percent or `RSS_FLOOR_KIB`, whichever is larger. The floor is for the allocator's
+/// per-thread arenas, which keep the highest mark their live data ever reached: deadlines fire
+/// in bursts, each cancelled by a task of its own, and the rare bursts that coincide raise
+/// those marks by a few hundred KiB in all, in quick and full runs alike (a diff of
+/// `/proc/self/smaps` across the soak shows it in the arenas' mappings alone), while a leak
+/// grows with the cycles, and the live heap, counted exactly, shows none.
 const HEAP_PER_CYCLE: f64 = 0.01;
 const RSS_PERCENT: f64 = 5.0;
+const RSS_FLOOR_KIB: u64 = 512;
 
 /// What the soak counts, warm-up included.
 #[derive(Default)]
@@ -490,7 +497,7 @@ fn soak(
     // 10 M (0.3% with `GLIBC_TUNABLES=glibc.malloc.tcache_count=0`) while the live heap does
     // not grow at all; presumably a woken task often resumes on the other worker and frees
     // there what the first allocated. A warm-up of a quarter of the run lets those caches reach
-    // their size; the 5% limit then catches what the heap count cannot see (threads, stacks,
+    // their size; the RSS limit then catches what the heap count cannot see (threads, stacks,
     // mappings).
     // A quarter of the run (at least 100,000 cycles): long enough for the allocator's per-thread
     // caches to reach the size that deadlines firing on either worker give them.
@@ -559,7 +566,7 @@ fn soak(
     );
     println!(
         "  RSS growth: {:+} KiB from process start ({:+.2}%, not bounded); {rss_grown:+} KiB \
-         after the warm-up ({:+.2}%, {rss_per_cycle:+.4} B/cycle; limit +{RSS_PERCENT}%)",
+         after the warm-up ({:+.2}%, {rss_per_cycle:+.4} B/cycle; limit +{RSS_PERCENT}% or +{RSS_FLOOR_KIB} KiB)",
         after as i64 - rss_at_start as i64,
         percent(rss_at_start as f64, after as f64),
         percent(before as f64, after as f64)
@@ -578,16 +585,15 @@ fn soak(
          what each cycle leaves behind, which the live heap shows exactly and VmRSS along with \
          what the allocator keeps, hence its looser limit)"
     );
-    checks.check(
-        after as f64 <= before as f64 * (1.0 + RSS_PERCENT / 100.0),
-        || {
-            format!(
-                "soak: resident memory grew after the warm-up from {} to {} (over {RSS_PERCENT}%)",
-                mib(before),
-                mib(after)
-            )
-        },
-    );
+    let rss_allowed = (before as f64 * RSS_PERCENT / 100.0).max(RSS_FLOOR_KIB as f64);
+    checks.check(after as f64 <= before as f64 + rss_allowed, || {
+        format!(
+            "soak: resident memory grew after the warm-up from {} to {} (over {RSS_PERCENT}% \
+             and {RSS_FLOOR_KIB} KiB)",
+            mib(before),
+            mib(after)
+        )
+    });
     checks.check(heap_per_cycle < HEAP_PER_CYCLE, || {
         format!(
             "soak: the live heap grew after the warm-up by {heap_per_cycle:.6} bytes per cycle \
@@ -1289,11 +1295,16 @@ impl std::task::Wake for PanickingWaker {
     }
 }
 
+/// How many `hostile` callbacks block (for 1-5 ms each), on average, whatever the number of
+/// deadlines: about a quarter of the two workers' time over the 200 ms, so that the ticker
+/// measures the timers' lateness, not a saturated runtime.
+const BLOCKING: usize = 32;
+
 /// Deadlines whose callbacks block or panic and whose waiters' wakers panic, with a ticker
 /// measuring how late the runtime's other timers run meanwhile.
 fn hostile(checks: &Checks, contexts: usize) {
     println!(
-        "hostile: {contexts} deadlines over 200 ms; callbacks block (1 in 64) or panic (1 in 16)"
+        "hostile: {contexts} deadlines over 200 ms; about {BLOCKING} callbacks block, 1 in 16 panic"
     );
     let rt = multi_thread_runtime(2);
     let ran = Arc::new(AtomicUsize::new(0));
@@ -1305,10 +1316,9 @@ fn hostile(checks: &Checks, contexts: usize) {
     let mut plans = Vec::with_capacity(contexts);
     for _ in 0..contexts {
         let due = Duration::from_micros(1_000 + rng.below(199_000) as u64);
-        let roll = rng.below(16);
-        let block = (roll == 0 && rng.below(4) == 0)
+        let block = (rng.below(contexts) < BLOCKING)
             .then(|| Duration::from_micros(1_000 + rng.below(4_000) as u64));
-        let panics = roll == 1;
+        let panics = rng.below(16) == 0;
         let waker_panics = rng.below(16) == 0;
         expected_runs += usize::from(!panics);
         expected_panics += usize::from(panics) + usize::from(waker_panics);

@@ -487,6 +487,10 @@ mod tests {
     /// unique while held, every value stays where it was put, and the vacant entries that
     /// `grow` links in ahead of time are reused before the slab grows again.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "a scale test, too slow under Miri; smaller tests reach the same code"
+    )]
     fn random_inserts_and_removals_agree_with_a_map() {
         use std::collections::BTreeMap;
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -548,6 +552,10 @@ mod tests {
     /// After a burst of 100,000, the few entries that stay (scattered among the first ones,
     /// with holes between them) hold room within a small factor of their number.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "a scale test, too slow under Miri; smaller tests reach the same code"
+    )]
     fn a_slab_emptied_to_a_few_entries_gives_its_room_back() {
         let mut slab = Slab::new();
         let ids: Vec<usize> = (0..100_000).map(|i| slab.insert(i)).collect();
@@ -578,6 +586,10 @@ mod tests {
     /// they are replaced (a steady load of 100 entries, each living for 100 operations), the
     /// new ones go to the front, and the room follows them down.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "a scale test, too slow under Miri; smaller tests reach the same code"
+    )]
     fn a_steady_load_after_a_burst_drifts_to_the_front_and_gives_the_room_back() {
         use std::collections::VecDeque;
         let mut slab = Slab::new();
@@ -614,6 +626,10 @@ mod tests {
     /// quarter full while its last entry pins the room, and one whose evenly spread entries
     /// go from the last down, each leaving only three vacant entries behind it.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "a scale test, too slow under Miri; smaller tests reach the same code"
+    )]
     fn shrinking_costs_a_bounded_amount_of_work_per_operation() {
         let mut operations = 0;
         let mut next = {

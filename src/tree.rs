@@ -2748,6 +2748,10 @@ mod tests {
     /// A live parent whose crowd of registered children has gone gives their room back: to
     /// a little, whether a few of them stay or none does.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "a scale test, too slow under Miri; smaller tests reach the same code"
+    )]
     fn a_live_parent_gives_back_the_room_of_children_gone() {
         on_fresh_thread(|| {
             let (parent, _cancel) = Context::background().with_cancel();

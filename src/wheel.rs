@@ -479,6 +479,10 @@ mod tests {
     /// A burst of deadlines armed on a worker and dropped gives the wheel's room back: to a
     /// little, whether a few of them stay or none does.
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "a scale test, too slow under Miri; smaller tests reach the same code"
+    )]
     fn a_wheel_gives_back_the_room_of_a_burst_of_deadlines() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
