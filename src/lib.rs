@@ -91,7 +91,8 @@
 //!
 //! Every cancellation emits a `tracing` event at debug level, target `taskctx`, with the
 //! error, the cause and how many descendants it reached. A panicking [`Context::after_func`]
-//! callback is reported as an error event.
+//! callback, or a waker that panics when a cancellation wakes it, is reported as an error
+//! event; the cancellation goes on.
 //!
 //! [`CancellationToken`]: tokio_util::sync::CancellationToken
 
