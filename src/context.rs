@@ -1013,8 +1013,8 @@ impl Context {
     ///
     /// # Panics
     ///
-    /// Outside a Tokio runtime, as `tokio::spawn`. Awaiting the handle resumes a panic that
-    /// happened inside the task.
+    /// Outside a Tokio runtime, as `tokio::spawn`. Awaiting the handle resumes, once, a panic
+    /// that happened inside the task (see [`TaskHandle`]).
     pub fn spawn<F, Fut>(&self, f: F) -> TaskHandle<Fut::Output>
     where
         F: FnOnce(Context) -> Fut,

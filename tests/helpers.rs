@@ -410,6 +410,31 @@ async fn aborted_task_handle_gives_canceled() {
     assert_eq!(never_started.await, Err(Error::Canceled));
 }
 
+#[tokio::test(start_paused = true)]
+async fn task_handle_awaited_again_after_a_completed_timeout_stays_pending() {
+    let mut task = Context::background().spawn(|_| async { 7 });
+    let first = tokio::time::timeout(Duration::from_secs(1), &mut task).await;
+    assert_eq!(first, Ok(Ok(7)));
+    assert!(task.is_finished());
+
+    // Tokio's own `JoinHandle` panics here: "JoinHandle polled after completion".
+    let again = tokio::time::timeout(Duration::from_secs(1), &mut task).await;
+    assert!(again.is_err(), "delivered once, then pending");
+    assert!(task.is_finished());
+    task.abort(); // a no-op now, and no panic either
+}
+
+#[tokio::test(start_paused = true)]
+async fn task_handle_resumes_a_panic_once_then_stays_pending() {
+    let mut task = Context::background().spawn(|_| async { std::panic::panic_any(7u32) });
+    let caught = std::panic::AssertUnwindSafe(&mut task).catch_unwind().await;
+    let payload = caught.expect_err("awaiting a panicked task must panic");
+    assert_eq!(payload.downcast_ref::<u32>(), Some(&7));
+
+    let again = tokio::time::timeout(Duration::from_secs(1), &mut task).await;
+    assert!(again.is_err(), "resumed once, then pending");
+}
+
 #[tokio::test]
 async fn spawned_task_runs_inside_the_callers_tracing_span() {
     let subscriber = tracing_subscriber::fmt()
