@@ -4,12 +4,39 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{self, Poll};
+use std::task::{self, Poll, ready};
 
 use pin_project_lite::pin_project;
 
 use crate::error::Error;
 use crate::tree::Scope;
+
+/// The `slot` of a [`Done`] or [`DoneOwned`] that has returned `Ready`: what `is_terminated`
+/// reads, so that knowing it costs these futures no field and their ready path one store
+/// (their size is pinned by `done_futures_are_two_words`).
+///
+/// No registration is numbered so (slots are a slab index + 1, or a waiter link, which is
+/// below `usize::MAX - 1`). The scope never reads the slot of a future polled again after
+/// `Ready`: `Scope::poll_done` answers from the scope's error first, and once set the error
+/// never changes (pinned by `done_polled_again_after_ready_is_ready_again`). Their drops skip
+/// `Scope::forget_waiter` for it all the same: were that ever to read the slot, it would take
+/// `usize::MAX` for a waiter link in the parent, and remove someone else's registration.
+const TERMINATED: usize = usize::MAX;
+
+/// One poll of a done future: `Scope::poll_done`, and the slot marked [`TERMINATED`] on `Ready`.
+#[inline]
+fn poll_scope(scope: &Arc<Scope>, slot: &mut usize, cx: &mut task::Context<'_>) -> Poll<Error> {
+    let poll = scope.poll_done(slot, cx);
+    if poll.is_ready() {
+        *slot = TERMINATED;
+    }
+    poll
+}
+
+/// Whether a done future with this slot holds a registration, for `Debug`.
+fn registered(slot: usize) -> bool {
+    slot != 0 && slot != TERMINATED
+}
 
 /// Future returned by [`Context::done`](crate::Context::done): completes with the context's
 /// error once it is done.
@@ -27,6 +54,9 @@ use crate::tree::Scope;
 /// assert_eq!(done.await, Error::Canceled);
 /// # }
 /// ```
+///
+/// Polled again after it has completed, it is ready again with the same error. With the
+/// `futures` feature it is a `FusedFuture`, terminated once it has returned `Ready`.
 ///
 /// # Cancel safety
 ///
@@ -52,15 +82,27 @@ impl Future for Done<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Error> {
         let this = self.get_mut();
         match this.scope {
-            Some(scope) => scope.poll_done(&mut this.slot, cx),
+            Some(scope) => poll_scope(scope, &mut this.slot, cx),
             None => Poll::Pending, // never done, so never woken
         }
     }
 }
 
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl futures_core::future::FusedFuture for Done<'_> {
+    /// Whether it has returned `Ready`. A `Done` of a context that is already done is not
+    /// terminated until it is polled, so that `futures::select!` still sees it complete.
+    fn is_terminated(&self) -> bool {
+        self.slot == TERMINATED
+    }
+}
+
 impl Drop for Done<'_> {
     fn drop(&mut self) {
-        if let Some(scope) = self.scope {
+        if let Some(scope) = self.scope
+            && self.slot != TERMINATED
+        {
             scope.forget_waiter(self.slot);
         }
     }
@@ -70,7 +112,7 @@ impl fmt::Debug for Done<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Done")
             .field("err", &self.scope.and_then(|scope| scope.err()))
-            .field("registered", &(self.slot != 0))
+            .field("registered", &registered(self.slot))
             .finish()
     }
 }
@@ -93,6 +135,9 @@ impl fmt::Debug for Done<'_> {
 /// # }
 /// ```
 ///
+/// Polled again after it has completed, it is ready again with the same error; a
+/// `FusedFuture` with the `futures` feature, as [`Done`].
+///
 /// # Cancel safety
 ///
 /// Cancel safe: dropping it loses nothing.
@@ -114,15 +159,26 @@ impl Future for DoneOwned {
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Error> {
         let this = self.get_mut();
         match &this.scope {
-            Some(scope) => scope.poll_done(&mut this.slot, cx),
+            Some(scope) => poll_scope(scope, &mut this.slot, cx),
             None => Poll::Pending,
         }
     }
 }
 
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl futures_core::future::FusedFuture for DoneOwned {
+    /// Whether it has returned `Ready`, as [`Done`]'s.
+    fn is_terminated(&self) -> bool {
+        self.slot == TERMINATED
+    }
+}
+
 impl Drop for DoneOwned {
     fn drop(&mut self) {
-        if let Some(scope) = &self.scope {
+        if let Some(scope) = &self.scope
+            && self.slot != TERMINATED
+        {
             scope.forget_waiter(self.slot);
         }
     }
@@ -132,7 +188,7 @@ impl fmt::Debug for DoneOwned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DoneOwned")
             .field("err", &self.scope.as_deref().and_then(Scope::err))
-            .field("registered", &(self.slot != 0))
+            .field("registered", &registered(self.slot))
             .finish()
     }
 }
@@ -155,6 +211,10 @@ pin_project! {
     /// # }
     /// ```
     ///
+    /// Once it has returned `Ready` it stays pending, and polls neither the context nor the
+    /// inner future again; with the `futures` feature it is a `FusedFuture`, terminated from
+    /// then on.
+    ///
     /// # Cancel safety
     ///
     /// As cancel safe as the inner future: dropping this drops it.
@@ -163,12 +223,18 @@ pin_project! {
         done: Done<'a>,
         #[pin]
         future: F,
+        // Whether it has returned `Ready`.
+        finished: bool,
     }
 }
 
 impl<'a, F> RunUntilCancelled<'a, F> {
     pub(crate) fn new(done: Done<'a>, future: F) -> Self {
-        RunUntilCancelled { done, future }
+        RunUntilCancelled {
+            done,
+            future,
+            finished: false,
+        }
     }
 }
 
@@ -177,7 +243,22 @@ impl<F: Future> Future for RunUntilCancelled<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        race(this.done, this.future, cx)
+        if *this.finished {
+            // The inner future may panic if polled after its output (an `async` block does).
+            return Poll::Pending;
+        }
+        let output = ready!(race(this.done, this.future, cx));
+        *this.finished = true;
+        Poll::Ready(output)
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl<F: Future> futures_core::future::FusedFuture for RunUntilCancelled<'_, F> {
+    /// Whether it has returned `Ready`.
+    fn is_terminated(&self) -> bool {
+        self.finished
     }
 }
 
@@ -185,6 +266,7 @@ impl<F> fmt::Debug for RunUntilCancelled<'_, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunUntilCancelled")
             .field("done", &self.done)
+            .field("finished", &self.finished)
             .finish_non_exhaustive()
     }
 }

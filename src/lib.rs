@@ -68,6 +68,13 @@
 //! go the other way, so a shutdown token (such as the one driving axum's graceful shutdown)
 //! can be the root of a context tree.
 //!
+//! # Cargo features
+//!
+//! - `futures` (off by default) implements `futures_core`'s `FusedFuture` for [`Done`],
+//!   [`DoneOwned`], [`RunUntilCancelled`], [`Timeout`] and [`TaskHandle`], each terminated once
+//!   it has returned `Ready`, so `futures::select!` takes them without `.fuse()`. It adds a
+//!   dependency on `futures-core` alone.
+//!
 //! # Performance
 //!
 //! [`Context::is_done`] and [`Context::err`] are one atomic load. Deriving a cancellable
@@ -95,6 +102,7 @@
 //!
 //! [`CancellationToken`]: tokio_util::sync::CancellationToken
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![deny(unsafe_code)] // two exceptions, `tree::Kept::get` and `tree::Scope::fresh`, with their reasons
 #![warn(clippy::undocumented_unsafe_blocks)]

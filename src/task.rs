@@ -46,7 +46,8 @@ use crate::tree::Scope;
 /// joining a thread does. Nothing else panics: the task's output, or its panic, is delivered
 /// once, and a handle polled again after that stays pending forever instead of panicking
 /// inside Tokio. So after `tokio::time::timeout(d, &mut handle)` has completed, a second await
-/// of `handle` never completes.
+/// of `handle` never completes; with the `futures` feature, `FusedFuture::is_terminated` says
+/// so, and `futures::select!` skips the handle.
 #[must_use = "dropping a TaskHandle detaches the task; await it to confirm the task stopped"]
 pub struct TaskHandle<T> {
     /// `None` once the handle has returned `Ready`: Tokio's `JoinHandle` panics if polled after
@@ -132,6 +133,15 @@ impl<T> Future for TaskHandle<T> {
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Poll::Ready(Err(Error::Canceled)),
         }
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl<T> futures_core::future::FusedFuture for TaskHandle<T> {
+    /// Whether the handle has returned `Ready` (or resumed the task's panic).
+    fn is_terminated(&self) -> bool {
+        self.join.is_none()
     }
 }
 

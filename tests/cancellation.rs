@@ -414,6 +414,36 @@ fn done_wakes_when_an_ancestor_is_cancelled() {
 }
 
 #[test]
+fn done_polled_again_after_ready_is_ready_again() {
+    let (waker_counter, waker) = counting_waker();
+    // A lone child (its `done()` would wait in the parent), a linked one, and a root.
+    let (root, cancel_root) = Context::background().with_cancel();
+    let (lone, _cancel_lone) = root.with_cancel();
+    let (linked, _cancel_linked) = root.with_cancel();
+    let (_grandchild, _cancel_grandchild) = linked.with_cancel();
+    let mut futures = [root.done(), lone.done(), linked.done()];
+    for done in &mut futures {
+        assert_eq!(poll_with(done, &waker), Poll::Pending);
+    }
+
+    cancel_root.cancel();
+
+    for done in &mut futures {
+        assert_eq!(poll_with(done, &waker), Poll::Ready(Error::Canceled));
+        assert_eq!(
+            poll_with(done, &waker),
+            Poll::Ready(Error::Canceled),
+            "same answer"
+        );
+    }
+    drop(futures); // after `Ready`: nothing of theirs is registered, nothing is forgotten
+    assert_eq!(wakes(&waker_counter), 3);
+    let mut owned = root.done_owned();
+    assert_eq!(poll_with(&mut owned, &waker), Poll::Ready(Error::Canceled));
+    assert_eq!(poll_with(&mut owned, &waker), Poll::Ready(Error::Canceled));
+}
+
+#[test]
 fn done_owned_wakes_its_waker_on_cancel() {
     let (ctx, cancel) = Context::background().with_cancel();
     let (counter, waker) = counting_waker();

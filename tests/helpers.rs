@@ -182,6 +182,34 @@ async fn run_until_cancelled_on_a_never_done_context_runs_to_completion() {
     );
 }
 
+#[tokio::test]
+async fn run_until_cancelled_stays_pending_once_it_has_returned_and_polls_nothing() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let state = ProbeState::default();
+    let mut run = Box::pin(ctx.run_until_cancelled(state.probe(1)));
+    assert_eq!(
+        futures::poll!(run.as_mut()),
+        Poll::Ready(Ok("probe finished"))
+    );
+    cancel.cancel();
+    assert_eq!(
+        futures::poll!(run.as_mut()),
+        Poll::Pending,
+        "no second output"
+    );
+    assert_eq!(state.polls(), 1, "the finished future is not polled again");
+
+    // Nor when the context won: its error is delivered once too.
+    let (ctx, cancel) = Context::background().with_cancel();
+    cancel.cancel();
+    let mut run = Box::pin(ctx.run_until_cancelled(std::future::pending::<()>()));
+    assert_eq!(
+        futures::poll!(run.as_mut()),
+        Poll::Ready(Err(Error::Canceled))
+    );
+    assert_eq!(futures::poll!(run.as_mut()), Poll::Pending);
+}
+
 // ---------------------------------------------------------------------------------------------
 // taskctx::with_timeout
 
@@ -247,6 +275,19 @@ async fn with_timeout_stops_tasks_spawned_with_the_child_on_expiry() {
     assert_eq!(helper.await, Err(Error::DeadlineExceeded));
     assert!(state.dropped(), "the helper's future is gone");
     assert_no_leaks(&root).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_timeout_stays_pending_once_it_has_returned() {
+    let ctx = Context::background();
+    let mut guarded = Box::pin(taskctx::with_timeout(
+        &ctx,
+        Duration::from_secs(1),
+        |_| async { "ok" },
+    ));
+    assert_eq!(futures::poll!(guarded.as_mut()), Poll::Ready(Ok("ok")));
+    // The `async` block would panic if polled again ("`async fn` resumed after completion").
+    assert_eq!(futures::poll!(guarded.as_mut()), Poll::Pending);
 }
 
 #[tokio::test(start_paused = true)]

@@ -38,6 +38,14 @@ fn handles_and_futures_can_cross_threads() {
 }
 
 #[test]
+fn done_futures_are_two_words() {
+    // Their `FusedFuture` state is a value of the registration slot, not a field of its own.
+    let words = 2 * std::mem::size_of::<usize>();
+    assert_eq!(std::mem::size_of::<taskctx::Done<'_>>(), words);
+    assert_eq!(std::mem::size_of::<DoneOwned>(), words);
+}
+
+#[test]
 fn error_and_cause_implement_std_error() {
     assert_std_error::<Error>();
     assert_std_error::<Cause>();
