@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::after_func::AfterFunc;
 use crate::error::{Cause, Error};
-use crate::future::{Done, DoneOwned, RunUntilCancelled};
+use crate::future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled};
 use crate::handle::{CancelCauseHandle, CancelHandle};
 use crate::source;
 use crate::task::TaskHandle;
@@ -811,6 +811,44 @@ impl Context {
     /// Cancel safe, as [`Context::done`].
     pub fn done_owned(&self) -> DoneOwned {
         DoneOwned::new(self.scope().cloned())
+    }
+
+    /// A `'static` future that completes, with `()`, when this context is done: the shutdown
+    /// signal that APIs such as axum's `serve(…).with_graceful_shutdown(signal)` take.
+    ///
+    /// Equivalent to `async fn cancelled_owned(&self)`, and named after tokio-util's
+    /// `CancellationToken::cancelled_owned`. It completes when the context is done for any
+    /// reason, its deadline included. [`Context::done_owned`] is the same future with the
+    /// context's [`Error`] as its output, for when the reason matters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use std::time::Duration;
+    /// use taskctx::Context;
+    ///
+    /// // Stands in for `axum::serve(listener, app).with_graceful_shutdown(shutdown)`.
+    /// async fn serve(shutdown: impl Future<Output = ()> + Send + 'static) -> &'static str {
+    ///     shutdown.await;
+    ///     "stopped taking requests"
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (server_ctx, stop) = Context::background().with_cancel();
+    /// let server = tokio::spawn(serve(server_ctx.cancelled_owned()));
+    /// tokio::time::sleep(Duration::from_secs(60)).await; // serving
+    /// stop.cancel();
+    /// assert_eq!(server.await.unwrap(), "stopped taking requests");
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Context::done`].
+    pub fn cancelled_owned(&self) -> CancelledOwned {
+        CancelledOwned::new(self.done_owned())
     }
 
     /// Whether this context is done. One atomic load: no lock, no clock read.

@@ -193,6 +193,67 @@ impl fmt::Debug for DoneOwned {
     }
 }
 
+/// Future returned by [`Context::cancelled_owned`](crate::Context::cancelled_owned): a
+/// [`DoneOwned`] whose output is `()`, for APIs that take a `Future<Output = ()>`.
+///
+/// Polled again after it has completed, it is ready again; a `FusedFuture` with the `futures`
+/// feature, as [`Done`].
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::{CancelledOwned, Context};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (ctx, cancel) = Context::background().with_cancel();
+/// let cancelled: CancelledOwned = ctx.cancelled_owned();
+/// drop(ctx); // the future keeps what it needs
+/// cancel.cancel();
+/// let () = cancelled.await;
+/// # }
+/// ```
+///
+/// # Cancel safety
+///
+/// Cancel safe: dropping it loses nothing.
+#[must_use = "futures do nothing unless polled"]
+pub struct CancelledOwned {
+    done: DoneOwned,
+}
+
+impl CancelledOwned {
+    pub(crate) fn new(done: DoneOwned) -> Self {
+        CancelledOwned { done }
+    }
+}
+
+impl Future for CancelledOwned {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.done).poll(cx).map(drop)
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl futures_core::future::FusedFuture for CancelledOwned {
+    /// Whether it has returned `Ready`, as [`Done`]'s.
+    fn is_terminated(&self) -> bool {
+        self.done.slot == TERMINATED
+    }
+}
+
+impl fmt::Debug for CancelledOwned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelledOwned")
+            .field("err", &self.done.scope.as_deref().and_then(Scope::err))
+            .field("registered", &registered(self.done.slot))
+            .finish()
+    }
+}
+
 pin_project! {
     /// Future returned by [`Context::run_until_cancelled`](crate::Context::run_until_cancelled):
     /// the inner future's output, or the context's error if the context is done first.

@@ -66,12 +66,14 @@
 //! [`Context::token`] hands out a tokio-util [`CancellationToken`] that is cancelled with the
 //! context, for code that takes a token; [`Context::with_token`] and [`Context::from_token`]
 //! go the other way, so a shutdown token (such as the one driving axum's graceful shutdown)
-//! can be the root of a context tree.
+//! can be the root of a context tree. [`Context::cancelled_owned`] is the `Future<Output = ()>`
+//! that such APIs take as their shutdown signal.
 //!
 //! # Cargo features
 //!
 //! - `futures` (off by default) implements `futures_core`'s `FusedFuture` for [`Done`],
-//!   [`DoneOwned`], [`RunUntilCancelled`], [`Timeout`] and [`TaskHandle`], each terminated once
+//!   [`DoneOwned`], [`CancelledOwned`], [`RunUntilCancelled`], [`Timeout`] and [`TaskHandle`],
+//!   each terminated once
 //!   it has returned `Ready`, so `futures::select!` takes them without `.fuse()`. It adds a
 //!   dependency on `futures-core` alone.
 //!
@@ -129,7 +131,7 @@ mod loom_tests;
 pub use after_func::AfterFunc;
 pub use context::Context;
 pub use error::{Cause, Error};
-pub use future::{Done, DoneOwned, RunUntilCancelled};
+pub use future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled};
 pub use handle::{CancelCauseHandle, CancelHandle};
 pub use task::TaskHandle;
 pub use timeout::{Timeout, with_timeout};

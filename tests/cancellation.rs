@@ -470,6 +470,26 @@ async fn done_owned_in_a_spawned_task_completes_on_cancel() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn cancelled_owned_completes_with_unit_on_cancel_and_on_deadline() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let shutdown = tokio::spawn(ctx.cancelled_owned());
+    drop(ctx);
+    tokio::task::yield_now().await;
+    assert!(!shutdown.is_finished());
+    cancel.cancel();
+    shutdown.await.unwrap();
+
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(2));
+    let started = tokio::time::Instant::now();
+    ctx.cancelled_owned().await;
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+    let (never, _keep) = Context::background().with_cancel();
+    let pending = tokio::time::timeout(Duration::from_secs(60), never.cancelled_owned()).await;
+    assert!(pending.is_err(), "a live context's signal does not fire");
+}
+
+#[tokio::test(start_paused = true)]
 async fn done_completes_with_deadline_exceeded_when_the_deadline_fires() {
     let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(2));
     assert_eq!(ctx.done().await, Error::DeadlineExceeded);

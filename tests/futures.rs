@@ -39,6 +39,11 @@ async fn done_is_terminated_once_ready_and_not_before() {
     assert_eq!((&mut owned).await, Error::Canceled);
     assert!(owned.is_terminated());
 
+    let mut signal = ctx.cancelled_owned();
+    assert!(!signal.is_terminated());
+    (&mut signal).await;
+    assert!(signal.is_terminated());
+
     let never = Context::background();
     let mut never_done = never.done();
     assert_eq!(futures::poll!(&mut never_done), Poll::Pending);

@@ -5,7 +5,10 @@
 use std::io;
 use std::time::Duration;
 
-use taskctx::{AfterFunc, CancelCauseHandle, CancelHandle, Cause, Context, DoneOwned, Error, Key};
+use taskctx::{
+    AfterFunc, CancelCauseHandle, CancelHandle, CancelledOwned, Cause, Context, DoneOwned, Error,
+    Key,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +33,7 @@ fn handles_and_futures_can_cross_threads() {
     assert_send_sync::<CancelCauseHandle>();
     assert_send_sync::<AfterFunc>();
     assert_send_sync::<DoneOwned>();
+    assert_send_sync::<CancelledOwned>();
     assert_send_sync::<Cause>();
 
     let (ctx, cancel) = Context::background().with_cancel();
