@@ -1007,6 +1007,57 @@ impl Context {
         RunUntilCancelled::new(self.done(), future)
     }
 
+    /// Wraps `stream` so that it ends when this context is done: its items come as `Ok` until
+    /// then, followed by one `Err` with the context's error. If `stream` ends first, so does
+    /// the result, without an error.
+    ///
+    /// The stream counterpart of [`Context::run_until_cancelled`], named after `futures`'
+    /// `StreamExt::take_until`, which ends a stream silently; this one says why it ended, so a
+    /// consumer's `?` stops at the error as it would at the stream's own. The result owns a
+    /// handle to the context: it is `'static` if `stream` is, to return or move into a task.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::{Stream, StreamExt, stream};
+    /// use taskctx::{Context, Error};
+    ///
+    /// // Go's `for { select { case <-ctx.Done(): return ctx.Err(); case v := <-values: … } }`.
+    /// async fn sum(ctx: &Context, values: impl Stream<Item = u32>) -> Result<u32, Error> {
+    ///     let mut values = std::pin::pin!(ctx.take_until_done(values));
+    ///     let mut sum = 0;
+    ///     while let Some(value) = values.next().await {
+    ///         sum += value?;
+    ///     }
+    ///     Ok(sum)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// assert_eq!(sum(&ctx, stream::iter([1, 2, 3])).await, Ok(6));
+    /// cancel.cancel();
+    /// assert_eq!(sum(&ctx, stream::iter([1, 2, 3])).await, Err(Error::Canceled));
+    /// # }
+    /// ```
+    ///
+    /// # Which side wins
+    ///
+    /// As in [`Context::run_until_cancelled`]: the context is checked first on every poll, so
+    /// once it is done the next poll yields its error, and `stream` is not polled again, even
+    /// if it had an item ready. An item yielded in a poll that began before the context was
+    /// done is kept.
+    ///
+    /// # Cancel safety
+    ///
+    /// `next()` on the result is as cancel safe as on `stream` (see
+    /// [`TakeUntilDone`](crate::TakeUntilDone)).
+    #[cfg(feature = "futures")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+    pub fn take_until_done<S: futures_core::Stream>(&self, stream: S) -> crate::TakeUntilDone<S> {
+        crate::TakeUntilDone::new(self.done_owned(), stream)
+    }
+
     /// Spawns a Tokio task that runs `f(ctx)` until it completes or this context is done.
     ///
     /// `f` is called at once with a clone of this context, and the future it returns runs on

@@ -151,6 +151,13 @@ impl DoneOwned {
     pub(crate) fn new(scope: Option<Arc<Scope>>) -> Self {
         DoneOwned { scope, slot: 0 }
     }
+
+    /// The context's error, if it is done: one atomic load, and nothing registered.
+    #[cfg(feature = "futures")]
+    #[inline]
+    pub(crate) fn err(&self) -> Option<Error> {
+        self.scope.as_deref().and_then(Scope::err)
+    }
 }
 
 impl Future for DoneOwned {

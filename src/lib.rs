@@ -71,11 +71,11 @@
 //!
 //! # Cargo features
 //!
-//! - `futures` (off by default) implements `futures_core`'s `FusedFuture` for [`Done`],
-//!   [`DoneOwned`], [`CancelledOwned`], [`RunUntilCancelled`], [`Timeout`] and [`TaskHandle`],
-//!   each terminated once
-//!   it has returned `Ready`, so `futures::select!` takes them without `.fuse()`. It adds a
-//!   dependency on `futures-core` alone.
+//! - `futures` (off by default): `futures_core`'s `FusedFuture` for [`Done`], [`DoneOwned`],
+//!   [`CancelledOwned`], [`RunUntilCancelled`], [`Timeout`] and [`TaskHandle`], each terminated
+//!   once it has returned `Ready`, so that `futures::select!` takes them without `.fuse()`; and
+//!   `Context::take_until_done`, a `Stream` that ends when its context is done (with its error
+//!   as the last item). It adds one dependency, `futures-core`.
 //!
 //! # Performance
 //!
@@ -117,6 +117,8 @@ mod future;
 mod handle;
 mod slab;
 mod source;
+#[cfg(feature = "futures")]
+mod stream;
 mod sync;
 mod task;
 pub mod testing;
@@ -133,6 +135,9 @@ pub use context::Context;
 pub use error::{Cause, Error};
 pub use future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled};
 pub use handle::{CancelCauseHandle, CancelHandle};
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+pub use stream::TakeUntilDone;
 pub use task::TaskHandle;
 pub use timeout::{Timeout, with_timeout};
 pub use value::Key;

@@ -1,14 +1,20 @@
 //! The `futures` feature: every future of the crate is a `FusedFuture`, terminated exactly once
 //! it has returned `Ready` (and not before, even when its context is already done), so
-//! `futures::select!` takes them without `.fuse()`.
-//! Time is Tokio's paused clock.
+//! `futures::select!` takes them without `.fuse()`; and `Context::take_until_done`, a stream of
+//! `Ok` items that ends with one `Err` once its context is done, or with its stream's end.
+//! Time is Tokio's paused clock; a wait that could hang runs under `tokio::time::timeout`.
 
 #![cfg(feature = "futures")]
 
-use std::task::Poll;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context as TaskCx, Poll};
 use std::time::Duration;
 
+use futures::channel::mpsc;
 use futures::future::FusedFuture;
+use futures::stream::{self, FusedStream, Stream, StreamExt};
 use taskctx::{Context, Error};
 
 const MS: Duration = Duration::from_millis(1);
@@ -126,4 +132,150 @@ async fn select_loop_skips_what_has_delivered_and_waits_for_done() {
     seen.sort();
     assert_eq!(seen, ["quick Ok(\"quick\")", "task Ok(7)"]);
     assert!(task.is_terminated() && quick.is_terminated() && done.is_terminated());
+}
+
+// ---------------------------------------------------------------------------------------------
+// take_until_done
+
+#[tokio::test]
+async fn take_until_done_ends_with_the_error_after_a_cancel() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let (tx, rx) = mpsc::unbounded();
+    let mut stream = ctx.take_until_done(rx);
+    tx.unbounded_send(1).unwrap();
+    tx.unbounded_send(2).unwrap();
+    assert_eq!(stream.next().await, Some(Ok(1)));
+    assert_eq!(stream.next().await, Some(Ok(2)));
+    assert!(!stream.is_terminated());
+
+    cancel.cancel();
+    tx.unbounded_send(3).unwrap(); // ready, but the context is checked first
+    assert_eq!(stream.next().await, Some(Err(Error::Canceled)));
+    assert!(stream.is_terminated());
+    assert_eq!(stream.next().await, None);
+    assert_eq!(stream.next().await, None, "ended for good");
+    assert_eq!(stream.size_hint(), (0, Some(0)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn take_until_done_ends_with_deadline_exceeded_when_the_deadline_fires() {
+    let (ctx, _cancel) = Context::background().with_timeout(25 * MS);
+    let ticks = IntervalStream(tokio::time::interval(10 * MS));
+    let got: Vec<_> = ctx
+        .take_until_done(ticks)
+        .map(|tick| tick.map(drop))
+        .collect()
+        .await;
+    assert_eq!(
+        got,
+        [Ok(()), Ok(()), Ok(()), Err(Error::DeadlineExceeded)],
+        "ticks at 0, 10 and 20 ms"
+    );
+}
+
+#[tokio::test]
+async fn take_until_done_ends_without_error_when_the_stream_ends_first() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let mut stream = ctx.take_until_done(stream::iter([1, 2]));
+    assert_eq!(stream.size_hint(), (1, Some(3)));
+    assert_eq!(stream.next().await, Some(Ok(1)));
+    assert_eq!(stream.next().await, Some(Ok(2)));
+    assert_eq!(stream.next().await, None);
+    assert!(stream.is_terminated());
+
+    cancel.cancel();
+    assert_eq!(stream.next().await, None, "no error after the end");
+    assert_eq!(
+        ctx.take_until_done(stream::empty::<()>()).size_hint(),
+        (0, Some(1))
+    );
+}
+
+#[tokio::test]
+async fn take_until_done_checks_the_context_before_the_stream() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let polls = Arc::new(AtomicUsize::new(0));
+    let counted = polls.clone();
+    let always_ready = stream::poll_fn(move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Poll::Ready(Some("item"))
+    });
+    let mut stream = ctx.take_until_done(always_ready);
+    assert_eq!(stream.next().await, Some(Ok("item")));
+    cancel.cancel();
+    assert_eq!(stream.next().await, Some(Err(Error::Canceled)));
+    assert_eq!(stream.next().await, None);
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        1,
+        "not polled once the context was done"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn take_until_done_wakes_when_the_context_is_done_while_the_stream_waits() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let canceller = Context::background().spawn(move |_| async move {
+        tokio::time::sleep(10 * MS).await;
+        cancel.cancel();
+    });
+    let mut stream = ctx.take_until_done(stream::pending::<u8>());
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
+    assert_eq!(
+        next,
+        Ok(Some(Err(Error::Canceled))),
+        "woken by the cancel, not the watchdog"
+    );
+    assert_eq!(canceller.await, Ok(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn take_until_done_next_dropped_while_waiting_loses_nothing() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let (tx, rx) = mpsc::unbounded();
+    let mut stream = ctx.take_until_done(rx);
+    let gave_up = tokio::time::timeout(10 * MS, stream.next()).await;
+    assert!(gave_up.is_err());
+
+    tx.unbounded_send(1).unwrap();
+    assert_eq!(
+        stream.next().await,
+        Some(Ok(1)),
+        "the item after a dropped next()"
+    );
+    let gave_up = tokio::time::timeout(10 * MS, stream.next()).await;
+    assert!(gave_up.is_err());
+    cancel.cancel();
+    assert_eq!(
+        stream.next().await,
+        Some(Err(Error::Canceled)),
+        "and the error"
+    );
+}
+
+#[test]
+fn take_until_done_is_static_and_send_for_a_static_send_stream() {
+    fn assert_static_send<T: Send + 'static>(_: &T) {}
+    let stream = {
+        let (ctx, _cancel) = Context::background().with_cancel();
+        ctx.take_until_done(stream::iter([1]))
+    }; // the context and its handle are gone; the stream keeps what it needs
+    assert_static_send(&stream);
+    let got: Vec<_> = futures::executor::block_on(stream.collect());
+    assert_eq!(
+        got,
+        [Err(Error::Canceled)],
+        "its handle's drop cancelled it"
+    );
+}
+
+/// `tokio::time::Interval` as a `Stream`, without `tokio-stream`.
+struct IntervalStream(tokio::time::Interval);
+
+impl Stream for IntervalStream {
+    type Item = tokio::time::Instant;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_tick(cx).map(Some)
+    }
 }
