@@ -194,9 +194,8 @@ impl Context {
     /// Go's `WithCancel`, with `defer cancel()` made automatic: the handle cancels the child when
     /// it goes out of scope. Call [`CancelHandle::disarm`] to let the child live on without it.
     ///
-    /// Do not write `let (ctx, _) = parent.with_cancel();`: `_` drops the handle on the spot,
-    /// and the context is cancelled before its first use. Bind the handle to a name such as
-    /// `_cancel`, which lives to the end of the block.
+    /// After `let (ctx, _) = parent.with_cancel();` the context is already cancelled: `_` drops the
+    /// handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
     ///
     /// # Examples
     ///
@@ -233,6 +232,9 @@ impl Context {
     /// its descendants then report from [`Context::cause`].
     ///
     /// Dropping the handle cancels without a cause; the cause is then [`Error::Canceled`].
+    ///
+    /// After `let (ctx, _) = parent.with_cancel_cause();` the context is already cancelled: `_`
+    /// drops the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
     ///
     /// # Examples
     ///
@@ -285,6 +287,9 @@ impl Context {
     /// - outside a runtime it runs on a thread the crate starts for the deadlines due at that
     ///   moment.
     ///
+    /// After `let (ctx, _) = parent.with_deadline(…);` the context is already cancelled: `_` drops
+    /// the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
+    ///
     /// # Examples
     ///
     /// ```
@@ -324,6 +329,9 @@ impl Context {
     /// Like [`Context::with_deadline`], but when the deadline fires the child reports `cause`
     /// from [`Context::cause`]. A cancellation before the deadline reports no such cause.
     ///
+    /// After `let (ctx, _) = parent.with_deadline_cause(…);` the context is already cancelled: `_`
+    /// drops the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
+    ///
     /// # Examples
     ///
     /// ```
@@ -358,6 +366,9 @@ impl Context {
     /// timeout` does not fit in an [`Instant`] (such as `Duration::MAX`) can never pass: the
     /// child then has no deadline of its own and behaves as [`Context::with_cancel`].
     ///
+    /// After `let (ctx, _) = parent.with_timeout(…);` the context is already cancelled: `_` drops
+    /// the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
+    ///
     /// # Examples
     ///
     /// ```
@@ -387,6 +398,9 @@ impl Context {
     }
 
     /// Like [`Context::with_timeout`], but when the timeout fires the child reports `cause`.
+    ///
+    /// After `let (ctx, _) = parent.with_timeout_cause(…);` the context is already cancelled: `_`
+    /// drops the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
     ///
     /// # Examples
     ///

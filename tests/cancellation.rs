@@ -259,6 +259,19 @@ fn underscore_binding_drops_the_handle_and_cancels_at_once() {
 async fn underscore_binding_of_a_timeout_handle_cancels_at_once_with_canceled() {
     let (ctx, _) = Context::background().with_timeout(Duration::from_secs(10));
     assert_eq!(ctx.err(), Some(Error::Canceled));
+
+    // Every `with_*` that returns a handle, as its docs say; `_cancel` keeps the handle.
+    let root = Context::background();
+    let at = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ten = Duration::from_secs(10);
+    let (ctx, _) = root.with_deadline(at);
+    assert!(ctx.is_done());
+    let (ctx, _) = root.with_deadline_cause(at, "slow");
+    assert!(ctx.is_done());
+    let (ctx, _) = root.with_timeout_cause(ten, "slow");
+    assert!(ctx.is_done());
+    let (ctx, _cancel) = root.with_timeout_cause(ten, "slow");
+    assert!(!ctx.is_done());
 }
 
 #[test]
