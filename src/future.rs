@@ -41,6 +41,9 @@ fn registered(slot: usize) -> bool {
 /// Future returned by [`Context::done`](crate::Context::done): completes with the context's
 /// error once it is done.
 ///
+/// Polled again after it has completed, it is ready again with the same error. With the
+/// `futures` feature it is a `FusedFuture`, terminated once it has returned `Ready`.
+///
 /// # Examples
 ///
 /// ```
@@ -55,16 +58,14 @@ fn registered(slot: usize) -> bool {
 /// # }
 /// ```
 ///
-/// Polled again after it has completed, it is ready again with the same error. With the
-/// `futures` feature it is a `FusedFuture`, terminated once it has returned `Ready`.
-///
 /// # Cancel safety
 ///
 /// Cancel safe: dropping it loses nothing.
 #[must_use = "futures do nothing unless polled"]
 pub struct Done<'a> {
     scope: Option<&'a Arc<Scope>>,
-    /// 1 + the index of this future's waker in the scope's registrations; 0 when none.
+    /// 1 + the index of this future's waker in the scope's registrations (or a waiter link,
+    /// see `Scope::poll_done`); 0 when none; [`TERMINATED`] once it has returned `Ready`.
     slot: usize,
 }
 
@@ -120,6 +121,9 @@ impl fmt::Debug for Done<'_> {
 /// Future returned by [`Context::done_owned`](crate::Context::done_owned): a `'static`
 /// [`Done`].
 ///
+/// Polled again after it has completed, it is ready again with the same error; a
+/// `FusedFuture` with the `futures` feature, as [`Done`].
+///
 /// # Examples
 ///
 /// ```
@@ -135,15 +139,13 @@ impl fmt::Debug for Done<'_> {
 /// # }
 /// ```
 ///
-/// Polled again after it has completed, it is ready again with the same error; a
-/// `FusedFuture` with the `futures` feature, as [`Done`].
-///
 /// # Cancel safety
 ///
 /// Cancel safe: dropping it loses nothing.
 #[must_use = "futures do nothing unless polled"]
 pub struct DoneOwned {
     scope: Option<Arc<Scope>>,
+    /// As [`Done`]'s.
     slot: usize,
 }
 
@@ -265,6 +267,10 @@ pin_project! {
     /// Future returned by [`Context::run_until_cancelled`](crate::Context::run_until_cancelled):
     /// the inner future's output, or the context's error if the context is done first.
     ///
+    /// Once it has returned `Ready` it stays pending, and polls neither the context nor the
+    /// inner future again; with the `futures` feature it is a `FusedFuture`, terminated from
+    /// then on.
+    ///
     /// # Examples
     ///
     /// ```
@@ -278,10 +284,6 @@ pin_project! {
     /// assert_eq!(never_polled.await, Err::<(), _>(Error::Canceled));
     /// # }
     /// ```
-    ///
-    /// Once it has returned `Ready` it stays pending, and polls neither the context nor the
-    /// inner future again; with the `futures` feature it is a `FusedFuture`, terminated from
-    /// then on.
     ///
     /// # Cancel safety
     ///

@@ -76,6 +76,9 @@ pin_project! {
     /// Future returned by [`with_timeout`]: the guarded work's output, or the error of the
     /// context it ran under.
     ///
+    /// Once it has returned `Ready` it stays pending, and polls neither the context nor the
+    /// work again; with the `futures` feature it is a `FusedFuture`, terminated from then on.
+    ///
     /// # Examples
     ///
     /// ```
@@ -89,9 +92,6 @@ pin_project! {
     /// assert_eq!(guarded.await, Ok(7));
     /// # }
     /// ```
-    ///
-    /// Once it has returned `Ready` it stays pending, and polls neither the context nor the
-    /// work again; with the `futures` feature it is a `FusedFuture`, terminated from then on.
     ///
     /// # Cancel safety
     ///
