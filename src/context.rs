@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::after_func::AfterFunc;
 use crate::error::{Cause, Error};
-use crate::future::{Done, DoneOwned, RunUntilCancelled};
+use crate::future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled};
 use crate::handle::{CancelCauseHandle, CancelHandle};
 use crate::source;
 use crate::task::TaskHandle;
@@ -194,9 +194,8 @@ impl Context {
     /// Go's `WithCancel`, with `defer cancel()` made automatic: the handle cancels the child when
     /// it goes out of scope. Call [`CancelHandle::disarm`] to let the child live on without it.
     ///
-    /// Do not write `let (ctx, _) = parent.with_cancel();`: `_` drops the handle on the spot,
-    /// and the context is cancelled before its first use. Bind the handle to a name such as
-    /// `_cancel`, which lives to the end of the block.
+    /// After `let (ctx, _) = parent.with_cancel();` the context is already cancelled: `_` drops the
+    /// handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
     ///
     /// # Examples
     ///
@@ -233,6 +232,9 @@ impl Context {
     /// its descendants then report from [`Context::cause`].
     ///
     /// Dropping the handle cancels without a cause; the cause is then [`Error::Canceled`].
+    ///
+    /// After `let (ctx, _) = parent.with_cancel_cause();` the context is already cancelled: `_`
+    /// drops the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
     ///
     /// # Examples
     ///
@@ -285,6 +287,9 @@ impl Context {
     /// - outside a runtime it runs on a thread the crate starts for the deadlines due at that
     ///   moment.
     ///
+    /// After `let (ctx, _) = parent.with_deadline(…);` the context is already cancelled: `_` drops
+    /// the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
+    ///
     /// # Examples
     ///
     /// ```
@@ -324,6 +329,9 @@ impl Context {
     /// Like [`Context::with_deadline`], but when the deadline fires the child reports `cause`
     /// from [`Context::cause`]. A cancellation before the deadline reports no such cause.
     ///
+    /// After `let (ctx, _) = parent.with_deadline_cause(…);` the context is already cancelled: `_`
+    /// drops the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
+    ///
     /// # Examples
     ///
     /// ```
@@ -358,6 +366,9 @@ impl Context {
     /// timeout` does not fit in an [`Instant`] (such as `Duration::MAX`) can never pass: the
     /// child then has no deadline of its own and behaves as [`Context::with_cancel`].
     ///
+    /// After `let (ctx, _) = parent.with_timeout(…);` the context is already cancelled: `_` drops
+    /// the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
+    ///
     /// # Examples
     ///
     /// ```
@@ -387,6 +398,9 @@ impl Context {
     }
 
     /// Like [`Context::with_timeout`], but when the timeout fires the child reports `cause`.
+    ///
+    /// After `let (ctx, _) = parent.with_timeout_cause(…);` the context is already cancelled: `_`
+    /// drops the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
     ///
     /// # Examples
     ///
@@ -813,6 +827,44 @@ impl Context {
         DoneOwned::new(self.scope().cloned())
     }
 
+    /// A `'static` future that completes, with `()`, when this context is done: the shutdown
+    /// signal that APIs such as axum's `serve(…).with_graceful_shutdown(signal)` take.
+    ///
+    /// Equivalent to `async fn cancelled_owned(&self)`, and named after tokio-util's
+    /// `CancellationToken::cancelled_owned`. It completes when the context is done for any
+    /// reason, its deadline included. [`Context::done_owned`] is the same future with the
+    /// context's [`Error`] as its output, for when the reason matters.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::future::Future;
+    /// use std::time::Duration;
+    /// use taskctx::Context;
+    ///
+    /// // Stands in for `axum::serve(listener, app).with_graceful_shutdown(shutdown)`.
+    /// async fn serve(shutdown: impl Future<Output = ()> + Send + 'static) -> &'static str {
+    ///     shutdown.await;
+    ///     "stopped taking requests"
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (server_ctx, stop) = Context::background().with_cancel();
+    /// let server = tokio::spawn(serve(server_ctx.cancelled_owned()));
+    /// tokio::time::sleep(Duration::from_secs(60)).await; // serving
+    /// stop.cancel();
+    /// assert_eq!(server.await.unwrap(), "stopped taking requests");
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Context::done`].
+    pub fn cancelled_owned(&self) -> CancelledOwned {
+        CancelledOwned::new(self.done_owned())
+    }
+
     /// Whether this context is done. One atomic load: no lock, no clock read.
     ///
     /// # Examples
@@ -969,6 +1021,57 @@ impl Context {
         RunUntilCancelled::new(self.done(), future)
     }
 
+    /// Wraps `stream` so that it ends when this context is done: its items come as `Ok` until
+    /// then, followed by one `Err` with the context's error. If `stream` ends first, so does
+    /// the result, without an error.
+    ///
+    /// The stream counterpart of [`Context::run_until_cancelled`], named after `futures`'
+    /// `StreamExt::take_until`, which ends a stream silently; this one says why it ended, so a
+    /// consumer's `?` stops at the error as it would at the stream's own. The result owns a
+    /// handle to the context: it is `'static` if `stream` is, to return or move into a task.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use futures::{Stream, StreamExt, stream};
+    /// use taskctx::{Context, Error};
+    ///
+    /// // Go's `for { select { case <-ctx.Done(): return ctx.Err(); case v := <-values: … } }`.
+    /// async fn sum(ctx: &Context, values: impl Stream<Item = u32>) -> Result<u32, Error> {
+    ///     let mut values = std::pin::pin!(ctx.take_until_done(values));
+    ///     let mut sum = 0;
+    ///     while let Some(value) = values.next().await {
+    ///         sum += value?;
+    ///     }
+    ///     Ok(sum)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// assert_eq!(sum(&ctx, stream::iter([1, 2, 3])).await, Ok(6));
+    /// cancel.cancel();
+    /// assert_eq!(sum(&ctx, stream::iter([1, 2, 3])).await, Err(Error::Canceled));
+    /// # }
+    /// ```
+    ///
+    /// # Which side wins
+    ///
+    /// As in [`Context::run_until_cancelled`]: the context is checked first on every poll, so
+    /// once it is done the next poll yields its error, and `stream` is not polled again, even
+    /// if it had an item ready. An item yielded in a poll that began before the context was
+    /// done is kept.
+    ///
+    /// # Cancel safety
+    ///
+    /// `next()` on the result is as cancel safe as on `stream` (see
+    /// [`TakeUntilDone`](crate::TakeUntilDone)).
+    #[cfg(feature = "futures")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+    pub fn take_until_done<S: futures_core::Stream>(&self, stream: S) -> crate::TakeUntilDone<S> {
+        crate::TakeUntilDone::new(self.done_owned(), stream)
+    }
+
     /// Spawns a Tokio task that runs `f(ctx)` until it completes or this context is done.
     ///
     /// `f` is called at once with a clone of this context, and the future it returns runs on
@@ -1013,8 +1116,8 @@ impl Context {
     ///
     /// # Panics
     ///
-    /// Outside a Tokio runtime, as `tokio::spawn`. Awaiting the handle resumes a panic that
-    /// happened inside the task.
+    /// Outside a Tokio runtime, as `tokio::spawn`. Awaiting the handle resumes, once, a panic
+    /// that happened inside the task (see [`TaskHandle`]).
     pub fn spawn<F, Fut>(&self, f: F) -> TaskHandle<Fut::Output>
     where
         F: FnOnce(Context) -> Fut,

@@ -4,15 +4,45 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{self, Poll};
+use std::task::{self, Poll, ready};
 
 use pin_project_lite::pin_project;
 
 use crate::error::Error;
 use crate::tree::Scope;
 
+/// The `slot` of a [`Done`] or [`DoneOwned`] that has returned `Ready`: what `is_terminated`
+/// reads, so that knowing it costs these futures no field and their ready path one store
+/// (their size is pinned by `done_futures_are_two_words`).
+///
+/// No registration is numbered so (slots are a slab index + 1, or a waiter link, which is
+/// below `usize::MAX - 1`). The scope never reads the slot of a future polled again after
+/// `Ready`: `Scope::poll_done` answers from the scope's error first, and once set the error
+/// never changes (pinned by `done_polled_again_after_ready_is_ready_again`). Their drops skip
+/// `Scope::forget_waiter` for it all the same: were that ever to read the slot, it would take
+/// `usize::MAX` for a waiter link in the parent, and remove someone else's registration.
+const TERMINATED: usize = usize::MAX;
+
+/// One poll of a done future: `Scope::poll_done`, and the slot marked [`TERMINATED`] on `Ready`.
+#[inline]
+fn poll_scope(scope: &Arc<Scope>, slot: &mut usize, cx: &mut task::Context<'_>) -> Poll<Error> {
+    let poll = scope.poll_done(slot, cx);
+    if poll.is_ready() {
+        *slot = TERMINATED;
+    }
+    poll
+}
+
+/// Whether a done future with this slot holds a registration, for `Debug`.
+fn registered(slot: usize) -> bool {
+    slot != 0 && slot != TERMINATED
+}
+
 /// Future returned by [`Context::done`](crate::Context::done): completes with the context's
 /// error once it is done.
+///
+/// Polled again after it has completed, it is ready again with the same error. With the
+/// `futures` feature it is a `FusedFuture`, terminated once it has returned `Ready`.
 ///
 /// # Examples
 ///
@@ -34,7 +64,8 @@ use crate::tree::Scope;
 #[must_use = "futures do nothing unless polled"]
 pub struct Done<'a> {
     scope: Option<&'a Arc<Scope>>,
-    /// 1 + the index of this future's waker in the scope's registrations; 0 when none.
+    /// 1 + the index of this future's waker in the scope's registrations (or a waiter link,
+    /// see `Scope::poll_done`); 0 when none; [`TERMINATED`] once it has returned `Ready`.
     slot: usize,
 }
 
@@ -52,15 +83,27 @@ impl Future for Done<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Error> {
         let this = self.get_mut();
         match this.scope {
-            Some(scope) => scope.poll_done(&mut this.slot, cx),
+            Some(scope) => poll_scope(scope, &mut this.slot, cx),
             None => Poll::Pending, // never done, so never woken
         }
     }
 }
 
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl futures_core::future::FusedFuture for Done<'_> {
+    /// Whether it has returned `Ready`. A `Done` of a context that is already done is not
+    /// terminated until it is polled, so that `futures::select!` still sees it complete.
+    fn is_terminated(&self) -> bool {
+        self.slot == TERMINATED
+    }
+}
+
 impl Drop for Done<'_> {
     fn drop(&mut self) {
-        if let Some(scope) = self.scope {
+        if let Some(scope) = self.scope
+            && self.slot != TERMINATED
+        {
             scope.forget_waiter(self.slot);
         }
     }
@@ -70,13 +113,16 @@ impl fmt::Debug for Done<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Done")
             .field("err", &self.scope.and_then(|scope| scope.err()))
-            .field("registered", &(self.slot != 0))
+            .field("registered", &registered(self.slot))
             .finish()
     }
 }
 
 /// Future returned by [`Context::done_owned`](crate::Context::done_owned): a `'static`
 /// [`Done`].
+///
+/// Polled again after it has completed, it is ready again with the same error; a
+/// `FusedFuture` with the `futures` feature, as [`Done`].
 ///
 /// # Examples
 ///
@@ -99,12 +145,20 @@ impl fmt::Debug for Done<'_> {
 #[must_use = "futures do nothing unless polled"]
 pub struct DoneOwned {
     scope: Option<Arc<Scope>>,
+    /// As [`Done`]'s.
     slot: usize,
 }
 
 impl DoneOwned {
     pub(crate) fn new(scope: Option<Arc<Scope>>) -> Self {
         DoneOwned { scope, slot: 0 }
+    }
+
+    /// The context's error, if it is done: one atomic load, and nothing registered.
+    #[cfg(feature = "futures")]
+    #[inline]
+    pub(crate) fn err(&self) -> Option<Error> {
+        self.scope.as_deref().and_then(Scope::err)
     }
 }
 
@@ -114,15 +168,26 @@ impl Future for DoneOwned {
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Error> {
         let this = self.get_mut();
         match &this.scope {
-            Some(scope) => scope.poll_done(&mut this.slot, cx),
+            Some(scope) => poll_scope(scope, &mut this.slot, cx),
             None => Poll::Pending,
         }
     }
 }
 
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl futures_core::future::FusedFuture for DoneOwned {
+    /// Whether it has returned `Ready`, as [`Done`]'s.
+    fn is_terminated(&self) -> bool {
+        self.slot == TERMINATED
+    }
+}
+
 impl Drop for DoneOwned {
     fn drop(&mut self) {
-        if let Some(scope) = &self.scope {
+        if let Some(scope) = &self.scope
+            && self.slot != TERMINATED
+        {
             scope.forget_waiter(self.slot);
         }
     }
@@ -132,7 +197,68 @@ impl fmt::Debug for DoneOwned {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DoneOwned")
             .field("err", &self.scope.as_deref().and_then(Scope::err))
-            .field("registered", &(self.slot != 0))
+            .field("registered", &registered(self.slot))
+            .finish()
+    }
+}
+
+/// Future returned by [`Context::cancelled_owned`](crate::Context::cancelled_owned): a
+/// [`DoneOwned`] whose output is `()`, for APIs that take a `Future<Output = ()>`.
+///
+/// Polled again after it has completed, it is ready again; a `FusedFuture` with the `futures`
+/// feature, as [`Done`].
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::{CancelledOwned, Context};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (ctx, cancel) = Context::background().with_cancel();
+/// let cancelled: CancelledOwned = ctx.cancelled_owned();
+/// drop(ctx); // the future keeps what it needs
+/// cancel.cancel();
+/// let () = cancelled.await;
+/// # }
+/// ```
+///
+/// # Cancel safety
+///
+/// Cancel safe: dropping it loses nothing.
+#[must_use = "futures do nothing unless polled"]
+pub struct CancelledOwned {
+    done: DoneOwned,
+}
+
+impl CancelledOwned {
+    pub(crate) fn new(done: DoneOwned) -> Self {
+        CancelledOwned { done }
+    }
+}
+
+impl Future for CancelledOwned {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.done).poll(cx).map(drop)
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl futures_core::future::FusedFuture for CancelledOwned {
+    /// Whether it has returned `Ready`, as [`Done`]'s.
+    fn is_terminated(&self) -> bool {
+        self.done.slot == TERMINATED
+    }
+}
+
+impl fmt::Debug for CancelledOwned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelledOwned")
+            .field("err", &self.done.scope.as_deref().and_then(Scope::err))
+            .field("registered", &registered(self.done.slot))
             .finish()
     }
 }
@@ -140,6 +266,10 @@ impl fmt::Debug for DoneOwned {
 pin_project! {
     /// Future returned by [`Context::run_until_cancelled`](crate::Context::run_until_cancelled):
     /// the inner future's output, or the context's error if the context is done first.
+    ///
+    /// Once it has returned `Ready` it stays pending, and polls neither the context nor the
+    /// inner future again; with the `futures` feature it is a `FusedFuture`, terminated from
+    /// then on.
     ///
     /// # Examples
     ///
@@ -163,12 +293,18 @@ pin_project! {
         done: Done<'a>,
         #[pin]
         future: F,
+        // Whether it has returned `Ready`.
+        finished: bool,
     }
 }
 
 impl<'a, F> RunUntilCancelled<'a, F> {
     pub(crate) fn new(done: Done<'a>, future: F) -> Self {
-        RunUntilCancelled { done, future }
+        RunUntilCancelled {
+            done,
+            future,
+            finished: false,
+        }
     }
 }
 
@@ -177,7 +313,22 @@ impl<F: Future> Future for RunUntilCancelled<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        race(this.done, this.future, cx)
+        if *this.finished {
+            // The inner future may panic if polled after its output (an `async` block does).
+            return Poll::Pending;
+        }
+        let output = ready!(race(this.done, this.future, cx));
+        *this.finished = true;
+        Poll::Ready(output)
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl<F: Future> futures_core::future::FusedFuture for RunUntilCancelled<'_, F> {
+    /// Whether it has returned `Ready`.
+    fn is_terminated(&self) -> bool {
+        self.finished
     }
 }
 
@@ -185,6 +336,7 @@ impl<F> fmt::Debug for RunUntilCancelled<'_, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunUntilCancelled")
             .field("done", &self.done)
+            .field("finished", &self.finished)
             .finish_non_exhaustive()
     }
 }

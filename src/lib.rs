@@ -66,7 +66,16 @@
 //! [`Context::token`] hands out a tokio-util [`CancellationToken`] that is cancelled with the
 //! context, for code that takes a token; [`Context::with_token`] and [`Context::from_token`]
 //! go the other way, so a shutdown token (such as the one driving axum's graceful shutdown)
-//! can be the root of a context tree.
+//! can be the root of a context tree. [`Context::cancelled_owned`] is the `Future<Output = ()>`
+//! that such APIs take as their shutdown signal.
+//!
+//! # Cargo features
+//!
+//! - `futures` (off by default): `futures_core`'s `FusedFuture` for [`Done`], [`DoneOwned`],
+//!   [`CancelledOwned`], [`RunUntilCancelled`], [`Timeout`] and [`TaskHandle`], each terminated
+//!   once it has returned `Ready`, so that `futures::select!` takes them without `.fuse()`; and
+//!   `Context::take_until_done`, a `Stream` that ends when its context is done (with its error
+//!   as the last item). It adds one dependency, `futures-core`.
 //!
 //! # Performance
 //!
@@ -96,6 +105,7 @@
 //!
 //! [`CancellationToken`]: tokio_util::sync::CancellationToken
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![deny(unsafe_code)] // two exceptions, `tree::Kept::get` and `tree::Scope::fresh`, with their reasons
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -108,6 +118,8 @@ mod future;
 mod handle;
 mod slab;
 mod source;
+#[cfg(feature = "futures")]
+mod stream;
 mod sync;
 mod task;
 pub mod testing;
@@ -122,8 +134,11 @@ mod loom_tests;
 pub use after_func::AfterFunc;
 pub use context::Context;
 pub use error::{Cause, Error};
-pub use future::{Done, DoneOwned, RunUntilCancelled};
+pub use future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled};
 pub use handle::{CancelCauseHandle, CancelHandle};
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+pub use stream::TakeUntilDone;
 pub use task::TaskHandle;
 pub use timeout::{Timeout, with_timeout};
 pub use value::Key;

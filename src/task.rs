@@ -34,17 +34,26 @@ use crate::tree::Scope;
 /// # }
 /// ```
 ///
-/// # Panics
-///
-/// Awaiting the handle resumes a panic that happened inside the task, on the awaiting task, as
-/// joining a thread does.
-///
 /// # Cancel safety
 ///
 /// Cancel safe: dropping the handle while awaiting it detaches the task and loses nothing else.
+/// An await given up before the task stopped (say, `tokio::time::timeout(d, &mut handle)` that
+/// elapsed) leaves the handle as it was, to be awaited again.
+///
+/// # Panics
+///
+/// Awaiting the handle resumes a panic that happened inside the task, on the awaiting task, as
+/// joining a thread does. Nothing else panics: the task's output, or its panic, is delivered
+/// once, and a handle polled again after that stays pending forever instead of panicking
+/// inside Tokio. So after `tokio::time::timeout(d, &mut handle)` has completed, a second await
+/// of `handle` never completes; with the `futures` feature, `FusedFuture::is_terminated` says
+/// so, and `futures::select!` skips the handle.
 #[must_use = "dropping a TaskHandle detaches the task; await it to confirm the task stopped"]
 pub struct TaskHandle<T> {
-    join: JoinHandle<Result<T, Error>>,
+    /// `None` once the handle has returned `Ready`: Tokio's `JoinHandle` panics if polled after
+    /// that, and this handle stays pending instead (pinned by
+    /// `task_handle_awaited_again_after_a_completed_timeout_stays_pending`).
+    join: Option<JoinHandle<Result<T, Error>>>,
 }
 
 impl<T: Send + 'static> TaskHandle<T> {
@@ -59,7 +68,7 @@ impl<T: Send + 'static> TaskHandle<T> {
             ctx.run_until_cancelled(future).await
         };
         TaskHandle {
-            join: tokio::spawn(task.instrument(tracing::Span::current())),
+            join: Some(tokio::spawn(task.instrument(tracing::Span::current()))),
         }
     }
 }
@@ -81,7 +90,9 @@ impl<T> TaskHandle<T> {
     /// # }
     /// ```
     pub fn abort(&self) {
-        self.join.abort();
+        if let Some(join) = &self.join {
+            join.abort();
+        }
     }
 
     /// Whether the task has stopped.
@@ -102,7 +113,7 @@ impl<T> TaskHandle<T> {
     /// # }
     /// ```
     pub fn is_finished(&self) -> bool {
-        self.join.is_finished()
+        self.join.as_ref().is_none_or(JoinHandle::is_finished)
     }
 }
 
@@ -110,11 +121,27 @@ impl<T> Future for TaskHandle<T> {
     type Output = Result<T, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
-        match ready!(Pin::new(&mut self.join).poll(cx)) {
+        let Some(join) = &mut self.join else {
+            return Poll::Pending; // delivered already: see `# Panics`
+        };
+        let joined = ready!(Pin::new(join).poll(cx));
+        // Before the panic is resumed, so that it too is delivered once (pinned by
+        // `task_handle_resumes_a_panic_once_then_stays_pending`).
+        self.join = None;
+        match joined {
             Ok(result) => Poll::Ready(result),
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
             Err(_) => Poll::Ready(Err(Error::Canceled)),
         }
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl<T> futures_core::future::FusedFuture for TaskHandle<T> {
+    /// Whether the handle has returned `Ready` (or resumed the task's panic).
+    fn is_terminated(&self) -> bool {
+        self.join.is_none()
     }
 }
 
@@ -145,7 +172,7 @@ impl Drop for TaskCount {
 impl<T> fmt::Debug for TaskHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TaskHandle")
-            .field("finished", &self.join.is_finished())
+            .field("finished", &self.is_finished())
             .finish()
     }
 }

@@ -68,12 +68,16 @@ where
         future: f(child),
         done,
         handle,
+        finished: false,
     }
 }
 
 pin_project! {
     /// Future returned by [`with_timeout`]: the guarded work's output, or the error of the
     /// context it ran under.
+    ///
+    /// Once it has returned `Ready` it stays pending, and polls neither the context nor the
+    /// work again; with the `futures` feature it is a `FusedFuture`, terminated from then on.
     ///
     /// # Examples
     ///
@@ -98,6 +102,8 @@ pin_project! {
         future: F,
         done: DoneOwned,
         handle: CancelHandle,
+        // Whether it has returned `Ready`.
+        finished: bool,
     }
 }
 
@@ -106,10 +112,24 @@ impl<F: Future> Future for Timeout<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if *this.finished {
+            // The work may panic if polled after its output (an `async` block does).
+            return Poll::Pending;
+        }
         let result = ready!(race(this.done, this.future, cx));
         // Go's `defer cancel()`: nothing the work started outlives the guard's answer.
         this.handle.cancel();
+        *this.finished = true;
         Poll::Ready(result)
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl<F: Future> futures_core::future::FusedFuture for Timeout<F> {
+    /// Whether it has returned `Ready`.
+    fn is_terminated(&self) -> bool {
+        self.finished
     }
 }
 
@@ -117,6 +137,7 @@ impl<F> fmt::Debug for Timeout<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Timeout")
             .field("done", &self.done)
+            .field("finished", &self.finished)
             .finish_non_exhaustive()
     }
 }

@@ -259,6 +259,19 @@ fn underscore_binding_drops_the_handle_and_cancels_at_once() {
 async fn underscore_binding_of_a_timeout_handle_cancels_at_once_with_canceled() {
     let (ctx, _) = Context::background().with_timeout(Duration::from_secs(10));
     assert_eq!(ctx.err(), Some(Error::Canceled));
+
+    // Every `with_*` that returns a handle, as its docs say; `_cancel` keeps the handle.
+    let root = Context::background();
+    let at = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ten = Duration::from_secs(10);
+    let (ctx, _) = root.with_deadline(at);
+    assert!(ctx.is_done());
+    let (ctx, _) = root.with_deadline_cause(at, "slow");
+    assert!(ctx.is_done());
+    let (ctx, _) = root.with_timeout_cause(ten, "slow");
+    assert!(ctx.is_done());
+    let (ctx, _cancel) = root.with_timeout_cause(ten, "slow");
+    assert!(!ctx.is_done());
 }
 
 #[test]
@@ -414,6 +427,36 @@ fn done_wakes_when_an_ancestor_is_cancelled() {
 }
 
 #[test]
+fn done_polled_again_after_ready_is_ready_again() {
+    let (waker_counter, waker) = counting_waker();
+    // A lone child (its `done()` would wait in the parent), a linked one, and a root.
+    let (root, cancel_root) = Context::background().with_cancel();
+    let (lone, _cancel_lone) = root.with_cancel();
+    let (linked, _cancel_linked) = root.with_cancel();
+    let (_grandchild, _cancel_grandchild) = linked.with_cancel();
+    let mut futures = [root.done(), lone.done(), linked.done()];
+    for done in &mut futures {
+        assert_eq!(poll_with(done, &waker), Poll::Pending);
+    }
+
+    cancel_root.cancel();
+
+    for done in &mut futures {
+        assert_eq!(poll_with(done, &waker), Poll::Ready(Error::Canceled));
+        assert_eq!(
+            poll_with(done, &waker),
+            Poll::Ready(Error::Canceled),
+            "same answer"
+        );
+    }
+    drop(futures); // after `Ready`: nothing of theirs is registered, nothing is forgotten
+    assert_eq!(wakes(&waker_counter), 3);
+    let mut owned = root.done_owned();
+    assert_eq!(poll_with(&mut owned, &waker), Poll::Ready(Error::Canceled));
+    assert_eq!(poll_with(&mut owned, &waker), Poll::Ready(Error::Canceled));
+}
+
+#[test]
 fn done_owned_wakes_its_waker_on_cancel() {
     let (ctx, cancel) = Context::background().with_cancel();
     let (counter, waker) = counting_waker();
@@ -437,6 +480,26 @@ async fn done_owned_in_a_spawned_task_completes_on_cancel() {
     cancel.cancel();
 
     assert_eq!(watcher.await.unwrap(), Error::Canceled);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_owned_completes_with_unit_on_cancel_and_on_deadline() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let shutdown = tokio::spawn(ctx.cancelled_owned());
+    drop(ctx);
+    tokio::task::yield_now().await;
+    assert!(!shutdown.is_finished());
+    cancel.cancel();
+    shutdown.await.unwrap();
+
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(2));
+    let started = tokio::time::Instant::now();
+    ctx.cancelled_owned().await;
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+    let (never, _keep) = Context::background().with_cancel();
+    let pending = tokio::time::timeout(Duration::from_secs(60), never.cancelled_owned()).await;
+    assert!(pending.is_err(), "a live context's signal does not fire");
 }
 
 #[tokio::test(start_paused = true)]

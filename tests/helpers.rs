@@ -182,6 +182,34 @@ async fn run_until_cancelled_on_a_never_done_context_runs_to_completion() {
     );
 }
 
+#[tokio::test]
+async fn run_until_cancelled_stays_pending_once_it_has_returned_and_polls_nothing() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let state = ProbeState::default();
+    let mut run = Box::pin(ctx.run_until_cancelled(state.probe(1)));
+    assert_eq!(
+        futures::poll!(run.as_mut()),
+        Poll::Ready(Ok("probe finished"))
+    );
+    cancel.cancel();
+    assert_eq!(
+        futures::poll!(run.as_mut()),
+        Poll::Pending,
+        "no second output"
+    );
+    assert_eq!(state.polls(), 1, "the finished future is not polled again");
+
+    // Nor when the context won: its error is delivered once too.
+    let (ctx, cancel) = Context::background().with_cancel();
+    cancel.cancel();
+    let mut run = Box::pin(ctx.run_until_cancelled(std::future::pending::<()>()));
+    assert_eq!(
+        futures::poll!(run.as_mut()),
+        Poll::Ready(Err(Error::Canceled))
+    );
+    assert_eq!(futures::poll!(run.as_mut()), Poll::Pending);
+}
+
 // ---------------------------------------------------------------------------------------------
 // taskctx::with_timeout
 
@@ -247,6 +275,19 @@ async fn with_timeout_stops_tasks_spawned_with_the_child_on_expiry() {
     assert_eq!(helper.await, Err(Error::DeadlineExceeded));
     assert!(state.dropped(), "the helper's future is gone");
     assert_no_leaks(&root).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_timeout_stays_pending_once_it_has_returned() {
+    let ctx = Context::background();
+    let mut guarded = Box::pin(taskctx::with_timeout(
+        &ctx,
+        Duration::from_secs(1),
+        |_| async { "ok" },
+    ));
+    assert_eq!(futures::poll!(guarded.as_mut()), Poll::Ready(Ok("ok")));
+    // The `async` block would panic if polled again ("`async fn` resumed after completion").
+    assert_eq!(futures::poll!(guarded.as_mut()), Poll::Pending);
 }
 
 #[tokio::test(start_paused = true)]
@@ -408,6 +449,31 @@ async fn aborted_task_handle_gives_canceled() {
     let never_started = Context::background().spawn(|_| async { 1 });
     never_started.abort();
     assert_eq!(never_started.await, Err(Error::Canceled));
+}
+
+#[tokio::test(start_paused = true)]
+async fn task_handle_awaited_again_after_a_completed_timeout_stays_pending() {
+    let mut task = Context::background().spawn(|_| async { 7 });
+    let first = tokio::time::timeout(Duration::from_secs(1), &mut task).await;
+    assert_eq!(first, Ok(Ok(7)));
+    assert!(task.is_finished());
+
+    // Tokio's own `JoinHandle` panics here: "JoinHandle polled after completion".
+    let again = tokio::time::timeout(Duration::from_secs(1), &mut task).await;
+    assert!(again.is_err(), "delivered once, then pending");
+    assert!(task.is_finished());
+    task.abort(); // a no-op now, and no panic either
+}
+
+#[tokio::test(start_paused = true)]
+async fn task_handle_resumes_a_panic_once_then_stays_pending() {
+    let mut task = Context::background().spawn(|_| async { std::panic::panic_any(7u32) });
+    let caught = std::panic::AssertUnwindSafe(&mut task).catch_unwind().await;
+    let payload = caught.expect_err("awaiting a panicked task must panic");
+    assert_eq!(payload.downcast_ref::<u32>(), Some(&7));
+
+    let again = tokio::time::timeout(Duration::from_secs(1), &mut task).await;
+    assert!(again.is_err(), "resumed once, then pending");
 }
 
 #[tokio::test]

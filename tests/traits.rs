@@ -5,7 +5,10 @@
 use std::io;
 use std::time::Duration;
 
-use taskctx::{AfterFunc, CancelCauseHandle, CancelHandle, Cause, Context, DoneOwned, Error, Key};
+use taskctx::{
+    AfterFunc, CancelCauseHandle, CancelHandle, CancelledOwned, Cause, Context, DoneOwned, Error,
+    Key,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -30,11 +33,20 @@ fn handles_and_futures_can_cross_threads() {
     assert_send_sync::<CancelCauseHandle>();
     assert_send_sync::<AfterFunc>();
     assert_send_sync::<DoneOwned>();
+    assert_send_sync::<CancelledOwned>();
     assert_send_sync::<Cause>();
 
     let (ctx, cancel) = Context::background().with_cancel();
     std::thread::spawn(move || cancel.cancel()).join().unwrap();
     assert!(ctx.is_done());
+}
+
+#[test]
+fn done_futures_are_two_words() {
+    // Their `FusedFuture` state is a value of the registration slot, not a field of its own.
+    let words = 2 * std::mem::size_of::<usize>();
+    assert_eq!(std::mem::size_of::<taskctx::Done<'_>>(), words);
+    assert_eq!(std::mem::size_of::<DoneOwned>(), words);
 }
 
 #[test]
