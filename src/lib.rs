@@ -76,6 +76,9 @@
 //!   once it has returned `Ready`, so that `futures::select!` takes them without `.fuse()`; and
 //!   `Context::take_until_done`, a `Stream` that ends when its context is done (with its error
 //!   as the last item). It adds one dependency, `futures-core`.
+//! - `signal` (off by default): [`signal::notify_context`], Go's `signal.NotifyContext`: a
+//!   context cancelled by `SIGINT` or `SIGTERM` with the signal as its cause, and a second one
+//!   cancelled by the second signal. It turns on Tokio's `signal` feature.
 //!
 //! # Performance
 //!
@@ -116,6 +119,9 @@ mod context;
 mod error;
 mod future;
 mod handle;
+#[cfg(feature = "signal")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
+pub mod signal;
 mod slab;
 mod source;
 #[cfg(feature = "futures")]
