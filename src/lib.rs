@@ -104,6 +104,7 @@ mod after_func;
 mod context;
 mod error;
 mod future;
+mod group;
 mod handle;
 mod slab;
 mod source;
@@ -122,6 +123,10 @@ pub use after_func::AfterFunc;
 pub use context::Context;
 pub use error::{Cause, Error};
 pub use future::{Done, DoneOwned, RunUntilCancelled};
+pub use group::{
+    AllStopped, GroupBuilder, GroupHandle, Outcome, OutcomeCounts, Panic, Report, Shutdown,
+    SpawnError, TaskGroup, TaskPanicked, TaskReport, Wait,
+};
 pub use handle::{CancelCauseHandle, CancelHandle};
 pub use task::TaskHandle;
 pub use timeout::{Timeout, with_timeout};
