@@ -57,9 +57,39 @@
 //! | A forgotten `cancel()` keeps the child in its parent's map and its timer armed until the parent is cancelled | [`CancelHandle`] cancels on drop; a context whose handles are all gone leaves nothing registered and no timer armed |
 //! | A goroutine that never selects on `Done` leaks | [`Context::spawn`] and [`with_timeout`] drop the work once the context is done |
 //! | The caller cannot easily confirm that work stopped | the [`TaskHandle`] of [`Context::spawn`] resolves only once the task has stopped |
+//! | `errgroup` reports the first error only, and cannot bound a shutdown | a [`TaskGroup`]'s [`Report`] says how each task stopped; [`TaskGroup::shutdown`] aborts what outlives its grace |
 //! | `Value(key any) any`: keys collide across packages, results need a type assertion | [`Context::value`] and [`Context::get`] are typed, keyed by types nobody else can name |
 //! | No way to combine two cancellation sources | [`Context::merge`] |
 //! | `AfterFunc` callbacks run in unordered goroutines | [`Context::after_func`] callbacks have run when the cancelling call returns |
+//!
+//! # Task groups
+//!
+//! [`TaskGroup`] runs named tasks under one context and stops them together, with a report of
+//! how each one stopped: Go's `errgroup` (with [`GroupBuilder::fail_fast`] and
+//! [`GroupBuilder::limit`]) and tokio-util's `TaskTracker`, where
+//! [`shutdown`](TaskGroup::shutdown) gives every task a grace period to see its context done
+//! and clean up, aborts the rest, and says which were aborted.
+//!
+//! ```
+//! use std::time::Duration;
+//! use taskctx::{Context, TaskGroup};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let group = TaskGroup::new(&Context::background());
+//! for id in 0..3 {
+//!     group
+//!         .spawn(format!("conn-{id}"), |ctx| async move {
+//!             ctx.done().await; // serve until the group is shut down, then clean up
+//!             Ok::<(), std::io::Error>(())
+//!         })
+//!         .unwrap();
+//! }
+//! let report = group.shutdown("SIGTERM", Duration::from_secs(10)).await;
+//! assert_eq!(report.counts().finished, 3);
+//! report.into_result().unwrap();
+//! # }
+//! ```
 //!
 //! # Interoperability
 //!
@@ -104,7 +134,9 @@
 //! Every cancellation emits a `tracing` event at debug level, target `taskctx`, with the
 //! error, the cause and how many descendants it reached. A panicking [`Context::after_func`]
 //! callback, or a waker that panics when a cancellation wakes it, is reported as an error
-//! event; the cancellation goes on.
+//! event; the cancellation goes on. A task group's [`Report`] is emitted when its owner gets
+//! it: an info event with the counts, and a warn event for each task that was aborted or took
+//! more than half the grace to stop.
 //!
 //! [`CancellationToken`]: tokio_util::sync::CancellationToken
 
@@ -118,6 +150,7 @@ mod after_func;
 mod context;
 mod error;
 mod future;
+mod group;
 mod handle;
 #[cfg(feature = "signal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
@@ -141,6 +174,10 @@ pub use after_func::AfterFunc;
 pub use context::Context;
 pub use error::{Cause, Error};
 pub use future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled};
+pub use group::{
+    AllStopped, GroupBuilder, GroupHandle, Outcome, OutcomeCounts, Panic, Report, Shutdown,
+    SpawnError, TaskGroup, TaskPanicked, TaskReport, Wait,
+};
 pub use handle::{CancelCauseHandle, CancelHandle};
 #[cfg(feature = "futures")]
 #[cfg_attr(docsrs, doc(cfg(feature = "futures")))]

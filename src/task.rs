@@ -149,10 +149,10 @@ impl<T> futures_core::future::FusedFuture for TaskHandle<T> {
 /// `without_cancel`, so detached work shows in the census of the request it came from), for as
 /// long as the task's future exists (until it completes, or is dropped by an abort or a
 /// runtime shutdown).
-struct TaskCount(Option<Arc<Scope>>);
+pub(crate) struct TaskCount(Option<Arc<Scope>>);
 
 impl TaskCount {
-    fn new(ctx: &Context) -> Self {
+    pub(crate) fn new(ctx: &Context) -> Self {
         let scope = ctx.counting_scope().cloned();
         if let Some(scope) = &scope {
             scope.task_started();

@@ -202,3 +202,56 @@ fn panicking_after_func_lets_other_callbacks_run_and_reports_an_error_event() {
         Some("callback exploded")
     );
 }
+
+#[test]
+fn a_group_report_emits_a_summary_and_warns_of_aborted_and_slow_tasks() {
+    let recorder = Recorder::install();
+    let events = recorder.capture(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let group = taskctx::TaskGroup::builder(&Context::background())
+                .name("workers")
+                .build();
+            group
+                .spawn("stubborn", |_ctx| async {
+                    std::future::pending::<()>().await;
+                    Ok::<(), Error>(())
+                })
+                .unwrap();
+            group
+                .spawn("laggard", |ctx| async move {
+                    ctx.done().await;
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    Ok::<(), Error>(())
+                })
+                .unwrap();
+            group
+                .spawn("prompt", |ctx| async move {
+                    ctx.done().await;
+                    Ok::<(), Error>(())
+                })
+                .unwrap();
+            group.shutdown("deploy", Duration::from_secs(1)).await;
+        });
+    });
+    let events: Vec<_> = events
+        .into_iter()
+        .filter(|e| e.level != Level::DEBUG)
+        .collect();
+    let field = |i: usize, name: &str| events[i].fields.get(name).map(String::as_str);
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0].level, Level::INFO);
+    assert_eq!(field(0, "group"), Some("workers"));
+    assert_eq!(field(0, "tasks"), Some("3"));
+    assert_eq!(field(0, "aborted"), Some("1"));
+    assert_eq!(field(0, "cause"), Some("deploy"));
+    assert_eq!(events[1].level, Level::WARN);
+    assert_eq!(field(1, "task"), Some("stubborn"));
+    assert_eq!(events[2].level, Level::WARN);
+    assert_eq!(field(2, "task"), Some("laggard"));
+    assert_eq!(field(2, "time_to_stop"), Some("600ms"));
+}

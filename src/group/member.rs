@@ -1,0 +1,241 @@
+//! The future each member task runs, and the record of its stop.
+//!
+//! Owns invariant 1 of `mod.rs` (a member's stop is recorded exactly once, after its context
+//! and count are gone) and the limit: a body exists only while its task holds a slot.
+//!
+//! Drop order carries both. [`Member`] holds the body before the [`Record`], and [`Running`]
+//! the body before its slot, and fields drop in declaration order: when a task is aborted, its
+//! body (with the user's future) is dropped first, then its slot is given back, then the record
+//! reports the stop. Pinned by `the_limit_is_never_exceeded` and
+//! `tasks_that_ignore_cancellation_are_aborted_and_named`.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{self, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::Core;
+use super::error::TaskPanicked;
+use super::report::{Outcome, Panic, TaskReport};
+use crate::context::Context;
+use crate::error::Cause;
+use crate::handle::CancelHandle;
+use crate::task::TaskCount;
+
+/// Which group and member the running task is, so that a `shutdown` or `wait` awaited inside a
+/// member does not wait for itself (invariant 6).
+#[derive(Clone, Copy)]
+struct Membership {
+    /// The group's core, by address: only compared, never dereferenced.
+    group: usize,
+    id: u64,
+}
+
+tokio::task_local! {
+    static MEMBERSHIP: Membership;
+}
+
+/// The member id of the running task, if it is a member of `core`'s group.
+pub(super) fn current(core: &Arc<Core>) -> Option<u64> {
+    let group = Arc::as_ptr(core) as usize;
+    MEMBERSHIP
+        .try_with(|m| (m.group == group).then_some(m.id))
+        .ok()
+        .flatten()
+}
+
+/// How a new task gets its slot.
+pub(super) enum Slot {
+    /// The group has no limit.
+    Free,
+    /// `spawn` took a free one.
+    Held(OwnedSemaphorePermit),
+    /// The task waits for one before it starts.
+    Wait(Arc<Semaphore>),
+}
+
+/// Spawns member `id` of `core`'s group; returns its abort handle.
+pub(super) fn spawn<F, Fut, E>(
+    core: &Arc<Core>,
+    id: u64,
+    name: Cow<'static, str>,
+    slot: Slot,
+    f: F,
+) -> AbortHandle
+where
+    F: FnOnce(Context) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<Box<dyn StdError + Send + Sync + 'static>> + 'static,
+{
+    let (ctx, cancel) = core.ctx.with_cancel();
+    let record = Record {
+        cancel: Some(cancel),
+        counted: Some(TaskCount::new(&ctx)),
+        core: core.clone(),
+        id,
+        name,
+        spawned_at: Instant::now(),
+        outcome: None,
+    };
+    let member = Member {
+        body: run(ctx, slot, f),
+        record,
+    };
+    let membership = Membership {
+        group: Arc::as_ptr(core) as usize,
+        id,
+    };
+    let task = MEMBERSHIP.scope(membership, member);
+    tokio::spawn(task.instrument(tracing::Span::current())).abort_handle()
+}
+
+/// A member's whole life: its slot, its closure, its future; returns how it ended.
+async fn run<F, Fut, E>(ctx: Context, slot: Slot, f: F) -> Outcome
+where
+    F: FnOnce(Context) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<Box<dyn StdError + Send + Sync + 'static>> + 'static,
+{
+    let permit = match slot {
+        Slot::Free => None,
+        Slot::Held(permit) => Some(permit),
+        // The context is checked first: a task still queued when the group is cancelled never
+        // starts, even if a slot frees up in the same instant. The semaphore is never closed.
+        Slot::Wait(slots) => match ctx.run_until_cancelled(slots.acquire_owned()).await {
+            Ok(permit) => permit.ok(),
+            Err(_) => return Outcome::NotStarted,
+        },
+    };
+    let body = match catch_unwind(AssertUnwindSafe(|| f(ctx.clone()))) {
+        Ok(body) => body,
+        Err(payload) => return Outcome::Panicked(Panic::new(payload)),
+    };
+    let running = Running {
+        body: CatchUnwind { future: body },
+        _slot: permit,
+    };
+    match running.await {
+        Ok(Ok(())) => Outcome::Finished,
+        Ok(Err(err)) => {
+            let cause = Cause::new(err.into());
+            match ctx.err() {
+                Some(err) if cause.is_plain(err) => Outcome::Canceled(err),
+                _ => Outcome::Failed(cause),
+            }
+        }
+        Err(payload) => Outcome::Panicked(Panic::new(payload)),
+    }
+}
+
+pin_project! {
+    /// A member task's future: `body` must stay declared before `record` (see the module
+    /// header).
+    struct Member<B> {
+        #[pin]
+        body: B,
+        record: Record,
+    }
+}
+
+impl<B: Future<Output = Outcome>> Future for Member<B> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let outcome = ready!(this.body.poll(cx));
+        this.record.outcome = Some(outcome);
+        Poll::Ready(())
+    }
+}
+
+pin_project! {
+    /// A body and the slot it holds: `body` must stay declared before `_slot`.
+    struct Running<F> {
+        #[pin]
+        body: CatchUnwind<F>,
+        _slot: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<F: Future> Future for Running<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
+        self.project().body.poll(cx)
+    }
+}
+
+pin_project! {
+    /// Catches a panic in `future`'s `poll`, so that it reaches the report.
+    struct CatchUnwind<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
+        let future = self.project().future;
+        // A future that panicked is never polled again: `run` drops it at once.
+        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(poll) => poll.map(Ok),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+/// Reports a member's stop when dropped, which happens exactly once however the task ends.
+struct Record {
+    /// The member's own context's handle: dropped (cancelling that context) before the stop is
+    /// recorded.
+    cancel: Option<CancelHandle>,
+    /// The leak check's count of this task, also gone before the stop is recorded.
+    counted: Option<TaskCount>,
+    core: Arc<Core>,
+    id: u64,
+    name: Cow<'static, str>,
+    spawned_at: Instant,
+    /// Set when the body returned; still `None` when the task was aborted.
+    outcome: Option<Outcome>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        drop(self.cancel.take());
+        drop(self.counted.take());
+        let now = Instant::now();
+        let outcome = self.outcome.take().unwrap_or(Outcome::Aborted);
+        let time_to_stop = self
+            .core
+            .cancelled_at
+            .get()
+            .map(|&at| now.saturating_duration_since(at.max(self.spawned_at)));
+        let failure = match &outcome {
+            Outcome::Failed(cause) => Some(cause.clone()),
+            Outcome::Panicked(panic) => Some(Cause::new(Box::new(TaskPanicked::new(
+                self.name.clone(),
+                panic.message(),
+            )))),
+            _ => None,
+        };
+        let task = TaskReport::new(
+            std::mem::take(&mut self.name),
+            outcome,
+            now.saturating_duration_since(self.spawned_at),
+            time_to_stop,
+        );
+        self.core.stopped(self.id, task, failure);
+    }
+}

@@ -1,0 +1,698 @@
+//! What a group's `wait` or `shutdown` returns: how each task stopped.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::error::{Cause, Error};
+
+/// How the tasks of a [`TaskGroup`](crate::TaskGroup) stopped, one [`TaskReport`] per task, in
+/// the order they stopped.
+///
+/// Its `Display` gives the counts first, then the tasks worth a look by name: failed,
+/// panicked, aborted, and slow (those that took more than half the grace to stop after the
+/// group was cancelled), a few of each. When the owner's `wait` or `shutdown` returns it,
+/// the same is emitted as `tracing` events, target `taskctx`: one info event with the counts,
+/// and a warn event for each aborted task and each slow one.
+///
+/// A panic is never lost: its payload stays in the report until
+/// [`into_result`](Report::into_result) resumes it, or the caller takes it out of the
+/// [`Outcome`].
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::{Context, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let group = TaskGroup::builder(&Context::background()).name("import").build();
+/// group.spawn("users", |_ctx| async { Ok::<(), &str>(()) }).unwrap();
+/// group.spawn("orders", |_ctx| async { Err("orders.csv: line 7: bad date") }).unwrap();
+/// let report = group.wait().await;
+/// assert_eq!(
+///     report.to_string(),
+///     "task group \"import\": 2 tasks, 1 finished, 1 failed\n  failed: orders (orders.csv: line 7: bad date)",
+/// );
+/// assert_eq!(report.into_result().unwrap_err().to_string(), "orders.csv: line 7: bad date");
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Report {
+    name: Option<Cow<'static, str>>,
+    tasks: Vec<TaskReport>,
+    first_failure: Option<usize>,
+    cause: Option<Cause>,
+    grace: Option<Duration>,
+}
+
+/// How many tasks of a [`Report`] ended each way.
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::{Context, OutcomeCounts, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let group = TaskGroup::new(&Context::background());
+/// group.spawn("a", |_ctx| async { Ok::<(), &str>(()) }).unwrap();
+/// let counts: OutcomeCounts = group.wait().await.counts();
+/// assert_eq!((counts.finished, counts.failed, counts.aborted), (1, 0, 0));
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct OutcomeCounts {
+    /// Tasks whose future returned `Ok(())`.
+    pub finished: usize,
+    /// Tasks that returned their context's error once it was done.
+    pub canceled: usize,
+    /// Tasks that returned another error.
+    pub failed: usize,
+    /// Tasks that panicked.
+    pub panicked: usize,
+    /// Tasks aborted: still running when a shutdown's grace ran out.
+    pub aborted: usize,
+    /// Tasks still waiting for a slot when the group was cancelled.
+    pub not_started: usize,
+}
+
+/// How one task of a group stopped, and when.
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::{Context, Outcome, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let group = TaskGroup::new(&Context::background());
+/// group.spawn("quick", |_ctx| async { Ok::<(), &str>(()) }).unwrap();
+/// let report = group.wait().await;
+/// let task = &report.tasks()[0];
+/// assert_eq!(task.name(), "quick");
+/// assert!(matches!(task.outcome(), Outcome::Finished));
+/// assert_eq!(task.time_to_stop(), None, "it stopped before any cancellation");
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct TaskReport {
+    name: Cow<'static, str>,
+    outcome: Outcome,
+    ran_for: Duration,
+    time_to_stop: Option<Duration>,
+}
+
+/// How a task of a group ended.
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::Outcome;
+///
+/// assert_eq!(Outcome::Aborted.to_string(), "aborted");
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Its future returned `Ok(())`.
+    Finished,
+    /// It returned its own context's error once that context was done (as `ctx.done().await`
+    /// gives): it stopped because it was asked to. Not a failure.
+    Canceled(Error),
+    /// It returned an error, kept as a [`Cause`].
+    Failed(Cause),
+    /// Its closure or its future panicked; the payload is kept.
+    Panicked(Panic),
+    /// It was still running when a shutdown's grace ran out (or the group was dropped, or the
+    /// runtime shut down), and was dropped at its next `.await`.
+    Aborted,
+    /// It was still waiting for a slot (see [`GroupBuilder::limit`](crate::GroupBuilder::limit))
+    /// when the group was cancelled; its closure was never called.
+    NotStarted,
+}
+
+/// The payload of a task's panic, kept so that it can be resumed.
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::{Context, Outcome, TaskGroup};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let group = TaskGroup::new(&Context::background());
+/// group.spawn("boom", |_ctx| async {
+///     if true {
+///         panic!("out of cheese");
+///     }
+///     Ok::<(), &str>(())
+/// })
+/// .unwrap();
+/// let mut tasks = group.wait().await.into_tasks();
+/// let Outcome::Panicked(panic) = tasks.remove(0).into_outcome() else { unreachable!() };
+/// assert_eq!(panic.message(), "out of cheese");
+/// let caught = std::panic::catch_unwind(move || panic.resume());
+/// assert!(caught.is_err());
+/// # }
+/// ```
+pub struct Panic {
+    message: String,
+    /// In a mutex only so that a `Report` can be shared between threads (`Sync`), as Tokio's
+    /// `JoinError` does; nothing locks it but `into_payload`.
+    payload: Mutex<Box<dyn Any + Send + 'static>>,
+}
+
+impl Panic {
+    pub(super) fn new(payload: Box<dyn Any + Send + 'static>) -> Self {
+        let message = if let Some(text) = payload.downcast_ref::<&'static str>() {
+            (*text).to_owned()
+        } else if let Some(text) = payload.downcast_ref::<String>() {
+            text.clone()
+        } else {
+            "Box<dyn Any>".to_owned()
+        };
+        Panic {
+            message,
+            payload: Mutex::new(payload),
+        }
+    }
+
+    /// The panic's message, or `Box<dyn Any>` if the payload was not a string.
+    ///
+    /// # Examples
+    ///
+    /// See [`Panic`].
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The payload, as `std::panic::catch_unwind` gives it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Outcome, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new(&Context::background());
+    /// group.spawn("boom", |_ctx| async {
+    ///     std::panic::panic_any(42u8);
+    ///     #[allow(unreachable_code)]
+    ///     Ok::<(), &str>(())
+    /// })
+    /// .unwrap();
+    /// let mut tasks = group.wait().await.into_tasks();
+    /// let Outcome::Panicked(panic) = tasks.remove(0).into_outcome() else { unreachable!() };
+    /// assert_eq!(panic.into_payload().downcast_ref::<u8>(), Some(&42));
+    /// # }
+    /// ```
+    pub fn into_payload(self) -> Box<dyn Any + Send + 'static> {
+        self.payload
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Resumes the panic on the calling thread, with its original payload.
+    ///
+    /// # Examples
+    ///
+    /// See [`Panic`].
+    ///
+    /// # Panics
+    ///
+    /// Always: that is what it is for.
+    pub fn resume(self) -> ! {
+        std::panic::resume_unwind(self.into_payload())
+    }
+}
+
+impl fmt::Debug for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Panic")
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Finished => f.write_str("finished"),
+            Outcome::Canceled(err) => write!(f, "canceled ({err})"),
+            Outcome::Failed(cause) => write!(f, "failed: {cause}"),
+            Outcome::Panicked(panic) => write!(f, "panicked: {}", panic.message),
+            Outcome::Aborted => f.write_str("aborted"),
+            Outcome::NotStarted => f.write_str("not started"),
+        }
+    }
+}
+
+impl TaskReport {
+    pub(super) fn new(
+        name: Cow<'static, str>,
+        outcome: Outcome,
+        ran_for: Duration,
+        time_to_stop: Option<Duration>,
+    ) -> Self {
+        TaskReport {
+            name,
+            outcome,
+            ran_for,
+            time_to_stop,
+        }
+    }
+
+    /// The name the task was spawned with.
+    ///
+    /// # Examples
+    ///
+    /// See [`TaskReport`].
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How the task ended.
+    ///
+    /// # Examples
+    ///
+    /// See [`TaskReport`].
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// How the task ended, by value: to take a panic's payload.
+    ///
+    /// # Examples
+    ///
+    /// See [`Panic`].
+    pub fn into_outcome(self) -> Outcome {
+        self.outcome
+    }
+
+    /// Time from `spawn` to the task's stop (Tokio time).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let group = TaskGroup::new(&Context::background());
+    /// group.spawn("nap", |_ctx| async {
+    ///     tokio::time::sleep(Duration::from_secs(3)).await;
+    ///     Ok::<(), &str>(())
+    /// })
+    /// .unwrap();
+    /// assert_eq!(group.wait().await.tasks()[0].ran_for(), Duration::from_secs(3));
+    /// # }
+    /// ```
+    pub fn ran_for(&self) -> Duration {
+        self.ran_for
+    }
+
+    /// Time from the group's cancellation (or from `spawn`, for a task spawned after it) to
+    /// the task's stop: how long it took to stop once asked. `None` if it stopped before the
+    /// group was cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let group = TaskGroup::new(&Context::background());
+    /// group.spawn("flusher", |ctx| async move {
+    ///     ctx.done().await;
+    ///     tokio::time::sleep(Duration::from_millis(300)).await; // flush
+    ///     Ok::<(), &str>(())
+    /// })
+    /// .unwrap();
+    /// let report = group.shutdown("stop", Duration::from_secs(1)).await;
+    /// assert_eq!(report.tasks()[0].time_to_stop(), Some(Duration::from_millis(300)));
+    /// # }
+    /// ```
+    pub fn time_to_stop(&self) -> Option<Duration> {
+        self.time_to_stop
+    }
+
+    fn is_failure(&self) -> bool {
+        matches!(self.outcome, Outcome::Failed(_) | Outcome::Panicked(_))
+    }
+}
+
+impl Report {
+    pub(super) fn new(
+        name: Option<Cow<'static, str>>,
+        tasks: Vec<TaskReport>,
+        first_failure: Option<usize>,
+        cause: Option<Cause>,
+        grace: Option<Duration>,
+    ) -> Self {
+        Report {
+            name,
+            tasks,
+            first_failure,
+            cause,
+            grace,
+        }
+    }
+
+    /// The group's name, if it was given one ([`GroupBuilder::name`](crate::GroupBuilder::name)).
+    ///
+    /// # Examples
+    ///
+    /// See [`GroupBuilder::name`](crate::GroupBuilder::name).
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Every task, in the order they stopped.
+    ///
+    /// # Examples
+    ///
+    /// See [`TaskReport`].
+    pub fn tasks(&self) -> &[TaskReport] {
+        &self.tasks
+    }
+
+    /// Every task, by value: to take a panic's payload.
+    ///
+    /// # Examples
+    ///
+    /// See [`Panic`].
+    pub fn into_tasks(self) -> Vec<TaskReport> {
+        self.tasks
+    }
+
+    /// How many tasks ended each way.
+    ///
+    /// # Examples
+    ///
+    /// See [`OutcomeCounts`].
+    pub fn counts(&self) -> OutcomeCounts {
+        let mut counts = OutcomeCounts::default();
+        for task in &self.tasks {
+            *match task.outcome {
+                Outcome::Finished => &mut counts.finished,
+                Outcome::Canceled(_) => &mut counts.canceled,
+                Outcome::Failed(_) => &mut counts.failed,
+                Outcome::Panicked(_) => &mut counts.panicked,
+                Outcome::Aborted => &mut counts.aborted,
+                Outcome::NotStarted => &mut counts.not_started,
+            } += 1;
+        }
+        counts
+    }
+
+    /// Why the group's context was cancelled before the tasks had all stopped: a shutdown's
+    /// cause, the first failure under fail-fast, or the parent's cause. `None` if nothing
+    /// cancelled it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let report = TaskGroup::new(&Context::background()).wait().await;
+    /// assert!(report.cause().is_none());
+    /// let report = TaskGroup::new(&Context::background())
+    ///     .shutdown("rolling restart", Duration::from_secs(1))
+    ///     .await;
+    /// assert_eq!(report.cause().unwrap().to_string(), "rolling restart");
+    /// # }
+    /// ```
+    pub fn cause(&self) -> Option<&Cause> {
+        self.cause.as_ref()
+    }
+
+    /// The grace of the shutdown (the earliest deadline's, if shutdowns overlapped), if there
+    /// was one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let report = TaskGroup::new(&Context::background())
+    ///     .shutdown("bye", Duration::from_secs(2))
+    ///     .await;
+    /// assert_eq!(report.grace(), Some(Duration::from_secs(2)));
+    /// # }
+    /// ```
+    pub fn grace(&self) -> Option<Duration> {
+        self.grace
+    }
+
+    /// The first task to fail or panic, in the order they stopped: under fail-fast, the one
+    /// whose failure cancelled the others.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new(&Context::background());
+    /// group.spawn("bad", |_ctx| async { Err("no such file") }).unwrap();
+    /// let report = group.wait().await;
+    /// assert_eq!(report.first_failure().unwrap().name(), "bad");
+    /// # }
+    /// ```
+    pub fn first_failure(&self) -> Option<&TaskReport> {
+        self.first_failure.map(|index| &self.tasks[index])
+    }
+
+    /// The tasks that failed or panicked, in the order they stopped.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new(&Context::background());
+    /// for i in 0..4 {
+    ///     group
+    ///         .spawn(format!("job-{i}"), move |_ctx| async move {
+    ///             if i % 2 == 1 { Err(format!("job {i} failed")) } else { Ok(()) }
+    ///         })
+    ///         .unwrap();
+    /// }
+    /// let report = group.wait().await;
+    /// assert_eq!(report.failures().count(), 2);
+    /// # }
+    /// ```
+    pub fn failures(&self) -> impl Iterator<Item = &TaskReport> + '_ {
+        self.tasks.iter().filter(|task| task.is_failure())
+    }
+
+    /// The tasks that took more than half the grace to stop after the group was cancelled
+    /// (aborted tasks aside), in the order they stopped. Empty without a shutdown.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let group = TaskGroup::new(&Context::background());
+    /// group.spawn("laggard", |ctx| async move {
+    ///     ctx.done().await;
+    ///     tokio::time::sleep(Duration::from_millis(800)).await;
+    ///     Ok::<(), &str>(())
+    /// })
+    /// .unwrap();
+    /// let report = group.shutdown("stop", Duration::from_secs(1)).await;
+    /// assert_eq!(report.slow().next().unwrap().name(), "laggard");
+    /// # }
+    /// ```
+    pub fn slow(&self) -> impl Iterator<Item = &TaskReport> + '_ {
+        let half = self.grace.map(|grace| grace / 2);
+        self.tasks.iter().filter(move |task| {
+            !matches!(task.outcome, Outcome::Aborted)
+                && matches!((task.time_to_stop, half), (Some(took), Some(half)) if took > half)
+        })
+    }
+
+    /// `Ok(())` if no task failed or panicked. Otherwise resumes the first panic, if any task
+    /// panicked (a panic is never turned into an error), or returns the first failure's error.
+    ///
+    /// Aborted and not-started tasks are not failures: check [`counts`](Report::counts) for
+    /// them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let group = TaskGroup::new(&Context::background());
+    /// group.spawn("io", |_ctx| async { Err(std::io::Error::other("connection reset")) }).unwrap();
+    /// let err = group.wait().await.into_result().unwrap_err();
+    /// assert!(err.is::<std::io::Error>());
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// With the payload of the first task that panicked, if one did.
+    ///
+    /// # Errors
+    ///
+    /// The first failing task's error, as a [`Cause`].
+    pub fn into_result(self) -> Result<(), Cause> {
+        let mut first = None;
+        for task in self.tasks {
+            match task.outcome {
+                Outcome::Panicked(panic) => panic.resume(),
+                Outcome::Failed(cause) if first.is_none() => first = Some(cause),
+                _ => {}
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Emits the report's `tracing` events (see [`Report`]).
+    pub(super) fn emit(&self) {
+        let group = self.name.as_deref().unwrap_or("");
+        let counts = self.counts();
+        tracing::info!(
+            target: "taskctx",
+            group,
+            tasks = self.tasks.len(),
+            finished = counts.finished,
+            canceled = counts.canceled,
+            failed = counts.failed,
+            panicked = counts.panicked,
+            aborted = counts.aborted,
+            not_started = counts.not_started,
+            cause = self.cause.as_ref().map(tracing::field::display),
+            grace = self.grace.map(tracing::field::debug),
+            "task group stopped",
+        );
+        for task in self
+            .tasks
+            .iter()
+            .filter(|t| matches!(t.outcome, Outcome::Aborted))
+        {
+            tracing::warn!(
+                target: "taskctx",
+                group,
+                task = %task.name,
+                grace = self.grace.map(tracing::field::debug),
+                "task aborted: it did not stop within the grace",
+            );
+        }
+        for task in self.slow() {
+            tracing::warn!(
+                target: "taskctx",
+                group,
+                task = %task.name,
+                time_to_stop = task.time_to_stop.map(tracing::field::debug),
+                grace = self.grace.map(tracing::field::debug),
+                "task slow to stop: it took more than half the grace",
+            );
+        }
+    }
+}
+
+/// How many names each line of a report's `Display` lists before it says how many more.
+const NAMES_PER_LINE: usize = 8;
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "task group {name:?}: ")?,
+            None => f.write_str("task group: ")?,
+        }
+        let counts = self.counts();
+        write!(f, "{} tasks", self.tasks.len())?;
+        for (count, what) in [
+            (counts.finished, "finished"),
+            (counts.canceled, "canceled"),
+            (counts.failed, "failed"),
+            (counts.panicked, "panicked"),
+            (counts.aborted, "aborted"),
+            (counts.not_started, "not started"),
+        ] {
+            if count > 0 {
+                write!(f, ", {count} {what}")?;
+            }
+        }
+        if let Some(cause) = &self.cause {
+            write!(f, "; canceled: {cause}")?;
+        }
+        if let Some(grace) = self.grace {
+            write!(f, "; grace {grace:?}")?;
+        }
+        let failed = self.tasks.iter().filter_map(|task| match &task.outcome {
+            Outcome::Failed(cause) => Some((task, cause)),
+            _ => None,
+        });
+        list(f, "failed", failed, |(task, cause), f| {
+            write!(f, "{} ({cause})", task.name)
+        })?;
+        let panicked = self.tasks.iter().filter_map(|task| match &task.outcome {
+            Outcome::Panicked(panic) => Some((task, &panic.message)),
+            _ => None,
+        });
+        list(f, "panicked", panicked, |(task, message), f| {
+            write!(f, "{} ({message})", task.name)
+        })?;
+        let aborted = self
+            .tasks
+            .iter()
+            .filter(|task| matches!(task.outcome, Outcome::Aborted));
+        list(f, "aborted", aborted, |task, f| f.write_str(&task.name))?;
+        list(f, "slow", self.slow(), |task, f| {
+            let took = task.time_to_stop.unwrap_or_default();
+            write!(f, "{} ({took:?} to stop)", task.name)
+        })
+    }
+}
+
+/// Writes one line, `label: a, b, c`, if there are any entries: the first
+/// [`NAMES_PER_LINE`] shown, the rest counted (so a report of any size prints in a few lines).
+fn list<T>(
+    f: &mut fmt::Formatter<'_>,
+    label: &str,
+    entries: impl Iterator<Item = T>,
+    show: impl Fn(T, &mut fmt::Formatter<'_>) -> fmt::Result,
+) -> fmt::Result {
+    let mut more = 0;
+    for (index, entry) in entries.enumerate() {
+        match index {
+            0 => write!(f, "\n  {label}: ")?,
+            NAMES_PER_LINE.. => {
+                more += 1;
+                continue;
+            }
+            _ => f.write_str(", ")?,
+        }
+        show(entry, f)?;
+    }
+    if more > 0 {
+        write!(f, " and {more} more")?;
+    }
+    Ok(())
+}
