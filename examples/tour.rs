@@ -8,6 +8,8 @@ use tokio::time::Instant;
 
 #[path = "detached.rs"]
 mod detached;
+#[path = "graceful_shutdown.rs"]
+mod graceful_shutdown;
 #[path = "leaky_counter.rs"]
 mod leaky_counter;
 #[path = "monitor.rs"]
@@ -20,7 +22,7 @@ mod values;
 #[tokio::main]
 async fn main() {
     let start = Instant::now();
-    println!("taskctx: Go's context package for tokio. Five short demos follow;");
+    println!("taskctx: Go's context package for tokio. Six short demos follow;");
     println!("each is also an example of its own: cargo run --example <name>.");
 
     header(
@@ -45,9 +47,14 @@ async fn main() {
     detached::run().await;
     header("values", "request-scoped values with typed keys");
     values::run().await;
+    header(
+        "graceful_shutdown",
+        "a worker pool stopped within a grace, with a report of how each task stopped",
+    );
+    graceful_shutdown::run().await;
 
     println!(
-        "\nAll 5 demos ran in {:.0} ms; each checks its outcomes with asserts, and all passed.",
+        "\nAll 6 demos ran in {:.0} ms; each checks its outcomes with asserts, and all passed.",
         start.elapsed().as_secs_f64() * 1e3
     );
 }
