@@ -102,10 +102,11 @@
 //! # Cargo features
 //!
 //! - `futures` (off by default): `futures_core`'s `FusedFuture` for [`Done`], [`DoneOwned`],
-//!   [`CancelledOwned`], [`RunUntilCancelled`], [`Timeout`] and [`TaskHandle`], each terminated
-//!   once it has returned `Ready`, so that `futures::select!` takes them without `.fuse()`; and
-//!   `Context::take_until_done`, a `Stream` that ends when its context is done (with its error
-//!   as the last item). It adds one dependency, `futures-core`.
+//!   [`CancelledOwned`], [`RunUntilCancelled`], [`RunWithGrace`], [`Timeout`] and
+//!   [`TaskHandle`], each terminated once it has returned `Ready`, so that `futures::select!`
+//!   takes them without `.fuse()`; and `Context::take_until_done`, a `Stream` that ends when
+//!   its context is done (with its error as the last item). It adds one dependency,
+//!   `futures-core`.
 //! - `signal` (off by default): [`signal::notify_context`], Go's `signal.NotifyContext`: a
 //!   context cancelled by `SIGINT` or `SIGTERM` with the signal as its cause, and a second one
 //!   cancelled by the second signal. It turns on Tokio's `signal` feature.
@@ -173,7 +174,7 @@ mod loom_tests;
 pub use after_func::AfterFunc;
 pub use context::Context;
 pub use error::{Cause, Error};
-pub use future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled};
+pub use future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled, RunWithGrace};
 pub use group::{
     AllStopped, GroupBuilder, GroupHandle, Outcome, OutcomeCounts, Panic, Report, Shutdown,
     SpawnError, TaskGroup, TaskPanicked, TaskReport, Wait,
