@@ -1133,17 +1133,24 @@ impl Context {
 
     /// Spawns a Tokio task that runs `f(ctx)` until it completes or this context is done.
     ///
+    /// **Drops the future at its next `.await` once the context is done**: a future that
+    /// selects on `ctx.done()` to run its cleanup (flush a buffer, ack a message, close a
+    /// connection politely) is dropped before that cleanup runs. Use
+    /// [`Context::spawn_graceful`] for work that must clean up.
+    ///
     /// `f` is called at once with a clone of this context, and the future it returns runs on
     /// the current runtime inside the caller's current `tracing` span. The handle resolves once
     /// the task has stopped: to `Ok(output)`, or to `Err` with the context's error if the
     /// context was done first (the future is then dropped, as in
-    /// [`Context::run_until_cancelled`], and the same side wins). Awaiting the handle is how a
-    /// caller confirms that the work has really stopped. Dropping the handle detaches the task,
-    /// which still stops when the context is done.
+    /// [`Context::run_until_cancelled`], and the same side wins; on a context already done it
+    /// never runs). Awaiting the handle is how a caller confirms that the work has really
+    /// stopped. Dropping the handle detaches the task, which still stops when the context is
+    /// done.
     ///
     /// A future that watches the context itself (say, by selecting on `ctx.done()`) and
-    /// returns when it is done may be the first to notice a cancellation; the handle then
-    /// resolves to `Ok` with what the future returned. Match on both if the future does that.
+    /// returns when it is done, without a further `.await`, may be the first to notice a
+    /// cancellation; the handle then resolves to `Ok` with what the future returned. Match on
+    /// both if the future does that.
     ///
     /// # Examples
     ///

@@ -44,7 +44,11 @@
 //!   handle's drop cancel it when the unit ends: `let (ctx, _cancel) = ctx.with_cancel();`.
 //! - Stop at the next `.await` once the context is done: `tokio::select!` on
 //!   [`Context::done`], or wrap the work in [`Context::run_until_cancelled`],
-//!   [`with_timeout`] or [`Context::spawn`].
+//!   [`with_timeout`] or [`Context::spawn`], which drop the work at that `.await`.
+//! - Work that must clean up when told to stop (flush a buffer, ack a message, close a
+//!   connection) selects on [`Context::done`], cleans up, and runs under
+//!   [`Context::spawn_graceful`] or [`Context::run_with_grace`], which give it a grace for
+//!   that before they drop it.
 //! - Use values for data that crosses API boundaries with a request (ids, identities, trace
 //!   handles), looked up by type or by a [`Key`]; not to pass optional arguments.
 //! - Work that must outlive the request gets [`Context::without_cancel`] and a timeout of its
