@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::after_func::AfterFunc;
 use crate::error::{Cause, Error};
-use crate::future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled};
+use crate::future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled, RunWithGrace};
 use crate::handle::{CancelCauseHandle, CancelHandle};
 use crate::source;
 use crate::task::TaskHandle;
@@ -1021,6 +1021,65 @@ impl Context {
         RunUntilCancelled::new(self.done(), future)
     }
 
+    /// Runs `future` to completion, or until `grace` after this context is done, whichever
+    /// comes first.
+    ///
+    /// Resolves to `Ok(output)` if `future` completes, before the context is done or within
+    /// the grace; or to `Err` with the context's error once the grace has run out, and
+    /// `future` is then not polled again (it is dropped with the returned future). Until then
+    /// `future` is polled as usual, so that it can see [`Context::done`] ready and clean up.
+    /// Equivalent to
+    /// `async fn run_with_grace<F: Future>(&self, grace: Duration, future: F) -> Result<F::Output, Error>`.
+    ///
+    /// The grace is Tokio time, counted from the first poll that sees the context done (the
+    /// cancellation wakes the future, so that is as soon as its executor gets to it). So:
+    ///
+    /// - on a context already done, `future` is still polled, and has the whole grace;
+    /// - a zero grace is [`Context::run_until_cancelled`]: once the context is done, `future`
+    ///   is not polled again, and on a context already done it is never polled;
+    /// - a grace whose end does not fit in an [`Instant`] (such as `Duration::MAX`) never runs
+    ///   out: the context never stops `future`, and the result is always `Ok`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(1));
+    /// let polite = ctx.run_with_grace(Duration::from_secs(2), async {
+    ///     ctx.done().await; // work until the deadline...
+    ///     tokio::time::sleep(Duration::from_millis(500)).await; // ...then flush
+    ///     "flushed"
+    /// });
+    /// assert_eq!(polite.await, Ok("flushed"));
+    ///
+    /// let stubborn = ctx.run_with_grace(Duration::from_secs(2), std::future::pending::<()>());
+    /// assert_eq!(stubborn.await, Err(Error::DeadlineExceeded), "dropped after 2 s of grace");
+    /// # }
+    /// ```
+    ///
+    /// # Which side wins
+    ///
+    /// Until the context is done, `future` keeps any output it completes with. Once the grace
+    /// has begun, its end is checked first on every poll: once it has passed, `future` is not
+    /// polled again, even if it would have completed in that same poll.
+    ///
+    /// # Cancel safety
+    ///
+    /// As cancel safe as `future` is: dropping this drops `future`.
+    ///
+    /// # Panics
+    ///
+    /// When it sees the context done with a grace that has an end, outside a Tokio runtime or
+    /// inside one built without the time driver (`enable_time`), with Tokio's own message, as
+    /// `tokio::time::sleep`.
+    pub fn run_with_grace<F: Future>(&self, grace: Duration, future: F) -> RunWithGrace<'_, F> {
+        RunWithGrace::new(self.done(), grace, future)
+    }
+
     /// Wraps `stream` so that it ends when this context is done: its items come as `Ok` until
     /// then, followed by one `Err` with the context's error. If `stream` ends first, so does
     /// the result, without an error.
@@ -1074,17 +1133,24 @@ impl Context {
 
     /// Spawns a Tokio task that runs `f(ctx)` until it completes or this context is done.
     ///
+    /// **Drops the future at its next `.await` once the context is done**: a future that
+    /// selects on `ctx.done()` to run its cleanup (flush a buffer, ack a message, close a
+    /// connection politely) is dropped before that cleanup runs. Use
+    /// [`Context::spawn_graceful`] for work that must clean up.
+    ///
     /// `f` is called at once with a clone of this context, and the future it returns runs on
     /// the current runtime inside the caller's current `tracing` span. The handle resolves once
     /// the task has stopped: to `Ok(output)`, or to `Err` with the context's error if the
     /// context was done first (the future is then dropped, as in
-    /// [`Context::run_until_cancelled`], and the same side wins). Awaiting the handle is how a
-    /// caller confirms that the work has really stopped. Dropping the handle detaches the task,
-    /// which still stops when the context is done.
+    /// [`Context::run_until_cancelled`], and the same side wins; on a context already done it
+    /// never runs). Awaiting the handle is how a caller confirms that the work has really
+    /// stopped. Dropping the handle detaches the task, which still stops when the context is
+    /// done.
     ///
     /// A future that watches the context itself (say, by selecting on `ctx.done()`) and
-    /// returns when it is done may be the first to notice a cancellation; the handle then
-    /// resolves to `Ok` with what the future returned. Match on both if the future does that.
+    /// returns when it is done, without a further `.await`, may be the first to notice a
+    /// cancellation; the handle then resolves to `Ok` with what the future returned. Match on
+    /// both if the future does that.
     ///
     /// # Examples
     ///
@@ -1125,6 +1191,83 @@ impl Context {
         Fut::Output: Send + 'static,
     {
         TaskHandle::spawn(self, f(self.clone()))
+    }
+
+    /// Spawns a Tokio task that runs `f(ctx)`, and gives it up to `grace` after this context
+    /// is done to finish its cleanup before it is dropped.
+    ///
+    /// **Keeps polling the future for up to `grace` once the context is done**, so that it can
+    /// see [`Context::done`] ready and clean up (flush a buffer, ack a message, close a
+    /// connection politely); a future still running when the grace runs out is dropped at the
+    /// `.await` it waits in. This is [`Context::spawn`] with the work wrapped in
+    /// [`Context::run_with_grace`] rather than [`Context::run_until_cancelled`]; Go's
+    /// goroutines, which are never dropped, behave as with an endless grace.
+    ///
+    /// `f` is called at once with a clone of this context, and the future it returns runs on
+    /// the current runtime inside the caller's current `tracing` span. The handle resolves once
+    /// the task has stopped: to `Ok(output)` if the future completed, before the context was
+    /// done or within the grace; to `Err` with the context's error if the grace ran out. The
+    /// task counts in the leak check ([`testing`](crate::testing)) until it ends, grace
+    /// included. The grace is as in [`Context::run_with_grace`]:
+    ///
+    /// - Tokio time (so `tokio::time::pause` makes tests of it deterministic), counted from
+    ///   when the task first sees the context done: the cancellation wakes it, so that is as
+    ///   soon as the runtime gets to it;
+    /// - on a context already done at the spawn, the future still runs, and has the whole
+    ///   grace: it sees `ctx.done()` ready at once and can clean up;
+    /// - `Duration::ZERO` is exactly [`Context::spawn`]: the future is dropped at its next
+    ///   `.await` once the context is done, and on a context already done it never runs;
+    /// - a grace whose end does not fit in an [`Instant`] (such as `Duration::MAX`) never runs
+    ///   out: the context never drops the future, the handle always resolves to `Ok` (unless
+    ///   the task is [aborted](TaskHandle::abort)), and a future that ignores the context runs
+    ///   forever.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// let worker = ctx.spawn_graceful(Duration::from_secs(5), |ctx| async move {
+    ///     let mut buffered = 0u32;
+    ///     loop {
+    ///         tokio::select! {
+    ///             _ = ctx.done() => break,
+    ///             _ = tokio::time::sleep(Duration::from_millis(10)) => buffered += 1,
+    ///         }
+    ///     }
+    ///     tokio::time::sleep(Duration::from_secs(1)).await; // flush, within the grace
+    ///     buffered
+    /// });
+    /// let stubborn = ctx.spawn_graceful(Duration::from_secs(5), |_ctx| std::future::pending::<()>());
+    /// tokio::time::sleep(Duration::from_millis(35)).await;
+    /// cancel.cancel();
+    /// assert_eq!(worker.await, Ok(3), "cleaned up, and handed back what it flushed");
+    /// assert_eq!(stubborn.await, Err(Error::Canceled), "dropped once the grace ran out");
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Awaiting the [`TaskHandle`] is cancel safe: dropping it detaches the task, which still
+    /// stops when this context is done and its grace has run out, or sooner if it finishes.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn`. Awaiting the handle resumes, once, a panic
+    /// that happened inside the task (see [`TaskHandle`]). In a runtime built without the time
+    /// driver (`enable_time`), the task panics as `tokio::time::sleep` does once it sees the
+    /// context done with a grace that has an end.
+    pub fn spawn_graceful<F, Fut>(&self, grace: Duration, f: F) -> TaskHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        TaskHandle::spawn_graceful(self, grace, f(self.clone()))
     }
 
     /// The other parent of a merge: its name goes inside this context's `.Merge(…)`.

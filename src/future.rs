@@ -5,8 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{self, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::Error;
 use crate::tree::Scope;
@@ -336,6 +338,122 @@ impl<F> fmt::Debug for RunUntilCancelled<'_, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunUntilCancelled")
             .field("done", &self.done)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// Future returned by [`Context::run_with_grace`](crate::Context::run_with_grace): the
+    /// inner future's output, or the context's error if the context is done and the inner
+    /// future has not completed within the grace that follows.
+    ///
+    /// Once it has returned `Ready` it stays pending, and polls neither the context, the grace
+    /// nor the inner future again; with the `futures` feature it is a `FusedFuture`,
+    /// terminated from then on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, cancel) = Context::background().with_cancel();
+    /// cancel.cancel();
+    /// let ignores_ctx = ctx.run_with_grace(Duration::from_secs(1), std::future::pending::<()>());
+    /// assert_eq!(ignores_ctx.await, Err(Error::Canceled), "dropped once the grace ran out");
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As cancel safe as the inner future: dropping this drops it.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct RunWithGrace<'a, F> {
+        done: Done<'a>,
+        #[pin]
+        future: F,
+        grace: Duration,
+        // The context's error, once this has seen the context done: the grace has begun.
+        err: Option<Error>,
+        // The end of the grace, once it has begun; `None` before, and for a grace with no end.
+        #[pin]
+        grace_end: Option<Sleep>,
+        // Whether it has returned `Ready`.
+        finished: bool,
+    }
+}
+
+impl<'a, F> RunWithGrace<'a, F> {
+    pub(crate) fn new(done: Done<'a>, grace: Duration, future: F) -> Self {
+        RunWithGrace {
+            done,
+            future,
+            grace,
+            err: None,
+            grace_end: None,
+            finished: false,
+        }
+    }
+}
+
+impl<F: Future> Future for RunWithGrace<'_, F> {
+    type Output = Result<F::Output, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if *this.finished {
+            // The inner future may panic if polled after its output (an `async` block does).
+            return Poll::Pending;
+        }
+        if this.err.is_none()
+            && let Poll::Ready(err) = Pin::new(&mut *this.done).poll(cx)
+        {
+            // The grace begins at this poll, the first to see the context done. A zero grace
+            // ends before the future is polled again, as in `run_until_cancelled` (pinned by
+            // `spawn_graceful_with_zero_grace_behaves_as_spawn`); an end past what an
+            // `Instant` holds never comes.
+            *this.err = Some(err);
+            if this.grace.is_zero() {
+                *this.finished = true;
+                return Poll::Ready(Err(err));
+            }
+            if let Some(end) = Instant::now().checked_add(*this.grace) {
+                this.grace_end.set(Some(tokio::time::sleep_until(end)));
+            }
+        }
+        // The end of the grace is checked before the future: once it has passed, the future is
+        // not polled again (pinned by
+        // `spawn_graceful_drops_a_task_that_ignores_cancellation_when_the_grace_runs_out`).
+        if let (Some(err), Some(end)) = (*this.err, this.grace_end.as_pin_mut())
+            && end.poll(cx).is_ready()
+        {
+            *this.finished = true;
+            return Poll::Ready(Err(err));
+        }
+        let output = ready!(this.future.poll(cx));
+        *this.finished = true;
+        Poll::Ready(Ok(output))
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl<F: Future> futures_core::future::FusedFuture for RunWithGrace<'_, F> {
+    /// Whether it has returned `Ready`.
+    fn is_terminated(&self) -> bool {
+        self.finished
+    }
+}
+
+impl<F> fmt::Debug for RunWithGrace<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunWithGrace")
+            .field("done", &self.done)
+            .field("grace", &self.grace)
+            .field("in_grace", &self.err.is_some())
             .field("finished", &self.finished)
             .finish_non_exhaustive()
     }

@@ -44,7 +44,11 @@
 //!   handle's drop cancel it when the unit ends: `let (ctx, _cancel) = ctx.with_cancel();`.
 //! - Stop at the next `.await` once the context is done: `tokio::select!` on
 //!   [`Context::done`], or wrap the work in [`Context::run_until_cancelled`],
-//!   [`with_timeout`] or [`Context::spawn`].
+//!   [`with_timeout`] or [`Context::spawn`], which drop the work at that `.await`.
+//! - Work that must clean up when told to stop (flush a buffer, ack a message, close a
+//!   connection) selects on [`Context::done`], cleans up, and runs under
+//!   [`Context::spawn_graceful`] or [`Context::run_with_grace`], which give it a grace for
+//!   that before they drop it.
 //! - Use values for data that crosses API boundaries with a request (ids, identities, trace
 //!   handles), looked up by type or by a [`Key`]; not to pass optional arguments.
 //! - Work that must outlive the request gets [`Context::without_cancel`] and a timeout of its
@@ -102,10 +106,11 @@
 //! # Cargo features
 //!
 //! - `futures` (off by default): `futures_core`'s `FusedFuture` for [`Done`], [`DoneOwned`],
-//!   [`CancelledOwned`], [`RunUntilCancelled`], [`Timeout`] and [`TaskHandle`], each terminated
-//!   once it has returned `Ready`, so that `futures::select!` takes them without `.fuse()`; and
-//!   `Context::take_until_done`, a `Stream` that ends when its context is done (with its error
-//!   as the last item). It adds one dependency, `futures-core`.
+//!   [`CancelledOwned`], [`RunUntilCancelled`], [`RunWithGrace`], [`Timeout`] and
+//!   [`TaskHandle`], each terminated once it has returned `Ready`, so that `futures::select!`
+//!   takes them without `.fuse()`; and `Context::take_until_done`, a `Stream` that ends when
+//!   its context is done (with its error as the last item). It adds one dependency,
+//!   `futures-core`.
 //! - `signal` (off by default): [`signal::notify_context`], Go's `signal.NotifyContext`: a
 //!   context cancelled by `SIGINT` or `SIGTERM` with the signal as its cause, and a second one
 //!   cancelled by the second signal. It turns on Tokio's `signal` feature.
@@ -173,7 +178,7 @@ mod loom_tests;
 pub use after_func::AfterFunc;
 pub use context::Context;
 pub use error::{Cause, Error};
-pub use future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled};
+pub use future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled, RunWithGrace};
 pub use group::{
     AllStopped, GroupBuilder, GroupHandle, Outcome, OutcomeCounts, Panic, Report, Shutdown,
     SpawnError, TaskGroup, TaskPanicked, TaskReport, Wait,

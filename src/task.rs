@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{self, Poll, ready};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -13,13 +14,16 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::tree::Scope;
 
-/// Handle of a task started by [`Context::spawn`](crate::Context::spawn); resolves once the task
-/// has stopped.
+/// Handle of a task started by [`Context::spawn`](crate::Context::spawn) or
+/// [`Context::spawn_graceful`](crate::Context::spawn_graceful); resolves once the task has
+/// stopped.
 ///
 /// Resolves to `Ok(output)` if the task's future completed, or `Err` with the context's error
-/// if the context was done first. A task aborted through [`TaskHandle::abort`], or dropped by a
-/// runtime shutting down, resolves to `Err(Error::Canceled)`. Dropping the handle detaches the
-/// task; it still stops when its context is done.
+/// if the future was dropped because the context was done: at once under `spawn`, once the
+/// grace ran out under `spawn_graceful`. A task aborted through [`TaskHandle::abort`], or
+/// dropped by a runtime shutting down, resolves to `Err(Error::Canceled)`. Dropping the handle
+/// detaches the task; it still stops as it would have, when its context is done (and, under
+/// `spawn_graceful`, its grace has run out).
 ///
 /// # Examples
 ///
@@ -63,10 +67,27 @@ impl<T: Send + 'static> TaskHandle<T> {
     {
         let ctx = ctx.clone();
         let counted = TaskCount::new(&ctx);
-        let task = async move {
+        TaskHandle::start(async move {
             let _counted = counted;
             ctx.run_until_cancelled(future).await
-        };
+        })
+    }
+
+    pub(crate) fn spawn_graceful<F>(ctx: &Context, grace: Duration, future: F) -> Self
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let ctx = ctx.clone();
+        let counted = TaskCount::new(&ctx);
+        TaskHandle::start(async move {
+            let _counted = counted;
+            ctx.run_with_grace(grace, future).await
+        })
+    }
+
+    /// Runs `task` in the caller's `tracing` span. The task's future must hold its
+    /// [`TaskCount`], so that the count ends when the future is dropped, however it ends.
+    fn start(task: impl Future<Output = Result<T, Error>> + Send + 'static) -> Self {
         TaskHandle {
             join: Some(tokio::spawn(task.instrument(tracing::Span::current()))),
         }
@@ -74,8 +95,8 @@ impl<T: Send + 'static> TaskHandle<T> {
 }
 
 impl<T> TaskHandle<T> {
-    /// Aborts the task at its next `.await`, whatever its context; awaiting the handle then
-    /// gives `Err(Error::Canceled)` (unless the task had already finished).
+    /// Aborts the task at its next `.await`, whatever its context and grace; awaiting the
+    /// handle then gives `Err(Error::Canceled)` (unless the task had already finished).
     ///
     /// # Examples
     ///

@@ -53,9 +53,10 @@ pub struct Census {
     pub timers: usize,
     /// Token watches of those contexts (from [`Context::with_token`]).
     pub token_watches: usize,
-    /// Tasks started with [`Context::spawn`] on the root or below it that have not ended,
-    /// including those below a [`Context::without_cancel`]: work detached from a request still
-    /// counts in the request's census until it ends.
+    /// Tasks started with [`Context::spawn`] or [`Context::spawn_graceful`] on the root or
+    /// below it that have not ended (a graceful task's grace included), including those below
+    /// a [`Context::without_cancel`]: work detached from a request still counts in the
+    /// request's census until it ends.
     pub tasks: usize,
     /// `done()` futures waiting on the root or below it.
     pub waiters: usize,

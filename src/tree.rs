@@ -574,8 +574,8 @@ pub(crate) struct Scope {
     inner: OnceInner,
     /// Where children register once the lock is contended (see "Shards").
     shards: OnceShards,
-    /// Tasks started with `Context::spawn` on a context this scope or a descendant governs, and
-    /// not yet ended.
+    /// Tasks started with `Context::spawn` or `spawn_graceful` on a context this scope or a
+    /// descendant governs, and not yet ended.
     tasks: AtomicU32,
     /// Keeps what follows 64 bytes past the counts (see the layout note above).
     _apart: [u8; 4],

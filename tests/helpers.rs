@@ -1,6 +1,6 @@
-//! The helpers built on the tree: `run_until_cancelled`, `taskctx::with_timeout`,
-//! `Context::spawn` and `after_func`, plus the `tracing` span a spawned task runs in (the
-//! events are in `tests/events.rs`).
+//! The helpers built on the tree: `run_until_cancelled`, `run_with_grace`,
+//! `taskctx::with_timeout`, `Context::spawn`, `Context::spawn_graceful` and `after_func`, plus
+//! the `tracing` span a spawned task runs in (the events are in `tests/events.rs`).
 //! Time is Tokio's paused clock; tests that could deadlock run under a hang guard.
 
 use std::future::Future;
@@ -504,6 +504,248 @@ async fn spawned_task_runs_inside_the_callers_tracing_span() {
         control, None,
         "a plain tokio::spawn does not inherit the span"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Context::spawn_graceful
+//
+// Each test but the zero-grace one fails with `spawn` in place of `spawn_graceful`: the
+// workers' cleanup never runs, their handles give `Err`, and the stubborn tasks stop at once
+// rather than at the end of the grace.
+
+/// Awaits `future`, or fails the test once a year of Tokio time has passed: under the paused
+/// clock that year passes at once when nothing else can run, so a task that never stops fails
+/// the test rather than hanging it.
+async fn or_hang<F: Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(365 * 24 * 3600), future)
+        .await
+        .expect("hung: the task never stopped")
+}
+
+/// A worker in the shape of issue #22: works until `ctx` is done, then runs an async cleanup
+/// of `cleanup` and counts it in `cleaned`; returns the error it saw.
+async fn polite_worker(ctx: Context, cleanup: Duration, cleaned: Arc<AtomicUsize>) -> Error {
+    let err = loop {
+        tokio::select! {
+            err = ctx.done() => break err,
+            _ = sleep(Duration::from_millis(10)) => {} // a unit of work
+        }
+    };
+    sleep(cleanup).await; // flush the buffer, ack the message, close the connection
+    cleaned.fetch_add(1, Ordering::SeqCst);
+    err
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_graceful_lets_every_worker_finish_its_cleanup_within_the_grace() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let (ctx, cancel) = root.with_cancel();
+    let cleaned = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..5)
+        .map(|_| {
+            let cleaned = cleaned.clone();
+            ctx.spawn_graceful(Duration::from_secs(1), move |ctx| {
+                polite_worker(ctx, Duration::from_millis(100), cleaned)
+            })
+        })
+        .collect();
+    sleep(Duration::from_millis(25)).await;
+    cancel.cancel();
+    let cancelled_at = Instant::now();
+    for worker in workers {
+        assert_eq!(or_hang(worker).await, Ok(Error::Canceled));
+    }
+    assert_eq!(
+        cleaned.load(Ordering::SeqCst),
+        5,
+        "every worker ran its cleanup"
+    );
+    assert_eq!(
+        cancelled_at.elapsed(),
+        Duration::from_millis(100),
+        "each stopped when its cleanup was done, not at the end of the grace"
+    );
+    assert_no_leaks(&root).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_graceful_drops_a_task_that_ignores_cancellation_when_the_grace_runs_out() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let (ctx, cancel) = root.with_cancel();
+    let state = ProbeState::default();
+    let probe = state.probe(0);
+    let task = ctx.spawn_graceful(Duration::from_secs(2), move |_| probe);
+    tokio::task::yield_now().await;
+    assert_eq!(state.polls(), 1, "the task started");
+    cancel.cancel();
+    let cancelled_at = Instant::now();
+    assert_eq!(or_hang(task).await, Err(Error::Canceled));
+    assert_eq!(
+        cancelled_at.elapsed(),
+        Duration::from_secs(2),
+        "the whole grace"
+    );
+    assert!(
+        state.dropped(),
+        "the task's future was dropped before the handle resolved"
+    );
+    assert_eq!(
+        state.polls(),
+        2,
+        "polled when the cancellation woke it, not once the grace had run out"
+    );
+    assert_no_leaks(&root).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_graceful_gives_deadline_exceeded_when_a_deadline_ends_the_work() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let (ctx, _cancel) = root.with_timeout(Duration::from_secs(1));
+    let cleaned = Arc::new(AtomicUsize::new(0));
+    let polite = ctx.spawn_graceful(Duration::from_millis(500), {
+        let cleaned = cleaned.clone();
+        move |ctx| polite_worker(ctx, Duration::from_millis(100), cleaned)
+    });
+    let stubborn = ctx.spawn_graceful(Duration::from_millis(500), |_| std::future::pending::<()>());
+    let start = Instant::now();
+    assert_eq!(or_hang(polite).await, Ok(Error::DeadlineExceeded));
+    assert_eq!(cleaned.load(Ordering::SeqCst), 1);
+    assert_eq!(start.elapsed(), Duration::from_millis(1100));
+    assert_eq!(or_hang(stubborn).await, Err(Error::DeadlineExceeded));
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(1500),
+        "deadline + grace"
+    );
+    assert_no_leaks(&root).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_graceful_task_counts_as_a_task_until_it_ends() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let (ctx, cancel) = root.with_cancel();
+    let task = ctx.spawn_graceful(Duration::from_secs(2), |_| std::future::pending::<()>());
+    cancel.cancel();
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(census(&root).tasks, 1, "still counted within its grace");
+    assert_eq!(or_hang(task).await, Err(Error::Canceled));
+    assert_eq!(census(&root).tasks, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_graceful_on_a_done_context_still_runs_the_future_within_its_grace() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let (ctx, cancel) = root.with_cancel();
+    cancel.cancel();
+    let cleaned = Arc::new(AtomicUsize::new(0));
+    let polite = ctx.spawn_graceful(Duration::from_secs(1), {
+        let cleaned = cleaned.clone();
+        move |ctx| polite_worker(ctx, Duration::from_millis(100), cleaned)
+    });
+    assert_eq!(or_hang(polite).await, Ok(Error::Canceled));
+    assert_eq!(cleaned.load(Ordering::SeqCst), 1, "it cleaned up");
+
+    let state = ProbeState::default();
+    let probe = state.probe(0);
+    let start = Instant::now();
+    let stubborn = ctx.spawn_graceful(Duration::from_secs(1), move |_| probe);
+    assert_eq!(or_hang(stubborn).await, Err(Error::Canceled));
+    assert_eq!(start.elapsed(), Duration::from_secs(1), "the whole grace");
+    assert_eq!(state.polls(), 1);
+    assert!(state.dropped());
+    assert_no_leaks(&root).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_graceful_with_zero_grace_behaves_as_spawn() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+
+    // On a live context: once it is done, the future is not polled again.
+    let (ctx, cancel) = root.with_cancel();
+    let cleaned = Arc::new(AtomicUsize::new(0));
+    let polite = ctx.spawn_graceful(Duration::ZERO, {
+        let cleaned = cleaned.clone();
+        move |ctx| polite_worker(ctx, Duration::from_millis(100), cleaned)
+    });
+    let state = ProbeState::default();
+    let probe = state.probe(0);
+    let stubborn = ctx.spawn_graceful(Duration::ZERO, move |_| probe);
+    tokio::task::yield_now().await;
+    assert_eq!(state.polls(), 1, "the task started");
+    cancel.cancel();
+    let cancelled_at = Instant::now();
+    assert_eq!(or_hang(polite).await, Err(Error::Canceled));
+    assert_eq!(or_hang(stubborn).await, Err(Error::Canceled));
+    assert_eq!(cancelled_at.elapsed(), Duration::ZERO);
+    assert_eq!(
+        cleaned.load(Ordering::SeqCst),
+        0,
+        "no cleanup, as under `spawn`"
+    );
+    assert_eq!(state.polls(), 1);
+    assert!(state.dropped());
+
+    // On a context already done: the future never runs.
+    let state = ProbeState::default();
+    let probe = state.probe(1);
+    let task = ctx.spawn_graceful(Duration::ZERO, move |_| probe);
+    assert_eq!(or_hang(task).await, Err(Error::Canceled));
+    assert_eq!(state.polls(), 0, "never polled, as under `spawn`");
+    assert_no_leaks(&root).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn spawn_graceful_with_an_endless_grace_is_never_dropped_by_its_context() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let (ctx, cancel) = root.with_cancel();
+    let month = Duration::from_secs(30 * 24 * 3600);
+    let cleaned = Arc::new(AtomicUsize::new(0));
+    let slow = ctx.spawn_graceful(Duration::MAX, {
+        let cleaned = cleaned.clone();
+        move |ctx| polite_worker(ctx, month, cleaned)
+    });
+    let state = ProbeState::default();
+    let probe = state.probe(0);
+    let stubborn = ctx.spawn_graceful(Duration::MAX, move |_| probe);
+    cancel.cancel();
+    assert_eq!(or_hang(slow).await, Ok(Error::Canceled));
+    assert_eq!(
+        cleaned.load(Ordering::SeqCst),
+        1,
+        "a month of cleanup, all of it run"
+    );
+
+    sleep(month).await;
+    assert!(!stubborn.is_finished(), "the context never drops it");
+    assert!(!state.dropped());
+    stubborn.abort();
+    assert_eq!(
+        or_hang(stubborn).await,
+        Err(Error::Canceled),
+        "only an abort stops it"
+    );
+    assert!(state.dropped());
+    assert_no_leaks(&root).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_with_grace_stays_pending_once_it_has_returned_and_polls_nothing() {
+    let (ctx, cancel) = Context::background().with_cancel();
+    let state = ProbeState::default();
+    let mut run = Box::pin(ctx.run_with_grace(Duration::from_secs(1), state.probe(2)));
+    assert!((&mut run).now_or_never().is_none());
+    cancel.cancel();
+    assert_eq!((&mut run).now_or_never(), Some(Ok("probe finished")));
+    assert_eq!(
+        state.polls(),
+        2,
+        "polled within its grace, and finished there"
+    );
+    assert!(
+        (&mut run).now_or_never().is_none(),
+        "pending once it has returned"
+    );
+    assert_eq!(state.polls(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------

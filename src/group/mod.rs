@@ -386,6 +386,10 @@ impl TaskGroup {
     /// Starts a task named `name` that runs `f(ctx)`, with `ctx` a child of the group's
     /// context; as [`GroupHandle::spawn`].
     ///
+    /// **Never drops the future because its context is done**: the task sees the cancellation
+    /// through `ctx.done()` and may clean up; only a [`shutdown`](TaskGroup::shutdown) whose
+    /// grace has run out, or dropping the group, aborts it, at its next `.await`.
+    ///
     /// # Examples
     ///
     /// ```
@@ -621,6 +625,11 @@ impl GroupHandle {
     /// error returned once that context is done (as `ctx.done().await` gives) is
     /// [`Outcome::Canceled`], since the task stopped because it was asked to; a panic, in `f`
     /// or in its future, is [`Outcome::Panicked`]. Never waits, with or without a limit.
+    ///
+    /// **Never drops the future because its context is done** (unlike [`Context::spawn`]): the
+    /// task sees the cancellation through `ctx.done()` and may clean up for as long as it
+    /// needs. Only a [`shutdown`](GroupHandle::shutdown) whose grace has run out, or dropping
+    /// the [`TaskGroup`], aborts it, at its next `.await`.
     ///
     /// Spawning after the group's context is done (a fail-fast failure, the parent) is allowed,
     /// as with errgroup: the task starts with a done context. Spawning once a shutdown has
