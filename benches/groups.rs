@@ -1,7 +1,8 @@
 //! A task group's whole life at scale, beside tokio-util's `TaskTracker` and
 //! `CancellationToken` doing the same work: spawn 100,000 tasks that each wait for their
 //! context (token) to be done, then shut the group down and wait until every task has stopped.
-//! Run with `cargo bench --bench groups`.
+//! Run with `cargo bench --bench groups`; `benches/compare-groups.sh` runs these rows beside
+//! Go's errgroup pattern (`benches/go/groups_test.go`), in alternating rounds.
 //!
 //! The group does more per task than the tracker: a child context, a named entry in the
 //! report, a panic guard and the leak check's count. The rows show what that costs.

@@ -1,0 +1,3 @@
+module taskctx/benches/go
+
+go 1.21
