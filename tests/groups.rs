@@ -723,3 +723,69 @@ async fn many_tasks_spawning_and_shutting_down_across_threads_all_stop_once() {
         assert_no_leaks(&root).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Nesting
+// ---------------------------------------------------------------------------------------------
+
+/// Sets its flag when dropped: the future that owns it is gone.
+struct DropFlag(Arc<AtomicUsize>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_group_owned_by_a_task_stops_within_the_outer_shutdowns_grace() {
+    // A task of the outer group owns an inner group made from its own context. The outer
+    // shutdown cancels the inner tasks through the context tree; the inner task that ignores
+    // it is aborted when the outer grace ends, as the owner is aborted and drops its group.
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let outer = TaskGroup::new(&root);
+    let (cleaned, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    outer
+        .spawn("owner", {
+            let (cleaned, dropped) = (cleaned.clone(), dropped.clone());
+            move |ctx| async move {
+                let inner = TaskGroup::new(&ctx);
+                for i in 0..2 {
+                    let cleaned = cleaned.clone();
+                    inner.spawn(format!("inner-{i}"), move |ctx| async move {
+                        ctx.done().await;
+                        sleep(SECOND).await; // cleanup, well within the grace
+                        cleaned.fetch_add(1, Ordering::SeqCst);
+                        Ok::<(), Error>(())
+                    })?;
+                }
+                inner.spawn("inner-stuck", move |_ctx| async move {
+                    let _flag = DropFlag(dropped);
+                    std::future::pending::<()>().await;
+                    Ok::<(), Error>(())
+                })?;
+                inner.wait().await.into_result()?;
+                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            }
+        })
+        .unwrap();
+    let started = Instant::now();
+    let report = watchdog(outer.shutdown("deploy", 10 * SECOND)).await;
+    assert_eq!(
+        Instant::now() - started,
+        10 * SECOND,
+        "stopped when the outer grace ended"
+    );
+    assert_eq!(names(&report, |o| matches!(o, Outcome::Aborted)), ["owner"]);
+    assert_eq!(
+        cleaned.load(Ordering::SeqCst),
+        2,
+        "the inner tasks ran their cleanup"
+    );
+    watchdog(assert_no_leaks(&root)).await;
+    assert_eq!(
+        dropped.load(Ordering::SeqCst),
+        1,
+        "the stuck inner task is gone"
+    );
+}
