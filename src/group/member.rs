@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::Core;
+use super::{Core, MemberId};
 use super::error::TaskPanicked;
 use super::report::{Outcome, Panic, TaskReport};
 use crate::context::Context;
@@ -38,7 +38,7 @@ use crate::task::TaskCount;
 struct Membership {
     /// The group's core, by address: only compared, never dereferenced.
     group: usize,
-    id: u64,
+    id: MemberId,
 }
 
 tokio::task_local! {
@@ -46,7 +46,7 @@ tokio::task_local! {
 }
 
 /// The member id of the running task, if it is a member of `core`'s group.
-pub(super) fn current(core: &Arc<Core>) -> Option<u64> {
+pub(super) fn current(core: &Arc<Core>) -> Option<MemberId> {
     let group = Arc::as_ptr(core) as usize;
     MEMBERSHIP
         .try_with(|m| (m.group == group).then_some(m.id))
@@ -67,7 +67,7 @@ pub(super) enum Slot {
 /// Spawns member `id` of `core`'s group; returns its abort handle.
 pub(super) fn spawn<F, Fut, E>(
     core: &Arc<Core>,
-    id: u64,
+    id: MemberId,
     name: Cow<'static, str>,
     slot: Slot,
     f: F,
@@ -204,7 +204,7 @@ struct Record {
     /// The leak check's count of this task, also gone before the stop is recorded.
     counted: Option<TaskCount>,
     core: Arc<Core>,
-    id: u64,
+    id: MemberId,
     name: Cow<'static, str>,
     spawned_at: Instant,
     /// Set when the body returned; still `None` when the task was aborted.
