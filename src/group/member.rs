@@ -6,7 +6,8 @@
 //! Drop order carries both. [`Member`] holds the body before the [`Record`], and [`Running`]
 //! the body before its slot, and fields drop in declaration order: when a task is aborted, its
 //! body (with the user's future) is dropped first, then its slot is given back, then the record
-//! reports the stop. Pinned by `the_limit_is_never_exceeded` and
+//! reports the stop. A body that returns has dropped both already, so its record reports then,
+//! in the same poll, and its drop does nothing. Pinned by `the_limit_is_never_exceeded` and
 //! `tasks_that_ignore_cancellation_are_aborted_and_named`.
 
 use std::any::Any;
@@ -85,7 +86,6 @@ where
         id,
         name,
         spawned_at: Instant::now(),
-        outcome: None,
     };
     let member = Member {
         body: run(ctx, slot, f),
@@ -111,7 +111,9 @@ where
         Slot::Held(permit) => Some(permit),
         // The context is checked first: a task still queued when the group is cancelled never
         // starts, even if a slot frees up in the same instant. The semaphore is never closed.
-        Slot::Wait(slots) => match ctx.run_until_cancelled(slots.acquire_owned()).await {
+        // Boxed: the wait is large and rare, and every member's future would carry its room
+        // (tokio copies a task's whole future as it starts and finishes).
+        Slot::Wait(slots) => match Box::pin(ctx.run_until_cancelled(slots.acquire_owned())).await {
             Ok(permit) => permit.ok(),
             Err(_) => return Outcome::NotStarted,
         },
@@ -153,7 +155,9 @@ impl<B: Future<Output = Outcome>> Future for Member<B> {
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
         let this = self.project();
         let outcome = ready!(this.body.poll(cx));
-        this.record.outcome = Some(outcome);
+        // `run` has returned, so its future holds nothing (the user's future and the slot are
+        // gone): the stop is recorded now, as the record's drop would after it.
+        this.record.stop(outcome);
         Poll::Ready(())
     }
 }
@@ -196,10 +200,11 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-/// Reports a member's stop when dropped, which happens exactly once however the task ends.
+/// Reports a member's stop exactly once: when its body returns, or else when it is dropped,
+/// however the task ends.
 struct Record {
     /// The member's own context's handle: dropped (cancelling that context) before the stop is
-    /// recorded.
+    /// recorded. `None` once it is.
     cancel: Option<CancelHandle>,
     /// The leak check's count of this task, also gone before the stop is recorded.
     counted: Option<TaskCount>,
@@ -207,16 +212,16 @@ struct Record {
     id: MemberId,
     name: Cow<'static, str>,
     spawned_at: Instant,
-    /// Set when the body returned; still `None` when the task was aborted.
-    outcome: Option<Outcome>,
 }
 
-impl Drop for Record {
-    fn drop(&mut self) {
-        drop(self.cancel.take());
+impl Record {
+    fn stop(&mut self, outcome: Outcome) {
+        let Some(cancel) = self.cancel.take() else {
+            return; // recorded already
+        };
+        drop(cancel);
         drop(self.counted.take());
         let now = Instant::now();
-        let outcome = self.outcome.take().unwrap_or(Outcome::Aborted);
         let time_to_stop = self
             .core
             .cancelled_at
@@ -237,5 +242,11 @@ impl Drop for Record {
             time_to_stop,
         );
         self.core.stopped(self.id, task, failure);
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.stop(Outcome::Aborted);
     }
 }
