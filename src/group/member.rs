@@ -12,6 +12,7 @@
 
 use std::any::Any;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -25,9 +26,9 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Core, MemberId};
 use super::error::TaskPanicked;
 use super::report::{Outcome, Panic, TaskReport};
+use super::{Core, MemberId};
 use crate::context::Context;
 use crate::error::Cause;
 use crate::handle::CancelHandle;
@@ -42,17 +43,34 @@ struct Membership {
     id: MemberId,
 }
 
-tokio::task_local! {
-    static MEMBERSHIP: Membership;
+std::thread_local! {
+    /// The member whose body this thread is polling, set by [`Member`]'s `poll` around its
+    /// body's: what a task-local set around the member would hold whenever a `shutdown` or
+    /// `wait` inside it is polled, at the cost of one thread-local swap each way.
+    static MEMBERSHIP: Cell<Option<Membership>> = const { Cell::new(None) };
 }
 
 /// The member id of the running task, if it is a member of `core`'s group.
 pub(super) fn current(core: &Arc<Core>) -> Option<MemberId> {
     let group = Arc::as_ptr(core) as usize;
-    MEMBERSHIP
-        .try_with(|m| (m.group == group).then_some(m.id))
-        .ok()
-        .flatten()
+    let membership = MEMBERSHIP.get()?;
+    (membership.group == group).then_some(membership.id)
+}
+
+/// Puts back the membership an inner poll replaced (none, unless a runtime runs inside a
+/// member's poll), even if the poll unwinds.
+struct Entered(Option<Membership>);
+
+impl Entered {
+    fn new(membership: Membership) -> Self {
+        Entered(MEMBERSHIP.replace(Some(membership)))
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        MEMBERSHIP.set(self.0);
+    }
 }
 
 /// How a new task gets its slot.
@@ -91,12 +109,7 @@ where
         body: run(ctx, slot, f),
         record,
     };
-    let membership = Membership {
-        group: Arc::as_ptr(core) as usize,
-        id,
-    };
-    let task = MEMBERSHIP.scope(membership, member);
-    tokio::spawn(task.instrument(tracing::Span::current())).abort_handle()
+    tokio::spawn(member.instrument(tracing::Span::current())).abort_handle()
 }
 
 /// A member's whole life: its slot, its closure, its future; returns how it ended.
@@ -154,7 +167,13 @@ impl<B: Future<Output = Outcome>> Future for Member<B> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
         let this = self.project();
-        let outcome = ready!(this.body.poll(cx));
+        let outcome = {
+            let _entered = Entered::new(Membership {
+                group: Arc::as_ptr(&this.record.core) as usize,
+                id: this.record.id,
+            });
+            ready!(this.body.poll(cx))
+        };
         // `run` has returned, so its future holds nothing (the user's future and the slot are
         // gone): the stop is recorded now, as the record's drop would after it.
         this.record.stop(outcome);

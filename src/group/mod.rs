@@ -37,7 +37,7 @@
 //!    after the report (`Reported`). A fail-fast or parent cancellation does not close the
 //!    group: a task spawned then starts with a done context, as under errgroup.
 //! 6. **Shutdown from inside.** A shutdown or wait awaited by one of the group's own tasks
-//!    (found through a task-local set around every member) waits for the others only, and never
+//!    (found through a thread-local set while a member is polled) waits for the others only, and never
 //!    aborts its caller; so it cannot wait for itself. Pinned by
 //!    `shutdown_from_inside_a_task_does_not_wait_for_that_task`.
 //!
