@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::channel::mpsc;
 use futures::future::FusedFuture;
 use futures::stream::{self, FusedStream, Stream, StreamExt};
-use taskctx::{Context, Error};
+use taskctx::{Context, Error, TaskGroup};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -91,6 +91,41 @@ async fn task_handle_is_terminated_once_it_has_delivered() {
     );
     assert_eq!((&mut task).await, Ok(7));
     assert!(task.is_terminated());
+}
+
+#[tokio::test(start_paused = true)]
+async fn group_futures_are_terminated_once_they_have_delivered() {
+    let group = TaskGroup::new(&Context::background());
+    group
+        .spawn("worker", |ctx| async move {
+            ctx.done().await;
+            Ok::<(), Error>(())
+        })
+        .unwrap();
+    let mut stopped = group.handle().shutdown("stop", Duration::from_secs(1));
+    assert!(!stopped.is_terminated());
+    (&mut stopped).await;
+    assert!(stopped.is_terminated());
+    assert_eq!(
+        futures::poll!(&mut stopped),
+        Poll::Ready(()),
+        "ready again, as it is done"
+    );
+
+    let mut shutdown = group.shutdown("again", Duration::from_secs(1));
+    assert!(!shutdown.is_terminated());
+    assert_eq!((&mut shutdown).await.tasks().len(), 1);
+    assert!(shutdown.is_terminated());
+    assert!(
+        futures::poll!(&mut shutdown).is_pending(),
+        "the report is delivered once"
+    );
+
+    let mut wait = TaskGroup::new(&Context::background()).wait();
+    assert!(!wait.is_terminated());
+    assert!((&mut wait).await.tasks().is_empty());
+    assert!(wait.is_terminated());
+    assert!(futures::poll!(&mut wait).is_pending());
 }
 
 // ---------------------------------------------------------------------------------------------

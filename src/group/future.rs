@@ -2,12 +2,13 @@
 //!
 //! Each wraps a boxed `async` block: their states (waiting, the grace timer, the aborts) are
 //! those of an `async fn`, and a group is waited for once, so the one allocation is not worth
-//! a hand-written state machine.
+//! a hand-written state machine. The block is dropped as soon as it returns `Ready` (it holds
+//! the group), which is also what `FusedFuture::is_terminated` reports.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{self, Poll};
+use std::task::{self, Poll, ready};
 
 use super::report::Report;
 
@@ -15,6 +16,9 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Future returned by [`TaskGroup::wait`](crate::TaskGroup::wait): resolves to the
 /// [`Report`] once every task has stopped.
+///
+/// The report is delivered once: polled again after that, it stays pending. With the `futures`
+/// feature it is a `FusedFuture`, terminated once it has returned the report.
 ///
 /// # Examples
 ///
@@ -32,11 +36,11 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///
 /// Dropping it drops the group: its context is cancelled and its tasks are aborted.
 #[must_use = "futures do nothing unless polled"]
-pub struct Wait(Boxed<Report>);
+pub struct Wait(Option<Boxed<Report>>);
 
 impl Wait {
     pub(super) fn new(future: impl Future<Output = Report> + Send + 'static) -> Self {
-        Wait(Box::pin(future))
+        Wait(Some(Box::pin(future)))
     }
 }
 
@@ -44,7 +48,21 @@ impl Future for Wait {
     type Output = Report;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Report> {
-        self.0.as_mut().poll(cx)
+        let Some(future) = &mut self.0 else {
+            return Poll::Pending; // the report was delivered: see the type's docs
+        };
+        let report = ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(report)
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl futures_core::future::FusedFuture for Wait {
+    /// Whether it has returned the report.
+    fn is_terminated(&self) -> bool {
+        self.0.is_none()
     }
 }
 
@@ -56,6 +74,9 @@ impl fmt::Debug for Wait {
 
 /// Future returned by [`TaskGroup::shutdown`](crate::TaskGroup::shutdown): resolves to the
 /// [`Report`] once every task has stopped or been aborted.
+///
+/// The report is delivered once: polled again after that, it stays pending. With the `futures`
+/// feature it is a `FusedFuture`, terminated once it has returned the report.
 ///
 /// # Examples
 ///
@@ -75,11 +96,11 @@ impl fmt::Debug for Wait {
 ///
 /// Dropping it drops the group: its context is cancelled and its tasks are aborted.
 #[must_use = "futures do nothing unless polled"]
-pub struct Shutdown(Boxed<Report>);
+pub struct Shutdown(Option<Boxed<Report>>);
 
 impl Shutdown {
     pub(super) fn new(future: impl Future<Output = Report> + Send + 'static) -> Self {
-        Shutdown(Box::pin(future))
+        Shutdown(Some(Box::pin(future)))
     }
 }
 
@@ -87,7 +108,21 @@ impl Future for Shutdown {
     type Output = Report;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Report> {
-        self.0.as_mut().poll(cx)
+        let Some(future) = &mut self.0 else {
+            return Poll::Pending; // the report was delivered: see the type's docs
+        };
+        let report = ready!(future.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(report)
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl futures_core::future::FusedFuture for Shutdown {
+    /// Whether it has returned the report.
+    fn is_terminated(&self) -> bool {
+        self.0.is_none()
     }
 }
 
@@ -99,6 +134,9 @@ impl fmt::Debug for Shutdown {
 
 /// Future returned by [`GroupHandle::shutdown`](crate::GroupHandle::shutdown): resolves once
 /// every task of the group (other than the caller's own) has stopped or been aborted.
+///
+/// Polled again after it has completed, it is ready again. With the `futures` feature it is a
+/// `FusedFuture`, terminated once it has returned `Ready`.
 ///
 /// # Examples
 ///
@@ -120,11 +158,11 @@ impl fmt::Debug for Shutdown {
 /// Dropping it stops waiting; the group stays cancelled, and tasks not yet aborted are aborted
 /// only by another shutdown's deadline or the owner's drop.
 #[must_use = "futures do nothing unless polled"]
-pub struct AllStopped(Boxed<()>);
+pub struct AllStopped(Option<Boxed<()>>);
 
 impl AllStopped {
     pub(super) fn new(future: impl Future<Output = ()> + Send + 'static) -> Self {
-        AllStopped(Box::pin(future))
+        AllStopped(Some(Box::pin(future)))
     }
 }
 
@@ -132,7 +170,20 @@ impl Future for AllStopped {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
-        self.0.as_mut().poll(cx)
+        if let Some(future) = &mut self.0 {
+            ready!(future.as_mut().poll(cx));
+            self.0 = None;
+        }
+        Poll::Ready(())
+    }
+}
+
+#[cfg(feature = "futures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "futures")))]
+impl futures_core::future::FusedFuture for AllStopped {
+    /// Whether it has returned `Ready`.
+    fn is_terminated(&self) -> bool {
+        self.0.is_none()
     }
 }
 

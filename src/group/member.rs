@@ -6,11 +6,13 @@
 //! Drop order carries both. [`Member`] holds the body before the [`Record`], and [`Running`]
 //! the body before its slot, and fields drop in declaration order: when a task is aborted, its
 //! body (with the user's future) is dropped first, then its slot is given back, then the record
-//! reports the stop. Pinned by `the_limit_is_never_exceeded` and
+//! reports the stop. A body that returns has dropped both already, so its record reports then,
+//! in the same poll, and its drop does nothing. Pinned by `the_limit_is_never_exceeded` and
 //! `tasks_that_ignore_cancellation_are_aborted_and_named`.
 
 use std::any::Any;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -24,9 +26,9 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::Core;
 use super::error::TaskPanicked;
 use super::report::{Outcome, Panic, TaskReport};
+use super::{Core, MemberId};
 use crate::context::Context;
 use crate::error::Cause;
 use crate::handle::CancelHandle;
@@ -38,20 +40,37 @@ use crate::task::TaskCount;
 struct Membership {
     /// The group's core, by address: only compared, never dereferenced.
     group: usize,
-    id: u64,
+    id: MemberId,
 }
 
-tokio::task_local! {
-    static MEMBERSHIP: Membership;
+std::thread_local! {
+    /// The member whose body this thread is polling, set by [`Member`]'s `poll` around its
+    /// body's: what a task-local set around the member would hold whenever a `shutdown` or
+    /// `wait` inside it is polled, at the cost of one thread-local swap each way.
+    static MEMBERSHIP: Cell<Option<Membership>> = const { Cell::new(None) };
 }
 
 /// The member id of the running task, if it is a member of `core`'s group.
-pub(super) fn current(core: &Arc<Core>) -> Option<u64> {
+pub(super) fn current(core: &Arc<Core>) -> Option<MemberId> {
     let group = Arc::as_ptr(core) as usize;
-    MEMBERSHIP
-        .try_with(|m| (m.group == group).then_some(m.id))
-        .ok()
-        .flatten()
+    let membership = MEMBERSHIP.get()?;
+    (membership.group == group).then_some(membership.id)
+}
+
+/// Puts back the membership an inner poll replaced (none, unless a runtime runs inside a
+/// member's poll), even if the poll unwinds.
+struct Entered(Option<Membership>);
+
+impl Entered {
+    fn new(membership: Membership) -> Self {
+        Entered(MEMBERSHIP.replace(Some(membership)))
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        MEMBERSHIP.set(self.0);
+    }
 }
 
 /// How a new task gets its slot.
@@ -67,7 +86,7 @@ pub(super) enum Slot {
 /// Spawns member `id` of `core`'s group; returns its abort handle.
 pub(super) fn spawn<F, Fut, E>(
     core: &Arc<Core>,
-    id: u64,
+    id: MemberId,
     name: Cow<'static, str>,
     slot: Slot,
     f: F,
@@ -85,18 +104,12 @@ where
         id,
         name,
         spawned_at: Instant::now(),
-        outcome: None,
     };
     let member = Member {
         body: run(ctx, slot, f),
         record,
     };
-    let membership = Membership {
-        group: Arc::as_ptr(core) as usize,
-        id,
-    };
-    let task = MEMBERSHIP.scope(membership, member);
-    tokio::spawn(task.instrument(tracing::Span::current())).abort_handle()
+    tokio::spawn(member.instrument(tracing::Span::current())).abort_handle()
 }
 
 /// A member's whole life: its slot, its closure, its future; returns how it ended.
@@ -111,7 +124,9 @@ where
         Slot::Held(permit) => Some(permit),
         // The context is checked first: a task still queued when the group is cancelled never
         // starts, even if a slot frees up in the same instant. The semaphore is never closed.
-        Slot::Wait(slots) => match ctx.run_until_cancelled(slots.acquire_owned()).await {
+        // Boxed: the wait is large and rare, and every member's future would carry its room
+        // (tokio copies a task's whole future as it starts and finishes).
+        Slot::Wait(slots) => match Box::pin(ctx.run_until_cancelled(slots.acquire_owned())).await {
             Ok(permit) => permit.ok(),
             Err(_) => return Outcome::NotStarted,
         },
@@ -152,8 +167,16 @@ impl<B: Future<Output = Outcome>> Future for Member<B> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
         let this = self.project();
-        let outcome = ready!(this.body.poll(cx));
-        this.record.outcome = Some(outcome);
+        let outcome = {
+            let _entered = Entered::new(Membership {
+                group: Arc::as_ptr(&this.record.core) as usize,
+                id: this.record.id,
+            });
+            ready!(this.body.poll(cx))
+        };
+        // `run` has returned, so its future holds nothing (the user's future and the slot are
+        // gone): the stop is recorded now, as the record's drop would after it.
+        this.record.stop(outcome);
         Poll::Ready(())
     }
 }
@@ -196,27 +219,28 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-/// Reports a member's stop when dropped, which happens exactly once however the task ends.
+/// Reports a member's stop exactly once: when its body returns, or else when it is dropped,
+/// however the task ends.
 struct Record {
     /// The member's own context's handle: dropped (cancelling that context) before the stop is
-    /// recorded.
+    /// recorded. `None` once it is.
     cancel: Option<CancelHandle>,
     /// The leak check's count of this task, also gone before the stop is recorded.
     counted: Option<TaskCount>,
     core: Arc<Core>,
-    id: u64,
+    id: MemberId,
     name: Cow<'static, str>,
     spawned_at: Instant,
-    /// Set when the body returned; still `None` when the task was aborted.
-    outcome: Option<Outcome>,
 }
 
-impl Drop for Record {
-    fn drop(&mut self) {
-        drop(self.cancel.take());
+impl Record {
+    fn stop(&mut self, outcome: Outcome) {
+        let Some(cancel) = self.cancel.take() else {
+            return; // recorded already
+        };
+        drop(cancel);
         drop(self.counted.take());
         let now = Instant::now();
-        let outcome = self.outcome.take().unwrap_or(Outcome::Aborted);
         let time_to_stop = self
             .core
             .cancelled_at
@@ -237,5 +261,11 @@ impl Drop for Record {
             time_to_stop,
         );
         self.core.stopped(self.id, task, failure);
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.stop(Outcome::Aborted);
     }
 }

@@ -37,7 +37,7 @@
 //!    after the report (`Reported`). A fail-fast or parent cancellation does not close the
 //!    group: a task spawned then starts with a done context, as under errgroup.
 //! 6. **Shutdown from inside.** A shutdown or wait awaited by one of the group's own tasks
-//!    (found through a task-local set around every member) waits for the others only, and never
+//!    (found through a thread-local set while a member is polled) waits for the others only, and never
 //!    aborts its caller; so it cannot wait for itself. Pinned by
 //!    `shutdown_from_inside_a_task_does_not_wait_for_that_task`.
 //!
@@ -62,7 +62,6 @@ mod member;
 mod report;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
@@ -77,6 +76,7 @@ use tokio::time::Instant;
 use crate::context::Context;
 use crate::error::{Cause, Error};
 use crate::handle::CancelCauseHandle;
+use crate::slab::Slab;
 
 pub use error::{SpawnError, TaskPanicked};
 pub use future::{AllStopped, Shutdown, Wait};
@@ -819,13 +819,13 @@ struct Core {
 #[derive(Default)]
 struct State {
     phase: Phase,
-    /// Members that have not stopped, by member id, with the abort handle of their Tokio task
-    /// once `spawn` has it (see invariant 1).
-    members: HashMap<u64, Option<AbortHandle>>,
-    next_id: u64,
+    /// Members that have not stopped, at the slot of their [`MemberId`], with the abort handle
+    /// of their Tokio task once `spawn` has it (see invariant 1).
+    members: Slab<Enrolled>,
+    next_serial: u64,
     /// Set once an abort began: `Some(spared)`, where `spared` is the member that asked for it,
     /// if any. A handle that arrives later is aborted at once (invariant 3).
-    aborting: Option<Option<u64>>,
+    aborting: Option<Option<MemberId>>,
     /// The stopped tasks, in the order they stopped.
     stopped: Vec<TaskReport>,
     /// Index in `stopped` of the first task that failed or panicked.
@@ -833,6 +833,21 @@ struct State {
     /// When the first shutdown began, and the earliest deadline of all of them (`None`: a
     /// grace too long to have one).
     shutdown: Option<(Instant, Option<Instant>)>,
+}
+
+/// Names a member: its slot in `State::members`, and a serial number never given twice in a
+/// group, so that an id kept after its member stopped (a `Wait` polled by another task, say)
+/// never names the member that reuses the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MemberId {
+    slot: usize,
+    serial: u64,
+}
+
+/// A member's entry in `State::members`.
+struct Enrolled {
+    serial: u64,
+    abort: Option<AbortHandle>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -848,9 +863,15 @@ enum Phase {
 
 impl State {
     /// Members other than `me` that have not stopped.
-    fn others(&self, me: Option<u64>) -> usize {
-        let mine = me.is_some_and(|me| self.members.contains_key(&me));
+    fn others(&self, me: Option<MemberId>) -> usize {
+        let mine = me.is_some_and(|me| self.member(me).is_some());
         self.members.len() - usize::from(mine)
+    }
+
+    fn member(&self, id: MemberId) -> Option<&Enrolled> {
+        self.members
+            .get(id.slot)
+            .filter(|entry| entry.serial == id.serial)
     }
 }
 
@@ -861,7 +882,7 @@ impl Core {
     }
 
     /// The member id of the task running this, if it is one of this group's tasks.
-    fn current_member(self: &Arc<Self>) -> Option<u64> {
+    fn current_member(self: &Arc<Self>) -> Option<MemberId> {
         member::current(self)
     }
 
@@ -893,24 +914,31 @@ impl Core {
             if state.phase != Phase::Open {
                 return Err(SpawnError::closed());
             }
-            let id = state.next_id;
-            state.next_id += 1;
-            state.members.insert(id, None);
-            id
+            let serial = state.next_serial;
+            state.next_serial += 1;
+            let slot = state.members.insert(Enrolled {
+                serial,
+                abort: None,
+            });
+            MemberId { slot, serial }
         };
         let abort = member::spawn(self, id, name, slot, f);
         let abort_now = {
             let mut state = self.lock();
             let aborting = state.aborting.is_some_and(|spared| spared != Some(id));
-            match state.members.get_mut(&id) {
-                Some(entry) => {
-                    *entry = Some(abort.clone());
-                    aborting
+            match state.members.get_mut(id.slot) {
+                Some(entry) if entry.serial == id.serial => {
+                    if aborting {
+                        Some(abort)
+                    } else {
+                        entry.abort = Some(abort);
+                        None
+                    }
                 }
-                None => false, // it has stopped already
+                _ => None, // it has stopped already
             }
         };
-        if abort_now {
+        if let Some(abort) = abort_now {
             abort.abort();
         }
         Ok(())
@@ -918,7 +946,7 @@ impl Core {
 
     /// Cancels with `cause`, waits up to `grace` for the members other than `me` to stop,
     /// aborts those left, and waits for them.
-    async fn shut_down(&self, me: Option<u64>, cause: Cause, grace: Duration) {
+    async fn shut_down(&self, me: Option<MemberId>, cause: Cause, grace: Duration) {
         let now = Instant::now();
         let deadline = now.checked_add(grace);
         {
@@ -943,7 +971,7 @@ impl Core {
 
     /// Waits until no member other than `me` is left, or `deadline` passes; whether they all
     /// stopped.
-    async fn others_stopped(&self, me: Option<u64>, deadline: Option<Instant>) -> bool {
+    async fn others_stopped(&self, me: Option<MemberId>, deadline: Option<Instant>) -> bool {
         loop {
             // Registered before the check, so a stop between the check and the await wakes it.
             let mut notified = pin!(self.changed.notified());
@@ -964,7 +992,7 @@ impl Core {
 
     /// Waits until no member other than `me` is left, then takes the report (invariant 4) and
     /// ends the group's context.
-    async fn report_when_stopped(&self, me: Option<u64>) -> Report {
+    async fn report_when_stopped(&self, me: Option<MemberId>) -> Report {
         loop {
             let mut notified = pin!(self.changed.notified());
             notified.as_mut().enable();
@@ -976,7 +1004,7 @@ impl Core {
         }
     }
 
-    fn take_report(&self, me: Option<u64>) -> Option<Report> {
+    fn take_report(&self, me: Option<MemberId>) -> Option<Report> {
         let (tasks, first_failure, shutdown) = {
             let mut state = self.lock();
             if state.others(me) > 0 {
@@ -1002,15 +1030,15 @@ impl Core {
     }
 
     /// Aborts every member but `spared`, and those whose `spawn` is still under way.
-    fn abort_all(&self, spared: Option<u64>) {
+    fn abort_all(&self, spared: Option<MemberId>) {
         let handles: Vec<AbortHandle> = {
             let mut state = self.lock();
             state.aborting = Some(spared);
             state
                 .members
                 .iter()
-                .filter(|(id, _)| Some(**id) != spared)
-                .filter_map(|(_, handle)| handle.clone())
+                .filter(|entry| spared.is_none_or(|spared| spared.serial != entry.serial))
+                .filter_map(|entry| entry.abort.clone())
                 .collect()
         };
         for handle in handles {
@@ -1034,10 +1062,12 @@ impl Core {
 
     /// Records a member's stop (called once per member, from its `Record`'s drop) and, under
     /// fail-fast, cancels the group with the first failure.
-    fn stopped(&self, id: u64, task: TaskReport, failure: Option<Cause>) {
+    fn stopped(&self, id: MemberId, task: TaskReport, failure: Option<Cause>) {
         let (cancel_with, wake) = {
             let mut state = self.lock();
-            state.members.remove(&id);
+            state
+                .members
+                .remove_if(id.slot, |entry| entry.serial == id.serial);
             let mut cancel_with = None;
             if state.phase != Phase::Reported {
                 if failure.is_some() && state.first_failure.is_none() {
