@@ -188,6 +188,10 @@ async fn shutdown_called_twice_in_a_row_is_idempotent() {
 
     assert_eq!(report.cause().unwrap().to_string(), "first");
     assert_eq!(report.counts().finished, 1);
+    assert_eq!(
+        report.to_string(),
+        "task group: 1 task, 1 finished; canceled: first; grace 1s"
+    );
     watchdog(handle.shutdown("after the report", SECOND)).await;
 }
 

@@ -626,7 +626,10 @@ impl fmt::Display for Report {
             None => f.write_str("task group: ")?,
         }
         let counts = self.counts();
-        write!(f, "{} tasks", self.tasks.len())?;
+        match self.tasks.len() {
+            1 => f.write_str("1 task")?,
+            n => write!(f, "{n} tasks")?,
+        }
         for (count, what) in [
             (counts.finished, "finished"),
             (counts.canceled, "canceled"),
