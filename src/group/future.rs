@@ -8,11 +8,32 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{self, Poll, ready};
+use std::task::{self, Poll};
 
 use super::report::Report;
 
-type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// A boxed `async` block, dropped once it has delivered its output.
+struct Block<T>(Option<Pin<Box<dyn Future<Output = T> + Send + 'static>>>);
+
+impl<T> Block<T> {
+    fn new(future: impl Future<Output = T> + Send + 'static) -> Self {
+        Block(Some(Box::pin(future)))
+    }
+
+    /// Polls the block; `None` once it has delivered its output.
+    fn poll(&mut self, cx: &mut task::Context<'_>) -> Option<Poll<T>> {
+        let Poll::Ready(output) = self.0.as_mut()?.as_mut().poll(cx) else {
+            return Some(Poll::Pending);
+        };
+        self.0 = None;
+        Some(Poll::Ready(output))
+    }
+
+    #[cfg(feature = "futures")]
+    fn delivered(&self) -> bool {
+        self.0.is_none()
+    }
+}
 
 /// Future returned by [`TaskGroup::wait`](crate::TaskGroup::wait): resolves to the
 /// [`Report`] once every task has stopped.
@@ -36,11 +57,11 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 ///
 /// Dropping it drops the group: its context is cancelled and its tasks are aborted.
 #[must_use = "futures do nothing unless polled"]
-pub struct Wait(Option<Boxed<Report>>);
+pub struct Wait(Block<Report>);
 
 impl Wait {
     pub(super) fn new(future: impl Future<Output = Report> + Send + 'static) -> Self {
-        Wait(Some(Box::pin(future)))
+        Wait(Block::new(future))
     }
 }
 
@@ -48,12 +69,8 @@ impl Future for Wait {
     type Output = Report;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Report> {
-        let Some(future) = &mut self.0 else {
-            return Poll::Pending; // the report was delivered: see the type's docs
-        };
-        let report = ready!(future.as_mut().poll(cx));
-        self.0 = None;
-        Poll::Ready(report)
+        // Once the report was delivered, pending: see the type's docs.
+        self.0.poll(cx).unwrap_or(Poll::Pending)
     }
 }
 
@@ -62,7 +79,7 @@ impl Future for Wait {
 impl futures_core::future::FusedFuture for Wait {
     /// Whether it has returned the report.
     fn is_terminated(&self) -> bool {
-        self.0.is_none()
+        self.0.delivered()
     }
 }
 
@@ -96,11 +113,11 @@ impl fmt::Debug for Wait {
 ///
 /// Dropping it drops the group: its context is cancelled and its tasks are aborted.
 #[must_use = "futures do nothing unless polled"]
-pub struct Shutdown(Option<Boxed<Report>>);
+pub struct Shutdown(Block<Report>);
 
 impl Shutdown {
     pub(super) fn new(future: impl Future<Output = Report> + Send + 'static) -> Self {
-        Shutdown(Some(Box::pin(future)))
+        Shutdown(Block::new(future))
     }
 }
 
@@ -108,12 +125,8 @@ impl Future for Shutdown {
     type Output = Report;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Report> {
-        let Some(future) = &mut self.0 else {
-            return Poll::Pending; // the report was delivered: see the type's docs
-        };
-        let report = ready!(future.as_mut().poll(cx));
-        self.0 = None;
-        Poll::Ready(report)
+        // Once the report was delivered, pending: see the type's docs.
+        self.0.poll(cx).unwrap_or(Poll::Pending)
     }
 }
 
@@ -122,7 +135,7 @@ impl Future for Shutdown {
 impl futures_core::future::FusedFuture for Shutdown {
     /// Whether it has returned the report.
     fn is_terminated(&self) -> bool {
-        self.0.is_none()
+        self.0.delivered()
     }
 }
 
@@ -158,11 +171,11 @@ impl fmt::Debug for Shutdown {
 /// Dropping it stops waiting; the group stays cancelled, and tasks not yet aborted are aborted
 /// only by another shutdown's deadline or the owner's drop.
 #[must_use = "futures do nothing unless polled"]
-pub struct AllStopped(Option<Boxed<()>>);
+pub struct AllStopped(Block<()>);
 
 impl AllStopped {
     pub(super) fn new(future: impl Future<Output = ()> + Send + 'static) -> Self {
-        AllStopped(Some(Box::pin(future)))
+        AllStopped(Block::new(future))
     }
 }
 
@@ -170,11 +183,8 @@ impl Future for AllStopped {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
-        if let Some(future) = &mut self.0 {
-            ready!(future.as_mut().poll(cx));
-            self.0 = None;
-        }
-        Poll::Ready(())
+        // Once it has completed, ready again: see the type's docs.
+        self.0.poll(cx).unwrap_or(Poll::Ready(()))
     }
 }
 
@@ -183,7 +193,7 @@ impl Future for AllStopped {
 impl futures_core::future::FusedFuture for AllStopped {
     /// Whether it has returned `Ready`.
     fn is_terminated(&self) -> bool {
-        self.0.is_none()
+        self.0.delivered()
     }
 }
 
