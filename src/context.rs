@@ -287,6 +287,10 @@ impl Context {
     /// - outside a runtime it runs on a thread the crate starts for the deadlines due at that
     ///   moment.
     ///
+    /// No call returns when a deadline's cancellation is over, as `cancel()` does: a task that
+    /// awaits `done()` may resume, on another thread, before the cancellation has run the last
+    /// `after_func` callback.
+    ///
     /// After `let (ctx, _) = parent.with_deadline(…);` the context is already cancelled: `_` drops
     /// the handle at once. `let (ctx, _cancel) = …` keeps it to the end of the block.
     ///
@@ -1142,8 +1146,8 @@ impl Context {
     /// the current runtime inside the caller's current `tracing` span. The handle resolves once
     /// the task has stopped: to `Ok(output)`, or to `Err` with the context's error if the
     /// context was done first (the future is then dropped, as in
-    /// [`Context::run_until_cancelled`], and the same side wins; on a context already done it
-    /// never runs). Awaiting the handle is how a caller confirms that the work has really
+    /// [`Context::run_until_cancelled`], and the same side wins; on a context already done,
+    /// `f` is still called but its future is never polled). Awaiting the handle is how a caller confirms that the work has really
     /// stopped. Dropping the handle detaches the task, which still stops when the context is
     /// done.
     ///
@@ -1216,7 +1220,7 @@ impl Context {
     /// - on a context already done at the spawn, the future still runs, and has the whole
     ///   grace: it sees `ctx.done()` ready at once and can clean up;
     /// - `Duration::ZERO` is exactly [`Context::spawn`]: the future is dropped at its next
-    ///   `.await` once the context is done, and on a context already done it never runs;
+    ///   `.await` once the context is done, and on a context already done it is never polled;
     /// - a grace whose end does not fit in an [`Instant`] (such as `Duration::MAX`) never runs
     ///   out: the context never drops the future, the handle always resolves to `Ok` (unless
     ///   the task is [aborted](TaskHandle::abort)), and a future that ignores the context runs

@@ -13,9 +13,13 @@ use std::io;
 use std::pin::Pin;
 use std::task::Poll;
 
+use std::sync::Arc;
+
 use tokio::task::JoinHandle;
 
 use crate::context::Context;
+use crate::error::Error;
+use crate::handle::CancelCauseHandle;
 
 /// A shutdown signal, the cause of a context that [`notify_context`] made.
 ///
@@ -91,9 +95,13 @@ impl StdError for Signal {}
 pub fn notify_context(parent: &Context) -> io::Result<(Context, SignalStop)> {
     let mut signals = Signals::install()?;
     let (ctx, cancel) = parent.with_cancel_cause();
+    let cancel = Arc::new(cancel);
     let (forced, cancel_forced) = Context::background().with_cancel_cause();
+    // Only the second signal cancels `forced`: however the listener ends, it lets the handle
+    // go disarmed.
+    let cancel_forced = Disarmed(Some(cancel_forced));
     let listener = tokio::spawn({
-        let parent = parent.clone();
+        let (parent, cancel) = (parent.clone(), cancel.clone());
         async move {
             let first = {
                 let mut next = std::pin::pin!(signals.next());
@@ -112,7 +120,33 @@ pub fn notify_context(parent: &Context) -> io::Result<(Context, SignalStop)> {
             cancel_forced.cancel(second);
         }
     });
-    Ok((ctx, SignalStop { forced, listener }))
+    Ok((
+        ctx,
+        SignalStop {
+            cancel,
+            forced,
+            listener,
+        },
+    ))
+}
+
+/// A cancel handle that is disarmed, not fired, when dropped unused.
+struct Disarmed(Option<CancelCauseHandle>);
+
+impl Disarmed {
+    fn cancel(mut self, signal: Signal) {
+        if let Some(handle) = self.0.take() {
+            handle.cancel(signal);
+        }
+    }
+}
+
+impl Drop for Disarmed {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.disarm();
+        }
+    }
 }
 
 /// The other half of [`notify_context`]: dropping it stops listening and cancels the context
@@ -128,20 +162,22 @@ pub fn notify_context(parent: &Context) -> io::Result<(Context, SignalStop)> {
 /// let (ctx, stop) = taskctx::signal::notify_context(&Context::background())?;
 /// assert!(!ctx.is_done());
 /// drop(stop); // Go's `stop()`
-/// assert_eq!(ctx.done().await, Error::Canceled);
+/// assert_eq!(ctx.err(), Some(Error::Canceled));
 /// # Ok(())
 /// # }
 /// ```
 #[must_use = "dropping the SignalStop cancels its context at once"]
 pub struct SignalStop {
+    cancel: Arc<CancelCauseHandle>,
     forced: Context,
     listener: JoinHandle<()>,
 }
 
 impl SignalStop {
     /// A context that is cancelled, with the [`Signal`] as its cause, by the second shutdown
-    /// signal: an operator asking for the shutdown to end now. It is not a child of the
-    /// shutdown context's parent: only the second signal cancels it.
+    /// signal: an operator asking for the shutdown to end now. Only that signal cancels it: not
+    /// the parent, nor dropping the stop handle. Once the listener has ended (the parent is
+    /// done, or the stop handle is gone), it stays live.
     ///
     /// # Examples
     ///
@@ -162,7 +198,9 @@ impl SignalStop {
 
 impl Drop for SignalStop {
     fn drop(&mut self) {
-        // The listener owns the cancel handles: aborting it drops them, which cancels.
+        // Cancels here, before the listener's abort takes effect, so that the context is done
+        // when the drop returns (pinned by `notify_context_follows_real_signals_its_stop_and_its_parent`).
+        self.cancel.cancel(Error::Canceled);
         self.listener.abort();
     }
 }

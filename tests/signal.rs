@@ -29,18 +29,29 @@ async fn done_within_guard(ctx: &Context) -> Error {
 async fn notify_context_follows_real_signals_its_stop_and_its_parent() {
     // One test, so that no other listener in this process sees the signals it sends.
     let (ctx, stop) = notify_context(&Context::background()).unwrap();
+    let forced = stop.forced().clone();
     drop(stop);
     assert_eq!(
-        done_within_guard(&ctx).await,
-        Error::Canceled,
-        "Go's stop()"
+        ctx.err(),
+        Some(Error::Canceled),
+        "Go's stop(): done when the drop returns"
     );
     assert!(ctx.cause().unwrap().downcast_ref::<Signal>().is_none());
+    tokio::task::yield_now().await; // the listener's abort takes effect
+    assert!(
+        !forced.is_done(),
+        "only a second signal cancels the forced context"
+    );
 
     let (parent, cancel_parent) = Context::background().with_cancel();
     let (ctx, stop) = notify_context(&parent).unwrap();
     cancel_parent.cancel();
     assert_eq!(ctx.err(), Some(Error::Canceled), "a child of its parent");
+    tokio::task::yield_now().await; // the listener sees the parent done and ends
+    assert!(
+        !stop.forced().is_done(),
+        "only a second signal cancels the forced context"
+    );
     drop((ctx, stop));
     tokio::time::timeout(HANG_GUARD, taskctx::testing::assert_no_leaks(&parent))
         .await
