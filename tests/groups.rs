@@ -781,6 +781,10 @@ async fn an_inner_group_owned_by_a_task_stops_within_the_outer_shutdowns_grace()
         "stopped when the outer grace ended"
     );
     assert_eq!(names(&report, |o| matches!(o, Outcome::Aborted)), ["owner"]);
+    assert!(
+        report.tasks()[0].groups().is_empty(),
+        "an inner group dropped without its report is not shown"
+    );
     assert_eq!(
         cleaned.load(Ordering::SeqCst),
         2,
@@ -791,5 +795,121 @@ async fn an_inner_group_owned_by_a_task_stops_within_the_outer_shutdowns_grace()
         dropped.load(Ordering::SeqCst),
         1,
         "the stuck inner task is gone"
+    );
+}
+
+/// Builds a group named `name` under `ctx` whose `tasks` tasks each wait for cancellation, then
+/// clean up for a second; returns its report.
+async fn inner_group(ctx: &Context, name: &'static str, tasks: usize) -> Report {
+    let inner = TaskGroup::builder(ctx).name(name).build();
+    for i in 0..tasks {
+        inner
+            .spawn(format!("{name}-{i}"), |ctx| async move {
+                ctx.done().await;
+                sleep(SECOND).await;
+                Ok::<(), Error>(())
+            })
+            .unwrap();
+    }
+    inner.wait().await
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_groups_summary_is_shown_under_the_task_that_owned_it() {
+    let (root, _cancel_root) = Context::background().with_cancel();
+    let outer = TaskGroup::builder(&root).name("outer").build();
+    outer
+        .spawn("owner", |ctx| async move {
+            inner_group(&ctx, "inner", 3).await.into_result()
+        })
+        .unwrap();
+    let report = watchdog(outer.shutdown("deploy", 10 * SECOND)).await;
+
+    let owner = &report.tasks()[0];
+    assert!(matches!(owner.outcome(), Outcome::Finished));
+    assert_eq!(owner.groups().len(), 1);
+    let inner = &owner.groups()[0];
+    assert_eq!(inner.name(), Some("inner"));
+    assert_eq!(inner.counts().finished, 3);
+    assert_eq!(inner.cause().unwrap().to_string(), "deploy");
+    assert_eq!(
+        report.to_string(),
+        "task group \"outer\": 1 task, 1 finished; canceled: deploy; grace 10s\n  \
+         task owner:\n    task group \"inner\": 3 tasks, 3 finished; canceled: deploy"
+    );
+    watchdog(assert_no_leaks(&root)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_that_owns_two_groups_in_turn_keeps_both_in_order() {
+    let outer = TaskGroup::new(&Context::background());
+    outer
+        .spawn("owner", |ctx| async move {
+            let (first_ctx, cancel_first) = ctx.with_cancel();
+            cancel_first.cancel();
+            inner_group(&first_ctx, "first", 1).await.into_result()?;
+            let (second_ctx, cancel_second) = ctx.with_cancel();
+            cancel_second.cancel();
+            inner_group(&second_ctx, "second", 2).await.into_result()
+        })
+        .unwrap();
+    let report = watchdog(outer.wait()).await;
+
+    let groups = report.tasks()[0].groups();
+    let shown: Vec<_> = groups
+        .iter()
+        .map(|group| (group.name().unwrap(), group.counts().finished))
+        .collect();
+    assert_eq!(shown, [("first", 1), ("second", 2)]);
+    let text = report.to_string();
+    let (first, second) = (
+        text.find("\n    task group \"first\": 1 task, 1 finished"),
+        text.find("\n    task group \"second\": 2 tasks, 2 finished"),
+    );
+    assert!(first.is_some() && first < second, "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_an_inner_task_shows_its_message_and_its_owner_still_resumes_it() {
+    let outer = TaskGroup::new(&Context::background());
+    let resumed = Arc::new(Mutex::new(None));
+    outer
+        .spawn("owner", {
+            let resumed = resumed.clone();
+            |ctx| async move {
+                let inner = TaskGroup::builder(&ctx).name("inner").build();
+                inner.spawn("boom", |_ctx| async {
+                    if true {
+                        panic!("inner cheese");
+                    }
+                    Ok::<(), Error>(())
+                })?;
+                let report = inner.wait().await;
+                let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    report.into_result()
+                }))
+                .unwrap_err();
+                *resumed.lock().unwrap() = caught.downcast_ref::<&str>().map(|s| s.to_string());
+                Ok::<(), SpawnError>(())
+            }
+        })
+        .unwrap();
+    let report = watchdog(outer.wait()).await;
+
+    assert_eq!(
+        resumed.lock().unwrap().as_deref(),
+        Some("inner cheese"),
+        "the inner owner's report resumed the original payload"
+    );
+    let owner = &report.tasks()[0];
+    assert!(matches!(owner.outcome(), Outcome::Finished));
+    let Outcome::Panicked(panic) = owner.groups()[0].tasks()[0].outcome() else {
+        panic!("the summary keeps the panic");
+    };
+    assert_eq!(panic.message(), "inner cheese");
+    let text = report.to_string();
+    assert!(
+        text.contains("\n  task owner:\n    task group \"inner\": 1 task, 1 panicked\n      panicked: boom (inner cheese)"),
+        "{text}"
     );
 }

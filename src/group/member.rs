@@ -17,7 +17,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{self, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -34,42 +34,64 @@ use crate::error::Cause;
 use crate::handle::CancelHandle;
 use crate::task::TaskCount;
 
-/// Which group and member the running task is, so that a `shutdown` or `wait` awaited inside a
-/// member does not wait for itself (invariant 6).
-#[derive(Clone, Copy)]
+/// Which group and member the running task is: so that a `shutdown` or `wait` awaited inside a
+/// member does not wait for itself (invariant 6), and so that a group built inside a member
+/// knows which task of which group it belongs to (invariant 7).
 struct Membership {
-    /// The group's core, by address: only compared, never dereferenced.
-    group: usize,
+    group: Weak<Core>,
     id: MemberId,
 }
 
 std::thread_local! {
-    /// The member whose body this thread is polling, set by [`Member`]'s `poll` around its
-    /// body's: what a task-local set around the member would hold whenever a `shutdown` or
-    /// `wait` inside it is polled, at the cost of one thread-local swap each way.
+    /// The member whose body this thread is polling, moved in by [`Member`]'s `poll` around its
+    /// body's and moved back out after: what a task-local set around the member would hold
+    /// whenever a `shutdown`, `wait` or `build` inside it runs, at the cost of one thread-local
+    /// swap each way (the `Weak` is made once, at `spawn`, and only moved).
     static MEMBERSHIP: Cell<Option<Membership>> = const { Cell::new(None) };
+}
+
+/// Calls `f` with the membership of the running task, if it is a member of any group.
+fn with_membership<T>(f: impl FnOnce(Option<&Membership>) -> T) -> T {
+    MEMBERSHIP.with(|cell| {
+        // Nothing in `f` polls a member, so the cell is put back before anyone else looks.
+        let membership = cell.take();
+        let result = f(membership.as_ref());
+        cell.set(membership);
+        result
+    })
 }
 
 /// The member id of the running task, if it is a member of `core`'s group.
 pub(super) fn current(core: &Arc<Core>) -> Option<MemberId> {
-    let group = Arc::as_ptr(core) as usize;
-    let membership = MEMBERSHIP.get()?;
-    (membership.group == group).then_some(membership.id)
+    with_membership(|membership| {
+        let membership = membership?;
+        std::ptr::eq(membership.group.as_ptr(), Arc::as_ptr(core)).then_some(membership.id)
+    })
 }
 
-/// Puts back the membership an inner poll replaced (none, unless a runtime runs inside a
-/// member's poll), even if the poll unwinds.
-struct Entered(Option<Membership>);
+/// The group and member id of the running task, if it is a member of any group.
+pub(super) fn enclosing() -> Option<(Weak<Core>, MemberId)> {
+    with_membership(|membership| membership.map(|m| (m.group.clone(), m.id)))
+}
 
-impl Entered {
-    fn new(membership: Membership) -> Self {
-        Entered(MEMBERSHIP.replace(Some(membership)))
+/// Moves a member's membership into the thread-local for the length of its body's poll, and
+/// back (with the one an inner poll replaced, none unless a runtime runs inside a member's
+/// poll, put back too), even if the poll unwinds.
+struct Entered<'a> {
+    home: &'a mut Option<Membership>,
+    outer: Option<Membership>,
+}
+
+impl<'a> Entered<'a> {
+    fn new(home: &'a mut Option<Membership>) -> Self {
+        let outer = MEMBERSHIP.replace(home.take());
+        Entered { home, outer }
     }
 }
 
-impl Drop for Entered {
+impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        MEMBERSHIP.set(self.0);
+        *self.home = MEMBERSHIP.replace(self.outer.take());
     }
 }
 
@@ -107,6 +129,10 @@ where
     };
     let member = Member {
         body: run(ctx, slot, f),
+        membership: Some(Membership {
+            group: Arc::downgrade(core),
+            id,
+        }),
         record,
     };
     tokio::spawn(member.instrument(tracing::Span::current())).abort_handle()
@@ -158,6 +184,8 @@ pin_project! {
     struct Member<B> {
         #[pin]
         body: B,
+        // In the thread-local instead while `body` is polled.
+        membership: Option<Membership>,
         record: Record,
     }
 }
@@ -168,10 +196,7 @@ impl<B: Future<Output = Outcome>> Future for Member<B> {
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
         let this = self.project();
         let outcome = {
-            let _entered = Entered::new(Membership {
-                group: Arc::as_ptr(&this.record.core) as usize,
-                id: this.record.id,
-            });
+            let _entered = Entered::new(this.membership);
             ready!(this.body.poll(cx))
         };
         // `run` has returned, so its future holds nothing (the user's future and the slot are

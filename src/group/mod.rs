@@ -40,13 +40,23 @@
 //!    (found through a thread-local set while a member is polled) waits for the others only, and never
 //!    aborts its caller; so it cannot wait for itself. Pinned by
 //!    `shutdown_from_inside_a_task_does_not_wait_for_that_task`.
+//! 7. **Nesting.** A group built while a member of another group is polled (the same
+//!    thread-local) keeps that group's core, weakly, and the member's id. When its report is
+//!    taken, a summary (the report without panic payloads) is pushed onto that member's
+//!    `Enrolled::groups` if the member has not stopped, and the member's stop moves them, in
+//!    order, into its `TaskReport`. A group dropped without its report leaves nothing, and a
+//!    stop never waits for an inner report. Pinned by
+//!    `an_inner_groups_summary_is_shown_under_the_task_that_owned_it`,
+//!    `a_task_that_owns_two_groups_in_turn_keeps_both_in_order` and
+//!    `an_inner_group_owned_by_a_task_stops_within_the_outer_shutdowns_grace`.
 //!
 //! # Locking
 //!
 //! One mutex, `Core::state`, held for map and vector updates only: never across an `.await`,
-//! a cancellation (which runs `after_func` callbacks), an abort, a spawn or any user code. So
-//! there is no lock order, and a callback or a drop that comes back into the group cannot
-//! deadlock. `Core::changed` is notified after the lock is released.
+//! a cancellation (which runs `after_func` callbacks), an abort, a spawn or any user code, and
+//! never while another group's is held (a summary is handed to the enclosing group after the
+//! inner lock is released). So there is no lock order, and a callback or a drop that comes back
+//! into the group cannot deadlock. `Core::changed` is notified after the lock is released.
 //!
 //! # Where user code runs
 //!
@@ -66,7 +76,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -300,6 +310,7 @@ impl GroupBuilder {
                 slots: self.limit.map(|n| Arc::new(Semaphore::new(n))),
                 limit: self.limit,
                 cancelled_at,
+                enclosing: member::enclosing(),
                 state: Mutex::new(State::default()),
                 changed: Notify::new(),
             }),
@@ -810,6 +821,9 @@ struct Core {
     /// When the group's context was cancelled, by whatever cancelled it: set by an `after_func`
     /// callback, so that each task's time to stop is measured from the cancellation itself.
     cancelled_at: Arc<OnceLock<Instant>>,
+    /// The group and member whose body was being polled when this group was built, if any:
+    /// where the summary of this group's report goes (invariant 7).
+    enclosing: Option<(Weak<Core>, MemberId)>,
     state: Mutex<State>,
     /// Notified (after `state` is released) when a task's stop leaves at most one member: the
     /// only moments a waiter's "every task but mine has stopped" can become true.
@@ -848,6 +862,8 @@ struct MemberId {
 struct Enrolled {
     serial: u64,
     abort: Option<AbortHandle>,
+    /// Summaries of the groups the member built and took the report of, in that order.
+    groups: Vec<Report>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -919,6 +935,7 @@ impl Core {
             let slot = state.members.insert(Enrolled {
                 serial,
                 abort: None,
+                groups: Vec::new(),
             });
             MemberId { slot, serial }
         };
@@ -998,6 +1015,7 @@ impl Core {
             notified.as_mut().enable();
             if let Some(report) = self.take_report(me) {
                 report.emit();
+                self.hand_summary_to_enclosing(&report);
                 return report;
             }
             notified.await;
@@ -1027,6 +1045,24 @@ impl Core {
             cause,
             grace,
         ))
+    }
+
+    /// Gives the summary of this group's report to the member that built the group, if it has
+    /// not stopped (invariant 7). Takes the enclosing group's lock alone: this group's is free.
+    fn hand_summary_to_enclosing(&self, report: &Report) {
+        let Some((group, id)) = &self.enclosing else {
+            return;
+        };
+        let Some(group) = group.upgrade() else {
+            return;
+        };
+        // Declared before the guard, so that a summary left over drops after the lock is freed.
+        let summary = report.summary();
+        let mut state = group.lock();
+        let entry = state.members.get_mut(id.slot);
+        if let Some(entry) = entry.filter(|entry| entry.serial == id.serial) {
+            entry.groups.push(summary);
+        }
     }
 
     /// Aborts every member but `spared`, and those whose `spawn` is still under way.
@@ -1062,12 +1098,15 @@ impl Core {
 
     /// Records a member's stop (called once per member, from its `Record`'s drop) and, under
     /// fail-fast, cancels the group with the first failure.
-    fn stopped(&self, id: MemberId, task: TaskReport, failure: Option<Cause>) {
+    fn stopped(&self, id: MemberId, mut task: TaskReport, failure: Option<Cause>) {
         let (cancel_with, wake) = {
             let mut state = self.lock();
-            state
+            if let Some(entry) = state
                 .members
-                .remove_if(id.slot, |entry| entry.serial == id.serial);
+                .remove_if(id.slot, |entry| entry.serial == id.serial)
+            {
+                task.adopt(entry.groups);
+            }
             let mut cancel_with = None;
             if state.phase != Phase::Reported {
                 if failure.is_some() && state.first_failure.is_none() {

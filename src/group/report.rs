@@ -21,6 +21,11 @@ use crate::error::{Cause, Error};
 /// [`into_result`](Report::into_result) resumes it, or the caller takes it out of the
 /// [`Outcome`].
 ///
+/// Groups nest: a group built inside one of another group's tasks hands a summary of its report
+/// to that task when its owner takes it, found in [`TaskReport::groups`] and shown in the
+/// `Display` indented under `task <name>:`. A summary has no panic payloads, which stay with the
+/// inner owner's report.
+///
 /// # Examples
 ///
 /// ```
@@ -104,6 +109,8 @@ pub struct TaskReport {
     outcome: Outcome,
     ran_for: Duration,
     time_to_stop: Option<Duration>,
+    /// Summaries of the groups the task built and took the report of, in that order.
+    groups: Vec<Report>,
 }
 
 /// How a task of a group ended.
@@ -136,6 +143,10 @@ pub enum Outcome {
 }
 
 /// The payload of a task's panic, kept so that it can be resumed.
+///
+/// In the summary of an inner group ([`TaskReport::groups`]) it keeps the message only: its
+/// payload is that message, as a `String`, since the original stays with the inner owner's
+/// report.
 ///
 /// # Examples
 ///
@@ -178,6 +189,14 @@ impl Panic {
         Panic {
             message,
             payload: Mutex::new(payload),
+        }
+    }
+
+    /// A panic of a summary (see [`TaskReport::groups`]): the message, as its own payload.
+    fn summary(message: &str) -> Self {
+        Panic {
+            message: message.to_owned(),
+            payload: Mutex::new(Box::new(message.to_owned())),
         }
     }
 
@@ -264,6 +283,31 @@ impl TaskReport {
             outcome,
             ran_for,
             time_to_stop,
+            groups: Vec::new(),
+        }
+    }
+
+    /// Gives the task the summaries of the groups it owned (invariant 7).
+    pub(super) fn adopt(&mut self, groups: Vec<Report>) {
+        self.groups = groups;
+    }
+
+    /// The same, with each panic's payload left out (see [`Report::summary`]).
+    fn summary(&self) -> TaskReport {
+        let outcome = match &self.outcome {
+            Outcome::Finished => Outcome::Finished,
+            Outcome::Canceled(err) => Outcome::Canceled(*err),
+            Outcome::Failed(cause) => Outcome::Failed(cause.clone()),
+            Outcome::Panicked(panic) => Outcome::Panicked(Panic::summary(&panic.message)),
+            Outcome::Aborted => Outcome::Aborted,
+            Outcome::NotStarted => Outcome::NotStarted,
+        };
+        TaskReport {
+            name: self.name.clone(),
+            outcome,
+            ran_for: self.ran_for,
+            time_to_stop: self.time_to_stop,
+            groups: self.groups.iter().map(Report::summary).collect(),
         }
     }
 
@@ -344,6 +388,47 @@ impl TaskReport {
         self.time_to_stop
     }
 
+    /// Summaries of the groups this task owned, in the order their reports were taken: each
+    /// [`TaskGroup`](crate::TaskGroup) built while the task was running (in its closure or its
+    /// future) whose owner's [`wait`](crate::TaskGroup::wait) or
+    /// [`shutdown`](crate::TaskGroup::shutdown) returned before the task stopped.
+    ///
+    /// A summary is the inner group's [`Report`] without panic payloads, which stay with the
+    /// inner owner's own report: a summary's [`Panic`] keeps the message, and its payload is
+    /// that message as a `String`. An inner group dropped without its report (its owner
+    /// aborted, say) is not here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, TaskGroup};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let outer = TaskGroup::new(&Context::background());
+    /// outer
+    ///     .spawn("indexer", |ctx| async move {
+    ///         let inner = TaskGroup::builder(&ctx).name("shards").build();
+    ///         for shard in 0..3 {
+    ///             inner.spawn(format!("shard-{shard}"), |_ctx| async { Ok::<(), &str>(()) })?;
+    ///         }
+    ///         inner.wait().await.into_result()?;
+    ///         Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+    ///     })
+    ///     .unwrap();
+    /// let report = outer.wait().await;
+    /// let shards = &report.tasks()[0].groups()[0];
+    /// assert_eq!(shards.counts().finished, 3);
+    /// assert_eq!(
+    ///     report.to_string(),
+    ///     "task group: 1 task, 1 finished\n  task indexer:\n    task group \"shards\": 3 tasks, 3 finished",
+    /// );
+    /// # }
+    /// ```
+    pub fn groups(&self) -> &[Report] {
+        &self.groups
+    }
+
     fn is_failure(&self) -> bool {
         matches!(self.outcome, Outcome::Failed(_) | Outcome::Panicked(_))
     }
@@ -363,6 +448,17 @@ impl Report {
             first_failure,
             cause,
             grace,
+        }
+    }
+
+    /// The same report without panic payloads, for the enclosing group (invariant 7).
+    pub(super) fn summary(&self) -> Report {
+        Report {
+            name: self.name.clone(),
+            tasks: self.tasks.iter().map(TaskReport::summary).collect(),
+            first_failure: self.first_failure,
+            cause: self.cause.clone(),
+            grace: self.grace,
         }
     }
 
@@ -670,7 +766,26 @@ impl fmt::Display for Report {
         list(f, "slow", self.slow(), |task, f| {
             let took = task.time_to_stop.unwrap_or_default();
             write!(f, "{} ({took:?} to stop)", task.name)
-        })
+        })?;
+        let owners = self.tasks.iter().filter(|task| !task.groups.is_empty());
+        let mut more = 0;
+        for (index, task) in owners.enumerate() {
+            if index >= NAMES_PER_LINE {
+                more += 1;
+                continue;
+            }
+            write!(f, "\n  task {}:", task.name)?;
+            for group in &task.groups {
+                // Each line of the inner report, its own nested groups included, four deeper.
+                for line in group.to_string().lines() {
+                    write!(f, "\n    {line}")?;
+                }
+            }
+        }
+        if more > 0 {
+            write!(f, "\n  and {more} more tasks that owned groups")?;
+        }
+        Ok(())
     }
 }
 
