@@ -321,3 +321,78 @@ impl Fallback {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::{Fallback, Source, fallback_timer};
+    use crate::Context;
+    use crate::tree::{Kind, Scope};
+
+    fn scope() -> Arc<Scope> {
+        Scope::new(
+            &Context::background(),
+            || Kind::Cancel,
+            None,
+            None,
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "leaves threads running (the crate's timer thread), which Miri reports"
+    )]
+    fn a_fallback_deadline_leaves_the_timer_threads_queue_when_dropped() {
+        let scope = scope();
+        let at = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let source = fallback_timer(&scope, at);
+        let Source::Fallback { _entry: entry } = &source else {
+            panic!("a fallback timer")
+        };
+        let key = entry.key;
+        assert!(Fallback::get().lock().contains_key(&key), "queued");
+        drop(source);
+        assert!(
+            !Fallback::get().lock().contains_key(&key),
+            "gone with its entry"
+        );
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "leaves threads running (the crate's timer thread), which Miri reports"
+    )]
+    fn the_fallback_loop_fires_what_is_due_and_keeps_what_is_not() {
+        // A queue of its own, run on a thread with a watchdog: a loop that fires too much
+        // empties the queue, one that fires too little never returns.
+        let fallback = Arc::new(Fallback::new());
+        let scope = scope();
+        let now = Instant::now();
+        let later = fallback.schedule(&scope, now + Duration::from_secs(3600));
+        let due = fallback.schedule(&scope, now - Duration::from_millis(1));
+        let (returned, watchdog) = mpsc::channel();
+        std::thread::spawn({
+            let fallback = fallback.clone();
+            move || {
+                fallback.run(1);
+                let _ = returned.send(());
+            }
+        });
+        watchdog
+            .recv_timeout(Duration::from_secs(10))
+            .expect("hang: the loop did not return once it had fired the due deadline");
+        let queue = fallback.lock();
+        assert!(!queue.contains_key(&due), "the due deadline was fired");
+        assert!(
+            queue.contains_key(&later),
+            "the hour-long one is still queued"
+        );
+    }
+}
