@@ -329,19 +329,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::{Fallback, Source, fallback_timer};
-    use crate::Context;
-    use crate::tree::{Kind, Scope};
-
-    fn scope() -> Arc<Scope> {
-        Scope::new(
-            &Context::background(),
-            || Kind::Cancel,
-            None,
-            None,
-            None,
-            None,
-        )
-    }
+    use crate::tree::tests::plain_scope as scope;
 
     #[test]
     #[cfg_attr(

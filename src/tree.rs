@@ -2431,13 +2431,13 @@ pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use super::*;
 
     /// A `with_cancel` scope under `Background`, held by nothing else.
-    fn plain_scope() -> Arc<Scope> {
+    pub(crate) fn plain_scope() -> Arc<Scope> {
         Scope::new(
             &Context::background(),
             || Kind::Cancel,
