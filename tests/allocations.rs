@@ -1,11 +1,12 @@
 //! The allocation claims of the docs: roots and queries cost nothing, deriving a cancellable
 //! context costs one allocation (two for a parent's first child, whose registrations the
 //! parent then keeps), a value context two, and a `done()` future allocates nothing when it is
-//! ready at once, and nothing once its context's registrations are allocated. A counting global allocator counts what the
-//! current thread allocates, so tests running in parallel on other threads do not disturb it.
+//! ready at once, and nothing once its context's registrations are allocated. The counting
+//! global allocator (`tests/common/alloc.rs`) counts what the current thread allocates, so tests
+//! running in parallel on other threads do not disturb it.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
@@ -16,64 +17,15 @@ use std::time::Duration;
 use taskctx::testing::census;
 use taskctx::{Context, Error, Key};
 
-struct CountingAlloc;
-
 #[global_allocator]
-static ALLOCATOR: CountingAlloc = CountingAlloc;
-
-thread_local! {
-    // `const`, with no destructor: usable from inside the allocator, even while a thread exits.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-    /// Bytes this thread allocated minus those it freed.
-    static LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
-}
-
-fn count_one() {
-    // `try_with`: a thread that is tearing down its locals may still allocate.
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-fn count_bytes(delta: isize) {
-    let _ = LIVE_BYTES.try_with(|n| n.set(n.get() + delta));
-}
-
-// SAFETY: every method forwards to `System` unchanged; the counting touches only a const
-// thread-local without destructor, which does not allocate.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        count_bytes(layout.size() as isize);
-        // SAFETY: the caller's contract is `System::alloc`'s.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_one();
-        count_bytes(layout.size() as isize);
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count_bytes(-(layout.size() as isize));
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_one();
-        count_bytes(new_size as isize - layout.size() as isize);
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+static ALLOCATOR: common::alloc::CountingAlloc = common::alloc::CountingAlloc;
 
 /// Runs `f` and returns how many allocations this thread made meanwhile, with `f`'s output,
 /// which the caller drops outside the count.
 fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
-    let before = ALLOCATIONS.with(Cell::get);
+    let (before, _) = common::alloc::this_thread();
     let out = black_box(f());
-    (ALLOCATIONS.with(Cell::get) - before, out)
+    (common::alloc::this_thread().0 - before, out)
 }
 
 /// Polls `future` once with a waker that does nothing.
@@ -361,12 +313,12 @@ fn a_cancellation_leaves_nothing_behind_whether_its_batches_spilled_or_not() {
     };
     for children in [1, 10] {
         round(children);
-        let before = LIVE_BYTES.with(Cell::get);
+        let (_, before) = common::alloc::this_thread();
         for _ in 0..100 {
             round(children);
         }
         assert_eq!(
-            LIVE_BYTES.with(Cell::get) - before,
+            common::alloc::this_thread().1 - before,
             0,
             "{children} children per round"
         );

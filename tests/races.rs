@@ -2,6 +2,8 @@
 //! many iterations with a seeded xorshift PRNG. Every test asserts an outcome that must hold
 //! whatever the interleaving (no timing asserts); timeouts only guard against real hangs.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
@@ -12,36 +14,7 @@ use taskctx::{CancelCauseHandle, CancelHandle, Context, Error};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// xorshift64*: small, deterministic, good enough to shuffle work.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
-    /// Busy-spins a random number of iterations, to vary where threads meet.
-    fn spin(&mut self, max: usize) {
-        for _ in 0..self.below(max) {
-            std::hint::spin_loop();
-        }
-    }
-}
+use common::rng::Rng;
 
 fn cause_text(ctx: &Context) -> Option<String> {
     ctx.cause().map(|cause| cause.to_string())

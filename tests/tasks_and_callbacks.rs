@@ -1,6 +1,7 @@
-//! The helpers built on the tree: `run_until_cancelled`, `run_with_grace`,
-//! `taskctx::with_timeout`, `Context::spawn`, `Context::spawn_graceful` and `after_func`, plus
-//! the `tracing` span a spawned task runs in (the events are in `tests/events.rs`).
+//! Work run under a context: futures it bounds (`run_until_cancelled`, `run_with_grace`,
+//! `taskctx::with_timeout`), tasks spawned on it (`Context::spawn`, `Context::spawn_graceful`,
+//! and the `tracing` span a spawned task runs in; the events are in `tests/events.rs`), and
+//! `after_func` callbacks.
 //! Time is Tokio's paused clock; tests that could deadlock run under a hang guard.
 
 use std::future::Future;
