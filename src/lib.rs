@@ -166,6 +166,9 @@ mod error;
 mod future;
 mod group;
 mod handle;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod service;
 #[cfg(feature = "signal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub mod signal;
@@ -173,9 +176,6 @@ mod slab;
 mod source;
 #[cfg(feature = "futures")]
 mod stream;
-#[cfg(feature = "tower")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
-pub mod service;
 mod sync;
 mod task;
 pub mod testing;
