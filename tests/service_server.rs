@@ -33,12 +33,15 @@ where
     svc.ready().await.unwrap().call(req).await.unwrap()
 }
 
+/// Where `stuck` leaves the context of the last request it saw.
+type Seen = Arc<std::sync::Mutex<Option<Context>>>;
+
 /// A service that never answers, and hands over each request's context.
 fn stuck(
     root: &Context,
 ) -> (
     impl Service<Request<()>, Response = Response<()>, Error = Infallible>,
-    Arc<std::sync::Mutex<Option<Context>>>,
+    Seen,
 ) {
     let seen = Arc::new(std::sync::Mutex::new(None));
     let keep = seen.clone();
@@ -247,7 +250,7 @@ async fn a_canceled_response_takes_the_status_the_server_chose() {
     let handler = tower::service_fn(|_req: Request<()>| async {
         Ok::<_, Infallible>(Error::Canceled.into_response())
     });
-    let mut default = ServerLayer::new(&root).layer(handler.clone());
+    let mut default = ServerLayer::new(&root).layer(handler);
     let response = call(&mut default, request(&[])).await;
     assert_eq!(response.status().as_u16(), 499);
     let mut chosen = ServerLayer::new(&root)

@@ -1,7 +1,8 @@
 //! Budgets that cross processes: the client layer alone (paused clock), then client -> A -> B
-//! over HTTP on loopback with a 300 ms budget at the client. B must see a smaller budget than
-//! A, B's slow work must stop, and the client must get a deadline error, whatever the
-//! network's timing: the assertions are orderings and outcomes, never durations.
+//! on loopback with a 300 ms budget at the client, once over HTTP with a milliseconds header
+//! and once over tonic with `grpc-timeout`. B must see a smaller budget than A, B's slow work
+//! must stop, and the client must get a deadline error, whatever the network's timing: the
+//! assertions are orderings and outcomes, never durations.
 #![cfg(feature = "axum")]
 
 use std::convert::Infallible;
@@ -20,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use taskctx::service::{ClientLayer, ClientService, RequestExt, ServerLayer};
 use taskctx::testing::assert_no_leaks;
-use taskctx::{Context, Error};
+use taskctx::{CancelHandle, Context, Error};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tower::{Layer, Service, ServiceExt};
@@ -118,38 +119,36 @@ async fn the_client_layer_fails_fast_and_drops_the_call_when_the_context_is_done
     );
 }
 
-type HttpClient = ClientService<Client<HttpConnector, Body>>;
-
-fn http_client() -> HttpClient {
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    ClientLayer::new()
-        .no_grpc_timeout()
-        .millis_header(BUDGET_MS)
-        .layer(client)
-}
-
-/// One hop's view: the budget its handler saw, and how its slow work stopped.
-struct Hop {
+/// What one hop's handler saw: its budget, and how the slow work it spawned stopped.
+struct Seen {
     budget: Mutex<Option<Duration>>,
     stopped: Semaphore,
     cause: Mutex<Option<String>>,
-    next: Option<(SocketAddr, HttpClient)>,
 }
 
-impl Hop {
-    fn new(next: Option<SocketAddr>) -> Arc<Hop> {
-        Arc::new(Hop {
+impl Seen {
+    fn new() -> Arc<Seen> {
+        Arc::new(Seen {
             budget: Mutex::default(),
             stopped: Semaphore::new(0),
             cause: Mutex::default(),
-            next: next.map(|addr| (addr, http_client())),
         })
+    }
+
+    /// Records the handler's budget and spawns slow work that runs until `ctx` is done.
+    fn start(self: &Arc<Self>, ctx: &Context) {
+        *self.budget.lock().unwrap() = ctx.remaining();
+        let slow = SlowWork(ctx.clone(), self.clone());
+        drop(ctx.spawn(move |_ctx| async move {
+            let _slow = slow;
+            std::future::pending::<()>().await
+        }));
     }
 }
 
 /// Records its context's cause when its task is dropped, which happens when the context is
 /// done.
-struct SlowWork(Context, Arc<Hop>);
+struct SlowWork(Context, Arc<Seen>);
 
 impl Drop for SlowWork {
     fn drop(&mut self) {
@@ -158,74 +157,9 @@ impl Drop for SlowWork {
     }
 }
 
-/// Hop A calls the next hop after some work of its own; hop B only does slow work.
-async fn hop(ctx: Context, State(hop): State<Arc<Hop>>) -> Result<Response, Error> {
-    *hop.budget.lock().unwrap() = ctx.remaining();
-    let slow = SlowWork(ctx.clone(), hop.clone());
-    let _work = ctx.spawn(move |_ctx| async move {
-        let _slow = slow;
-        std::future::pending::<()>().await
-    });
-    let Some((addr, client)) = &hop.next else {
-        return Err(ctx.done().await);
-    };
-    ctx.run_until_cancelled(tokio::time::sleep(Duration::from_millis(20)))
-        .await?;
-    let mut req = Request::get(format!("http://{addr}/"))
-        .body(Body::empty())
-        .unwrap();
-    req.set_context(&ctx);
-    let mut client = client.clone();
-    match client.ready().await.unwrap().call(req).await {
-        Ok(response) => Ok(response.map(Body::new).into_response()),
-        Err(err) => Err(*err
-            .downcast::<Error>()
-            .expect("only the context fails the call")),
-    }
-}
-
-async fn serve(hop_state: Arc<Hop>, root: &Context) -> SocketAddr {
-    let app = Router::new()
-        .route("/", get(hop))
-        .with_state(hop_state)
-        .layer(ServerLayer::new(root).millis_header(BUDGET_MS));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = root.cancelled_owned();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .unwrap();
-    });
-    addr
-}
-
-#[tokio::test]
-async fn two_hops_over_http_shrink_the_budget_and_stop_at_the_deadline() {
-    let (root_a, stop_a) = Context::background().with_cancel();
-    let (root_b, stop_b) = Context::background().with_cancel();
-    let b = Hop::new(None);
-    let b_addr = serve(b.clone(), &root_b).await;
-    let a = Hop::new(Some(b_addr));
-    let a_addr = serve(a.clone(), &root_a).await;
-
-    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(300));
-    let mut req = Request::get(format!("http://{a_addr}/"))
-        .body(Body::empty())
-        .unwrap();
-    req.set_context(&ctx);
-    let mut client = http_client();
-    let outcome = timeout(WATCHDOG, client.ready().await.unwrap().call(req))
-        .await
-        .unwrap();
-    // A deadline error either way: the client's own deadline, or A's 504 if it came first.
-    match outcome {
-        Err(err) => assert_eq!(err.downcast_ref::<Error>(), Some(&Error::DeadlineExceeded)),
-        Ok(response) => assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT),
-    }
-
-    for hop in [&a, &b] {
+/// The outcome every two-hop run must have, once the client has its answer.
+async fn check_two_hops(a: &Seen, b: &Seen, roots: [(Context, CancelHandle); 2]) {
+    for hop in [a, b] {
         timeout(WATCHDOG, hop.stopped.acquire())
             .await
             .unwrap()
@@ -246,9 +180,244 @@ async fn two_hops_over_http_shrink_the_budget_and_stop_at_the_deadline() {
         .contains(&cause_b.as_str()),
         "{cause_b}"
     );
+    for (root, stop) in roots {
+        drop(stop);
+        assert_no_leaks(&root).await;
+    }
+}
 
-    drop(stop_a);
-    drop(stop_b);
-    assert_no_leaks(&root_a).await;
-    assert_no_leaks(&root_b).await;
+type HttpClient = ClientService<Client<HttpConnector, Body>>;
+
+fn http_client() -> HttpClient {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    ClientLayer::new()
+        .no_grpc_timeout()
+        .millis_header(BUDGET_MS)
+        .layer(client)
+}
+
+/// An HTTP hop, and the one it calls.
+struct HttpHop {
+    seen: Arc<Seen>,
+    next: Option<(SocketAddr, HttpClient)>,
+}
+
+/// Hop A calls the next hop after some work of its own; hop B only does slow work.
+async fn http_hop(ctx: Context, State(hop): State<Arc<HttpHop>>) -> Result<Response, Error> {
+    hop.seen.start(&ctx);
+    let Some((addr, client)) = &hop.next else {
+        return Err(ctx.done().await);
+    };
+    ctx.run_until_cancelled(tokio::time::sleep(Duration::from_millis(20)))
+        .await?;
+    let mut req = Request::get(format!("http://{addr}/"))
+        .body(Body::empty())
+        .unwrap();
+    req.set_context(&ctx);
+    let mut client = client.clone();
+    match client.ready().await.unwrap().call(req).await {
+        Ok(response) => Ok(response.map(Body::new).into_response()),
+        Err(err) => Err(*err
+            .downcast::<Error>()
+            .expect("only the context fails the call")),
+    }
+}
+
+async fn serve_http(seen: &Arc<Seen>, next: Option<SocketAddr>, root: &Context) -> SocketAddr {
+    let hop = Arc::new(HttpHop {
+        seen: seen.clone(),
+        next: next.map(|addr| (addr, http_client())),
+    });
+    let app = Router::new()
+        .route("/", get(http_hop))
+        .with_state(hop)
+        .layer(ServerLayer::new(root).millis_header(BUDGET_MS));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = root.cancelled_owned();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn two_hops_over_http_shrink_the_budget_and_stop_at_the_deadline() {
+    let roots = [(); 2].map(|()| Context::background().with_cancel());
+    let (a, b) = (Seen::new(), Seen::new());
+    let b_addr = serve_http(&b, None, &roots[1].0).await;
+    let a_addr = serve_http(&a, Some(b_addr), &roots[0].0).await;
+
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(300));
+    let mut req = Request::get(format!("http://{a_addr}/"))
+        .body(Body::empty())
+        .unwrap();
+    req.set_context(&ctx);
+    let mut client = http_client();
+    let outcome = timeout(WATCHDOG, client.ready().await.unwrap().call(req))
+        .await
+        .unwrap();
+    // A deadline error either way: the client's own deadline, or A's 504 if it came first.
+    match outcome {
+        Err(err) => assert_eq!(err.downcast_ref::<Error>(), Some(&Error::DeadlineExceeded)),
+        Ok(response) => assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT),
+    }
+    check_two_hops(&a, &b, roots).await;
+}
+
+/// The same two hops over gRPC, with a hand-written message and service (no `protoc`).
+#[cfg(feature = "tonic")]
+mod over_tonic {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    use http::uri::PathAndQuery;
+    use tonic::body::Body;
+    use tonic::transport::Channel;
+    use tonic::{Code, Status};
+    use tonic_prost::ProstCodec;
+
+    use super::*;
+
+    const CALL: &str = "/test.Hop/Call";
+
+    /// The request and the answer: empty, the budget travels in the headers.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Empty {}
+
+    type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+    type GrpcClient = tonic::client::Grpc<ClientService<Channel>>;
+
+    async fn call(client: &GrpcClient, ctx: &Context) -> Result<Empty, Status> {
+        let mut client = client.clone();
+        client
+            .ready()
+            .await
+            .map_err(|err| Status::unavailable(err.to_string()))?;
+        let mut req = tonic::Request::new(Empty {});
+        req.set_context(ctx);
+        let path = PathAndQuery::from_static(CALL);
+        let response = client.unary(req, path, ProstCodec::default()).await?;
+        Ok(response.into_inner())
+    }
+
+    /// A gRPC hop: the server side of `test.Hop/Call`, written by hand.
+    #[derive(Clone)]
+    struct GrpcHop {
+        seen: Arc<Seen>,
+        next: Option<GrpcClient>,
+    }
+
+    impl GrpcHop {
+        async fn handle(self, req: tonic::Request<Empty>) -> Result<Empty, Status> {
+            let ctx = req.context()?;
+            self.seen.start(&ctx);
+            let Some(next) = &self.next else {
+                return Err(ctx.done().await.into());
+            };
+            ctx.run_until_cancelled(tokio::time::sleep(Duration::from_millis(20)))
+                .await?;
+            call(next, &ctx).await
+        }
+    }
+
+    impl tonic::server::NamedService for GrpcHop {
+        const NAME: &'static str = "test.Hop";
+    }
+
+    impl tonic::server::UnaryService<Empty> for GrpcHop {
+        type Response = Empty;
+        type Future = BoxFuture<Result<tonic::Response<Empty>, Status>>;
+
+        fn call(&mut self, req: tonic::Request<Empty>) -> Self::Future {
+            let hop = self.clone();
+            Box::pin(async move { hop.handle(req).await.map(tonic::Response::new) })
+        }
+    }
+
+    impl tower::Service<http::Request<Body>> for GrpcHop {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+            let hop = self.clone();
+            Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(ProstCodec::<Empty, Empty>::default());
+                Ok(grpc.unary(hop, req).await)
+            })
+        }
+    }
+
+    async fn client(addr: SocketAddr) -> GrpcClient {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic::client::Grpc::new(ClientLayer::new().layer(channel))
+    }
+
+    async fn serve(seen: &Arc<Seen>, next: Option<SocketAddr>, root: &Context) -> SocketAddr {
+        let next = match next {
+            Some(addr) => Some(client(addr).await),
+            None => None,
+        };
+        let hop = GrpcHop {
+            seen: seen.clone(),
+            next,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut server = tonic::transport::Server::builder().layer(ServerLayer::new(root));
+        let router = server.add_service(hop);
+        let shutdown = root.cancelled_owned();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+                .unwrap();
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn two_hops_over_tonic_shrink_the_budget_and_end_in_deadline_exceeded() {
+        let roots = [(); 2].map(|()| Context::background().with_cancel());
+        let (a, b) = (Seen::new(), Seen::new());
+        let b_addr = serve(&b, None, &roots[1].0).await;
+        let a_addr = serve(&a, Some(b_addr), &roots[0].0).await;
+
+        let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(300));
+        let status = timeout(WATCHDOG, call(&client(a_addr).await, &ctx))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        check_two_hops(&a, &b, roots).await;
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_context_is_done_is_not_sent_and_reports_its_status() {
+        let (root, stop) = Context::background().with_cancel();
+        let b = Seen::new();
+        let addr = serve(&b, None, &root).await;
+        let client = client(addr).await;
+        let (ctx, cancel) = Context::background().with_cancel();
+        cancel.cancel();
+        let status = call(&client, &ctx).await.unwrap_err();
+        assert_eq!(status.code(), Code::Cancelled);
+        assert_eq!(*b.budget.lock().unwrap(), None, "B was not called");
+        drop(stop);
+        assert_no_leaks(&root).await;
+    }
 }
