@@ -7,9 +7,9 @@
 //! is the throughput of the whole loop, of which the server's share is a part. Before the
 //! loopback rounds, the layer's own cost per request is timed without a network.
 //!
-//! `-- on N` or `-- off N` runs N loopback requests of one kind only, and nothing else: for
-//! instruction counts under `valgrind --tool=callgrind`, which do not depend on the machine's
-//! load.
+//! `-- on N` or `-- off N` runs N loopback requests of one kind only, and `-- layer` or
+//! `-- bare` one in-process timing, and nothing else: for instruction counts under
+//! `valgrind --tool=callgrind`, which do not depend on the machine's load.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -123,6 +123,11 @@ fn main() {
         .next()
         .unwrap_or(7);
     let only = args.iter().find(|arg| *arg == "on" || *arg == "off");
+    if let Some(kind) = args.iter().find(|arg| *arg == "layer" || *arg == "bare") {
+        let ns = per_request_ns(kind == "layer");
+        println!("{kind}: {ns:.0} ns/request");
+        return;
+    }
     for i in 0..if only.is_some() { 0 } else { rounds.min(5) } {
         let (off, on) = (per_request_ns(false), per_request_ns(true));
         println!("in-process round {i}: layer off {off:.0} ns/request, on {on:.0} ns/request");

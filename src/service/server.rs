@@ -288,13 +288,14 @@ where
             }
             None => (scope, None),
         };
-        req.extensions_mut().insert(ctx);
+        req.extensions_mut().insert(ctx.clone());
         ServerFuture {
             inner: Some(self.inner.call(req)),
             refused: None,
             guard: Guard {
+                ctx: Some(ctx),
                 cancel: Some(cancel),
-                _deadline: deadline,
+                deadline,
             },
             canceled_status: config.canceled_status,
         }
@@ -342,8 +343,9 @@ impl<F, B> ServerFuture<F, B> {
             inner: None,
             refused: Some(response),
             guard: Guard {
+                ctx: None,
                 cancel: None,
-                _deadline: None,
+                deadline: None,
             },
             canceled_status: CLIENT_CLOSED_REQUEST,
         }
@@ -389,16 +391,32 @@ impl<F, B> fmt::Debug for ServerFuture<F, B> {
 /// Cancels the request's context: with [`Responded`] when told, with [`ClientGone`] if dropped
 /// before.
 struct Guard {
+    /// The request's context, to tell whether anything but the guard still holds it.
+    ctx: Option<Context>,
     cancel: Option<CancelCauseHandle>,
     // Dropped after `cancel`, whose cancellation has already reached it.
-    _deadline: Option<CancelHandle>,
+    deadline: Option<CancelHandle>,
 }
 
 impl Guard {
     fn responded(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
+        let Some(cancel) = self.cancel.take() else {
+            return;
+        };
+        // Held by this guard and by its own handle only: nothing can see it cancelled (a clone,
+        // a child, a task, a `done()` future would each hold it too), so letting go of the
+        // handles, which releases it for reuse, is all the cancellation there is to do.
+        let ctx = self.ctx.take();
+        let unseen = ctx
+            .as_ref()
+            .and_then(Context::scope)
+            .is_some_and(|scope| std::sync::Arc::strong_count(scope) == 2);
+        if !unseen {
             cancel.cancel(Responded);
         }
+        drop(ctx);
+        self.deadline = None;
+        drop(cancel);
     }
 }
 
