@@ -1,15 +1,17 @@
 //! What the server layer costs a minimal axum handler: requests per second over loopback HTTP/1
-//! with the layer on (a context per request, with a deadline from a default budget, taken by
-//! the handler's extractor) and off, in alternating rounds in one process, so that both see
-//! the same machine. Run with `cargo bench --bench service --features axum [-- ROUNDS]`.
+//! with the layer off, on (a context per request with a deadline from a 30 s default budget,
+//! taken by the handler's extractor), and on without a budget (a context per request, no
+//! deadline), in rotating rounds in one process, so that all see the same machine. Run with
+//! `cargo bench --bench service --features axum [-- ROUNDS]`.
 //!
 //! Client and servers share one two-worker runtime, as the machine has two cores: the figure
 //! is the throughput of the whole loop, of which the server's share is a part. Before the
 //! loopback rounds, the layer's own cost per request is timed without a network.
 //!
-//! `-- on N` or `-- off N` runs N loopback requests of one kind only, and `-- layer` or
-//! `-- bare` one in-process timing, and nothing else: for instruction counts under
-//! `valgrind --tool=callgrind`, which do not depend on the machine's load.
+//! `-- KIND N` (KIND one of `off`, `on`, `unbudgeted`) runs N loopback requests of one kind
+//! only, and `-- layer`, `-- layer-unbudgeted` or `-- bare` one in-process timing, and nothing
+//! else: for instruction counts under `valgrind --tool=callgrind`, which do not depend on the
+//! machine's load.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -70,9 +72,21 @@ async fn round(client: &Client<HttpConnector, Body>, addr: SocketAddr, requests:
     requests as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Nanoseconds per request through a bare service, with the layer (and the handler's
-/// lookup of its context) or without: the layer's own cost, without the network's noise.
-fn per_request_ns(layered: bool) -> f64 {
+/// The three servers compared.
+const KINDS: [&str; 3] = ["off", "on", "unbudgeted"];
+
+/// The layer of `kind`, if it has one.
+fn layer(kind: &str, root: &Context) -> Option<ServerLayer> {
+    match kind {
+        "on" => Some(ServerLayer::new(root).default_timeout(Duration::from_secs(30))),
+        "unbudgeted" => Some(ServerLayer::new(root)),
+        _ => None,
+    }
+}
+
+/// Nanoseconds per request through a bare service, with a layer or without: the layer's own
+/// cost (and the handler's lookup of its context), without the network's noise.
+fn per_request_ns(kind: &'static str) -> f64 {
     use tower::{Layer, Service};
     const CALLS: u32 = 200_000;
     // A multi-thread runtime's worker, where a server's handlers run (and where deadlines go
@@ -91,16 +105,13 @@ fn per_request_ns(layered: bool) -> f64 {
                 .is_some_and(Context::is_done);
             Ok::<_, std::convert::Infallible>(http::Response::new(late))
         });
-        let mut on = ServerLayer::new(&root)
-            .default_timeout(Duration::from_secs(30))
-            .layer(handler);
+        let mut on = layer(kind, &root).map(|layer| layer.layer(handler));
         let mut off = handler;
         let start = Instant::now();
         for _ in 0..CALLS {
-            let response = if layered {
-                on.call(Request::new(())).await
-            } else {
-                off.call(Request::new(())).await
+            let response = match &mut on {
+                Some(on) => on.call(Request::new(())).await,
+                None => off.call(Request::new(())).await,
             };
             assert!(!*response.unwrap().body());
         }
@@ -109,9 +120,16 @@ fn per_request_ns(layered: bool) -> f64 {
     runtime.block_on(task).unwrap()
 }
 
-fn median(values: &mut [f64]) -> f64 {
+fn median(values: &[f64]) -> f64 {
+    let mut values = values.to_vec();
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+fn range(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
 }
 
 fn main() {
@@ -122,15 +140,25 @@ fn main() {
         .filter_map(|arg| arg.parse::<usize>().ok())
         .next()
         .unwrap_or(7);
-    let only = args.iter().find(|arg| *arg == "on" || *arg == "off");
-    if let Some(kind) = args.iter().find(|arg| *arg == "layer" || *arg == "bare") {
-        let ns = per_request_ns(kind == "layer");
-        println!("{kind}: {ns:.0} ns/request");
-        return;
+    for (arg, kind) in [
+        ("bare", "off"),
+        ("layer", "on"),
+        ("layer-unbudgeted", "unbudgeted"),
+    ] {
+        if args.iter().any(|a| a == arg) {
+            println!("{arg}: {:.0} ns/request", per_request_ns(kind));
+            return;
+        }
     }
+    let only = args
+        .iter()
+        .find_map(|arg| KINDS.into_iter().find(|k| k == arg));
     for i in 0..if only.is_some() { 0 } else { rounds.min(5) } {
-        let (off, on) = (per_request_ns(false), per_request_ns(true));
-        println!("in-process round {i}: layer off {off:.0} ns/request, on {on:.0} ns/request");
+        let ns = KINDS.map(per_request_ns);
+        println!(
+            "in-process round {i}: layer off {:.0}, on {:.0}, unbudgeted {:.0} ns/request",
+            ns[0], ns[1], ns[2]
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -139,49 +167,53 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let (root, _stop) = Context::background().with_cancel();
-        let off = serve(Router::new().route("/", get(plain))).await;
-        let layer = ServerLayer::new(&root).default_timeout(Duration::from_secs(30));
-        let on = serve(Router::new().route("/", get(with_context)).layer(layer)).await;
+        let mut addrs = Vec::new();
+        for kind in KINDS {
+            let app = match layer(kind, &root) {
+                Some(layer) => Router::new().route("/", get(with_context)).layer(layer),
+                None => Router::new().route("/", get(plain)),
+            };
+            addrs.push(serve(app).await);
+        }
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(CONCURRENCY)
             .build_http();
         if let Some(only) = only {
-            let addr = if only == "on" { on } else { off };
+            let addr = addrs[KINDS.iter().position(|k| *k == only).unwrap()];
             let rps = round(&client, addr, rounds).await;
             println!("{rounds} requests, layer {only}: {rps:.0} req/s");
             return;
         }
-        // Warm up both: connections, allocator, caches.
-        round(&client, off, REQUESTS).await;
-        round(&client, on, REQUESTS).await;
-
-        let (mut offs, mut ons, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..rounds {
-            // Alternate which goes first, so that neither always follows the other.
-            let (a, b) = if i % 2 == 0 { (off, on) } else { (on, off) };
-            let first = round(&client, a, REQUESTS).await;
-            let second = round(&client, b, REQUESTS).await;
-            let (off_rps, on_rps) = if i % 2 == 0 {
-                (first, second)
-            } else {
-                (second, first)
-            };
-            println!(
-                "round {i}: layer off {off_rps:>8.0} req/s, on {on_rps:>8.0} req/s, on/off {:.3}",
-                on_rps / off_rps
-            );
-            offs.push(off_rps);
-            ons.push(on_rps);
-            ratios.push(on_rps / off_rps);
+        // Warm up each: connections, allocator, caches.
+        for &addr in &addrs {
+            round(&client, addr, REQUESTS).await;
         }
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-        println!(
-            "median: layer off {:.0} req/s, on {:.0} req/s; on/off median {:.3} (range {lo:.3}-{hi:.3})",
-            median(&mut offs),
-            median(&mut ons),
-            median(&mut ratios)
-        );
+        let mut rps = [Vec::new(), Vec::new(), Vec::new()];
+        for i in 0..rounds {
+            // Rotate which goes first, so that none always follows another.
+            for k in 0..KINDS.len() {
+                let kind = (i + k) % KINDS.len();
+                rps[kind].push(round(&client, addrs[kind], REQUESTS).await);
+            }
+            println!(
+                "round {i}: req/s off {:>6.0}, on {:>6.0}, unbudgeted {:>6.0}; on/off {:.3}, unbudgeted/off {:.3}",
+                rps[0][i],
+                rps[1][i],
+                rps[2][i],
+                rps[1][i] / rps[0][i],
+                rps[2][i] / rps[0][i]
+            );
+        }
+        for kind in 1..KINDS.len() {
+            let ratios: Vec<f64> = (0..rounds).map(|i| rps[kind][i] / rps[0][i]).collect();
+            let (lo, hi) = range(&ratios);
+            println!(
+                "{}/off: median {:.3} (range {lo:.3}-{hi:.3}); medians {:.0} against {:.0} req/s",
+                KINDS[kind],
+                median(&ratios),
+                median(&rps[kind]),
+                median(&rps[0])
+            );
+        }
     });
 }

@@ -394,7 +394,8 @@ struct Guard {
     /// The request's context, to tell whether anything but the guard still holds it.
     ctx: Option<Context>,
     cancel: Option<CancelCauseHandle>,
-    // Dropped after `cancel`, whose cancellation has already reached it.
+    /// The deadline's handle: let go of before `cancel` in `responded`, so that its scope has
+    /// left its parent by then; in `drop`, after `cancel`'s cancellation has reached it.
     deadline: Option<CancelHandle>,
 }
 
