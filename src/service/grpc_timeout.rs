@@ -17,6 +17,16 @@ use std::time::Duration;
 use http::HeaderValue;
 
 /// The header's name, `grpc-timeout`.
+///
+/// # Examples
+///
+/// ```
+/// use taskctx::service::grpc_timeout::{GRPC_TIMEOUT, encode};
+///
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert(GRPC_TIMEOUT, encode(std::time::Duration::from_secs(2)));
+/// assert_eq!(headers["grpc-timeout"], "2000000u");
+/// ```
 pub const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// The largest `TimeoutValue`: eight digits.

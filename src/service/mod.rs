@@ -131,12 +131,40 @@ struct TokenWatch(#[allow(dead_code)] Context);
 pub trait RequestExt: sealed::Sealed {
     /// The request's context, as stored by a [`ServerLayer`] or [`RequestExt::set_context`].
     ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::service::RequestExt;
+    ///
+    /// fn handle(req: &http::Request<()>) -> Result<(), taskctx::service::MissingContext> {
+    ///     let ctx = req.context()?;
+    ///     assert!(!ctx.is_done());
+    ///     Ok(())
+    /// }
+    /// let mut req = http::Request::new(());
+    /// req.set_context(&taskctx::Context::background());
+    /// handle(&req).unwrap();
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`MissingContext`] if the request carries none (no server layer is installed).
     fn context(&self) -> Result<Context, MissingContext>;
 
     /// Stores `ctx` in the request's extensions, replacing any context there.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::Context;
+    /// use taskctx::service::RequestExt;
+    ///
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(1));
+    /// let mut outgoing = http::Request::new(());
+    /// outgoing.set_context(&ctx); // a `ClientLayer` sends its remaining budget along
+    /// assert_eq!(outgoing.context().unwrap().deadline(), ctx.deadline());
+    /// ```
     fn set_context(&mut self, ctx: &Context);
 }
 
