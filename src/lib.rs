@@ -114,6 +114,15 @@
 //! - `signal` (off by default): [`signal::notify_context`], Go's `signal.NotifyContext`: a
 //!   context cancelled by `SIGINT` or `SIGTERM` with the signal as its cause, and a second one
 //!   cancelled by the second signal. It turns on Tokio's `signal` feature.
+//! - `tower` (off by default): [`service`], a context per request in tower servers (a layer
+//!   that reads `grpc-timeout` and caps the budget, cancels on shutdown and when the client
+//!   goes away), a client layer that sends the remaining budget on, and the `grpc-timeout`
+//!   codec. It adds `tower-layer`, `tower-service` and `http`.
+//! - `axum` (off by default, turns on `tower`): [`Context`] as an axum extractor, and
+//!   [`Error`] as a response (504, or 499 for a cancellation). It adds `axum-core`.
+//! - `tonic` (off by default, turns on `tower`): [`Error`] converts to `tonic::Status`
+//!   (`DEADLINE_EXCEEDED`, `CANCELLED`), and tonic requests carry contexts. It adds `tonic`
+//!   without default features.
 //!
 //! # Performance
 //!
@@ -157,6 +166,9 @@ mod error;
 mod future;
 mod group;
 mod handle;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod service;
 #[cfg(feature = "signal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub mod signal;

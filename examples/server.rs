@@ -1,0 +1,143 @@
+//! A deadline that crosses processes, and a client that hangs up.
+//!
+//! Go's gRPC sends `ctx.Deadline()` along with every call; a plain tower or axum service
+//! neither reads a budget nor sends one on. Here a client with 300 ms to spare calls service
+//! A, which calls service B: each hop's `ServerLayer` turns the incoming `grpc-timeout` into
+//! its handler's context, each `ClientLayer` sends the remaining budget on, so B gets less
+//! than A did and B's slow work stops when the client's budget runs out. Then a client that
+//! hangs up: the handler's spawned work stops at once, with a cause that says why. Then a
+//! shutdown. Run with `cargo run --example server --features axum`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use taskctx::service::{self, ClientLayer, ClientService, RequestExt, ServerLayer};
+use taskctx::{Context, Error};
+use tokio_util::sync::CancellationToken;
+use tower::{Layer, Service, ServiceExt};
+
+type HttpClient = ClientService<Client<HttpConnector, Body>>;
+
+#[allow(dead_code)] // unused if tour.rs includes this file as a module
+#[tokio::main]
+async fn main() {
+    run().await;
+}
+
+pub async fn run() {
+    // The glue: a root context that the shutdown cancels, and the layer.
+    let shutdown = CancellationToken::new();
+    let root = service::with_token_cause(&Context::background(), shutdown.clone(), "shutting down");
+    let layer = ServerLayer::new(&root)
+        .max_timeout(Duration::from_secs(30))
+        .canceled_status(http::StatusCode::SERVICE_UNAVAILABLE);
+
+    let b = serve(Router::new().route("/", get(slow)), &layer, &shutdown).await;
+    let a = serve(
+        Router::new().route("/", get(forward)).with_state(b),
+        &layer,
+        &shutdown,
+    )
+    .await;
+
+    println!("client: calling A with a budget of 300 ms");
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(300));
+    match call(a, &ctx).await {
+        Ok(status) => println!("client: answered {status}"),
+        Err(err) => println!("client: {err}"),
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await; // let the hops print
+
+    println!("\nclient: calling B with no budget, hanging up after 100 ms");
+    let (ctx, hang_up) = Context::background().with_cancel();
+    let in_flight = tokio::spawn(async move { call(b, &ctx).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    hang_up.cancel();
+    println!("client: {}", in_flight.await.unwrap().unwrap_err());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    println!("\nshutting down with a call in flight");
+    let (ctx, _cancel) = Context::background().with_cancel();
+    let in_flight = tokio::spawn(async move { call(b, &ctx).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.cancel();
+    match in_flight.await.unwrap() {
+        Ok(status) => println!("client: answered {status}"),
+        Err(err) => println!("client: {err}"),
+    }
+}
+
+/// Service A: some work of its own, then a call to B under the request's context.
+async fn forward(ctx: Context, State(b): State<SocketAddr>) -> Result<Response, Error> {
+    println!("A: budget {}", budget(&ctx));
+    ctx.run_until_cancelled(tokio::time::sleep(Duration::from_millis(50)))
+        .await?;
+    match call(b, &ctx).await {
+        Ok(status) => Ok(status.into_response()),
+        Err(err) => Err(*err.downcast::<Error>().expect("only the context fails")),
+    }
+}
+
+/// Service B: slow work, spawned under the request's context.
+async fn slow(ctx: Context) -> Result<&'static str, Error> {
+    println!("B: budget {}", budget(&ctx));
+    let work = ctx.spawn(|ctx| async move {
+        let _report = Report(ctx);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    work.await?;
+    Ok("done")
+}
+
+/// Says why the slow work stopped, when it is dropped.
+struct Report(Context);
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        match self.0.cause() {
+            Some(cause) => println!("B: slow work stopped: {cause}"),
+            None => println!("B: slow work finished"),
+        }
+    }
+}
+
+fn budget(ctx: &Context) -> String {
+    match ctx.remaining() {
+        Some(left) => format!("{:.1} ms", left.as_secs_f64() * 1e3),
+        None => "unbounded".to_owned(),
+    }
+}
+
+async fn call(
+    addr: SocketAddr,
+    ctx: &Context,
+) -> Result<http::StatusCode, Box<dyn std::error::Error + Send + Sync>> {
+    let mut client: HttpClient =
+        ClientLayer::new().layer(Client::builder(TokioExecutor::new()).build_http());
+    let mut req = Request::get(format!("http://{addr}/")).body(Body::empty())?;
+    req.set_context(ctx);
+    Ok(client.ready().await?.call(req).await?.status())
+}
+
+async fn serve(app: Router, layer: &ServerLayer, shutdown: &CancellationToken) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = app.layer(layer.clone());
+    let shutdown = shutdown.clone().cancelled_owned();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .unwrap();
+    });
+    addr
+}
