@@ -41,7 +41,14 @@ pub async fn run() {
         .max_timeout(Duration::from_secs(30))
         .canceled_status(http::StatusCode::SERVICE_UNAVAILABLE);
 
-    let b = serve(Router::new().route("/", get(slow)), &layer, &shutdown).await;
+    // B says why its slow work stopped on this channel, so that each step can check it.
+    let (stopped, mut why) = tokio::sync::mpsc::unbounded_channel();
+    let b = serve(
+        Router::new().route("/", get(slow)).with_state(stopped),
+        &layer,
+        &shutdown,
+    )
+    .await;
     let a = serve(
         Router::new().route("/", get(forward)).with_state(b),
         &layer,
@@ -51,29 +58,30 @@ pub async fn run() {
 
     println!("client: calling A with a budget of 300 ms");
     let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(300));
-    match call(a, &ctx).await {
-        Ok(status) => println!("client: answered {status}"),
-        Err(err) => println!("client: {err}"),
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await; // let the hops print
+    let err = call(a, &ctx).await.unwrap_err();
+    println!("client: {err}");
+    assert_eq!(err.downcast_ref::<Error>(), Some(&Error::DeadlineExceeded));
+    assert!(why.recv().await.unwrap().contains("client went away"));
 
     println!("\nclient: calling B with no budget, hanging up after 100 ms");
     let (ctx, hang_up) = Context::background().with_cancel();
     let in_flight = tokio::spawn(async move { call(b, &ctx).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     hang_up.cancel();
-    println!("client: {}", in_flight.await.unwrap().unwrap_err());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = in_flight.await.unwrap().unwrap_err();
+    println!("client: {err}");
+    assert_eq!(err.downcast_ref::<Error>(), Some(&Error::Canceled));
+    assert!(why.recv().await.unwrap().contains("client went away"));
 
     println!("\nshutting down with a call in flight");
     let (ctx, _cancel) = Context::background().with_cancel();
     let in_flight = tokio::spawn(async move { call(b, &ctx).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     shutdown.cancel();
-    match in_flight.await.unwrap() {
-        Ok(status) => println!("client: answered {status}"),
-        Err(err) => println!("client: {err}"),
-    }
+    let status = in_flight.await.unwrap().unwrap();
+    println!("client: answered {status}");
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(why.recv().await.unwrap().contains("shutting down"));
 }
 
 /// Service A: some work of its own, then a call to B under the request's context.
@@ -88,25 +96,29 @@ async fn forward(ctx: Context, State(b): State<SocketAddr>) -> Result<Response, 
 }
 
 /// Service B: slow work, spawned under the request's context.
-async fn slow(ctx: Context) -> Result<&'static str, Error> {
+async fn slow(ctx: Context, State(stopped): State<Stopped>) -> Result<&'static str, Error> {
     println!("B: budget {}", budget(&ctx));
     let work = ctx.spawn(|ctx| async move {
-        let _report = Report(ctx);
+        let _report = Report(ctx, stopped);
         tokio::time::sleep(Duration::from_secs(2)).await;
     });
     work.await?;
     Ok("done")
 }
 
+type Stopped = tokio::sync::mpsc::UnboundedSender<String>;
+
 /// Says why the slow work stopped, when it is dropped.
-struct Report(Context);
+struct Report(Context, Stopped);
 
 impl Drop for Report {
     fn drop(&mut self) {
-        match self.0.cause() {
-            Some(cause) => println!("B: slow work stopped: {cause}"),
-            None => println!("B: slow work finished"),
-        }
+        let why = match self.0.cause() {
+            Some(cause) => format!("stopped: {cause}"),
+            None => "finished".to_owned(),
+        };
+        println!("B: slow work {why}");
+        let _ = self.1.send(why);
     }
 }
 

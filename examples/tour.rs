@@ -14,6 +14,9 @@ mod graceful_shutdown;
 mod leaky_counter;
 #[path = "monitor.rs"]
 mod monitor;
+#[cfg(feature = "axum")]
+#[path = "server.rs"]
+mod server;
 #[path = "timeout.rs"]
 mod timeout;
 #[path = "values.rs"]
@@ -22,7 +25,7 @@ mod values;
 #[tokio::main]
 async fn main() {
     let start = Instant::now();
-    println!("taskctx: Go's context package for tokio. Six short demos follow;");
+    println!("taskctx: Go's context package for tokio. Short demos follow;");
     println!("each is also an example of its own: cargo run --example <name>.");
 
     header(
@@ -52,9 +55,23 @@ async fn main() {
         "a worker pool stopped within a grace, with a report of how each task stopped",
     );
     graceful_shutdown::run().await;
-
+    #[cfg(feature = "axum")]
+    {
+        header(
+            "server",
+            "a budget that crosses two services, and a client that hangs up",
+        );
+        server::run().await;
+    }
+    #[cfg(not(feature = "axum"))]
     println!(
-        "\nAll 6 demos ran in {:.0} ms; each checks its outcomes with asserts, and all passed.",
+        "\n(With `--features axum`, the tour also runs `server`: a deadline that crosses two \
+         services over loopback.)"
+    );
+
+    let demos = if cfg!(feature = "axum") { 7 } else { 6 };
+    println!(
+        "\nAll {demos} demos ran in {:.0} ms; each checks its outcomes with asserts, and all passed.",
         start.elapsed().as_secs_f64() * 1e3
     );
 }
