@@ -1,0 +1,196 @@
+use std::mem;
+use std::sync::Arc;
+
+use crate::context::Context;
+use crate::error::Cause;
+use crate::sync::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use tokio::time::Instant;
+
+use super::inner::{Extra, OnceInner, Outside};
+use super::lone::{HOME_THREAD, LONE_LINK};
+use super::recycle::spare;
+use super::shards::{OnceShards, this_thread};
+use super::{BUSY, CUSTOM_CAUSE, ERR, Kind, LIVE, LONE, Scope, earliest};
+
+impl Scope {
+    /// Creates a scope under `parent` and links it into the tree. The scope is born done if a
+    /// parent already is, or if its own deadline has passed. `make_kind` builds the kind that
+    /// `other` (a merge's second parent) and `own` (its own deadline) describe; `fire_cause` is
+    /// what the deadline reports when it fires, if not the error; `now`, if the caller has just
+    /// read the clock, saves reading it again.
+    // The kind is built only where it is stored, and the whole is inlined into each caller:
+    // a kind passed in and held across the calls below lived in a stack slot, written with
+    // narrower stores than the copy that read it back, which stalled (5-10% of a derive).
+    #[inline(always)]
+    pub(crate) fn new(
+        parent: &Context,
+        make_kind: impl FnOnce() -> Kind,
+        other: Option<&Context>,
+        own: Option<Instant>,
+        fire_cause: Option<Cause>,
+        now: Option<Instant>,
+    ) -> Arc<Scope> {
+        let inherited = earliest(parent.deadline(), other.and_then(Context::deadline));
+        // A deadline no earlier than an inherited one would only fire after the ancestor's
+        // timer has already cancelled this scope: no timer of its own is needed. Unless it has
+        // passed: the ancestor's timer may not have run yet, and a deadline in the past means
+        // done at once.
+        let mut now = now;
+        let arm_at = own.filter(|&at| {
+            inherited.is_none_or(|inherited| at < inherited)
+                || at <= *now.get_or_insert_with(Instant::now)
+        });
+        let is_merge = other.is_some();
+        // Looked up once: a context's scope is a match on its node.
+        let parent_scope = parent.scope();
+        let other_scope = other.and_then(Context::scope);
+        // A parent links into its own parent before it has children (see "Lone leaves"), and
+        // a parent seen done stays done: the scope is born done with its reason, without
+        // taking the parent's lock or linking (a parent being cancelled right now is seen live
+        // here and refuses the link below instead).
+        let born_done = parent_scope
+            .and_then(Scope::link_and_inherit)
+            .or_else(|| other_scope.and_then(Scope::link_and_inherit));
+        let is_born_done = born_done.is_some();
+        // The causes go into an `Extra` here, out of the way: an empty cause carried further
+        // was written as a tag and read back by a wider copy, which stalled (20% of a derive).
+        // A scope with one parent and no timer is born lone, unless that parent cannot be
+        // cancelled (nothing to follow) or is done.
+        let lone_in = parent_scope.filter(|_| !is_merge && arm_at.is_none());
+        let (state, extra) = match born_done {
+            Some((state, None)) => (state, fire_cause.and_then(Extra::with_deadline_cause)),
+            Some((state, cause)) => (state, Extra::with_causes(cause, fire_cause)),
+            None => {
+                let extra = fire_cause.and_then(Extra::with_deadline_cause);
+                let state = match (is_merge, lone_in) {
+                    (true, _) => BUSY,
+                    (false, Some(_)) => LONE,
+                    (false, None) => LIVE,
+                };
+                (state, extra)
+            }
+        };
+        let link = if state & LONE != 0 { LONE_LINK } else { 0 };
+        let deadline = earliest(inherited, own);
+        // One read of this thread's number: the new scope's home, and the count a lone one
+        // joins in its parent.
+        let me = this_thread();
+        let scope = Scope::alloc(parent, make_kind, deadline, state, link, extra, me);
+        // `other` and `own` describe the kind built: a second parent only for a merge, an own
+        // deadline (which arms a timer) only for a deadline.
+        debug_assert_eq!(scope.link_parent(1).is_some(), other_scope.is_some());
+        debug_assert!(own.is_none() || matches!(scope.kind, Kind::Deadline { .. }));
+        if is_born_done {
+            return scope;
+        }
+        if let (Some(parent), LONE) = (lone_in, state) {
+            // Counted, not registered: a parent cancelled from here on is seen by the child's
+            // own queries, which look at it (see "Lone leaves").
+            parent.count_lone_on(me, 1);
+            return scope;
+        }
+
+        let refused = {
+            // A merge links into two parents while holding its own lock (see "Deadlock safety").
+            let _linking = is_merge.then(|| scope.lock());
+            (0..2).find_map(|link| scope.link_parent(link)?.attach(&scope, link, false).err())
+        };
+        if let Some((err, cause)) = refused {
+            scope.cancel_quietly(err, cause);
+        } else if let Some(at) = arm_at {
+            scope.arm(at, now);
+        }
+        scope
+    }
+
+    /// Links the parent `scope` first if it is lone ([`Scope::link_first`]), then, if it is
+    /// done: the state and custom cause a scope born under it starts with. One load of its
+    /// state for both when it is not lone.
+    #[inline(always)]
+    pub(super) fn link_and_inherit(scope: &Arc<Scope>) -> Option<(u8, Option<Cause>)> {
+        let mut state = scope.state.load(Ordering::Acquire);
+        if state & LONE != 0 {
+            scope.link_now();
+            state = scope.state.load(Ordering::Acquire);
+        }
+        if state & ERR == LIVE {
+            return None;
+        }
+        if state & CUSTOM_CAUSE == 0 {
+            return Some((state & ERR, None)); // the cause is the error
+        }
+        Some((state & (ERR | CUSTOM_CAUSE), scope.cause()))
+    }
+
+    /// A new scope: a spare allocation this thread kept (see "Reuse"), or a fresh one.
+    #[inline(always)] // as `Scope::new`: the kind stays a constant
+    pub(super) fn alloc(
+        parent: &Context,
+        make_kind: impl FnOnce() -> Kind,
+        deadline: Option<Instant>,
+        state: u8,
+        link: usize,
+        extra: Option<Box<Extra>>,
+        home: u32,
+    ) -> Arc<Scope> {
+        if let Some(mut spare) = spare::take() {
+            let scope = spare.get();
+            // `reset` left a background parent and a plain kind, which own nothing: no drop
+            // glue to run for them.
+            debug_assert!(scope.parent.scope().is_none() && matches!(scope.kind, Kind::Cancel));
+            mem::forget(mem::replace(&mut scope.parent, parent.clone()));
+            mem::forget(mem::replace(&mut scope.kind, make_kind()));
+            scope.deadline = deadline;
+            scope.state.store(state, Ordering::Relaxed);
+            scope.link.store(link, Ordering::Relaxed);
+            scope.home.store(home & HOME_THREAD, Ordering::Relaxed);
+            if let Some(extra) = extra {
+                // Rare: a cause from the start (it replaces an `Extra` the scope kept).
+                scope.inner.get_mut_or_init().outside = Outside::Extra(extra);
+            }
+            return spare.into_arc();
+        }
+        Scope::fresh(|| Scope {
+            parent: parent.clone(),
+            kind: make_kind(),
+            deadline,
+            state: AtomicU8::new(state),
+            link: AtomicUsize::new(link),
+            lone: AtomicU32::new(0),
+            shards: OnceShards::new(),
+            tasks: AtomicU32::new(0),
+            home: AtomicU32::new(home & HOME_THREAD),
+            inner: OnceInner::holding(extra),
+            _apart: [0; 4],
+        })
+    }
+
+    /// What `make` builds (a fresh scope; generic only so that a test can count drops), in an
+    /// allocation of its own whose counts are set by plain stores.
+    ///
+    /// `Arc::new` built the scope on the stack and copied it in with `memcpy`, whose wide
+    /// loads stalled on the narrow stores just made; `Arc::new_cyclic` writes it in place, then
+    /// makes and forgets a `Weak` and sets the strong count with a locked add; `Arc::get_mut`
+    /// on an uninitialized allocation checks uniqueness with a compare-and-swap. This writes it
+    /// in place with none of these: `ScaleMemoryPerContext/derive=with_cancel` 37.0 -> 34.6
+    /// ns/op against `new_cyclic` (medians of 11 alternating runs; `new_cyclic` had taken it
+    /// from 47.8 to 42.4 against `Arc::new`). How much of that the locked add was is not known:
+    /// one on a line just written measured 0.3-0.5 ns in another build (BENCHMARKS.md).
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    pub(super) fn fresh<T>(make: impl FnOnce() -> T) -> Arc<T> {
+        // An uninitialized value: nothing to copy, and the allocator called with a constant
+        // layout (`Arc::new_uninit` computed it out of line on every call).
+        let fresh = Arc::new(mem::MaybeUninit::<T>::uninit());
+        // SAFETY: `fresh` was made just above and not shared: no other `Arc` or `Weak` to it
+        // exists, no reference to its value has been made, and `make` cannot reach it, so
+        // nothing else reads or writes the value. `Arc::as_ptr` derives the pointer from the
+        // allocation's own pointer, not through `Deref`, so it may be written through; it is
+        // valid and aligned for a `T`. The slot holds no value, so writing it drops nothing; if
+        // `make` panics, nothing is written and `fresh` frees the allocation as a
+        // `MaybeUninit`, without dropping a value.
+        unsafe { Arc::as_ptr(&fresh).cast_mut().cast::<T>().write(make()) };
+        // SAFETY: the value was written just above (a panic in `make` unwinds before this).
+        unsafe { fresh.assume_init() }
+    }
+}
