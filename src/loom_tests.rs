@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::source::{self, Fallback};
 use crate::testing::census;
-use crate::tree::{Kind, Scope};
+use crate::tree::Scope;
+use crate::tree::node::Node;
 use crate::wheel::{Wheel, loom_timer};
 use crate::{Cause, Context, Error};
 
@@ -46,11 +47,6 @@ use crate::{Cause, Context, Error};
 fn linked<T>(pair: (Context, T)) -> (Context, T) {
     pair.0.scope().unwrap().link_first();
     pair
-}
-
-/// A scope of `kind` under `background()`, as its constructors make it.
-fn root_scope(kind: Kind) -> Arc<Scope> {
-    Scope::new(&Context::background(), || kind, None, None, None, None)
 }
 
 #[test]
@@ -428,7 +424,7 @@ fn loom_every_cancel_returns_after_the_subtree_is_done() {
 #[test]
 fn loom_a_source_installed_during_a_cancel_is_dropped() {
     loom::model(|| {
-        let scope = root_scope(Kind::Token);
+        let scope = Scope::with_token(&Node::Background);
         let watch = source::watch_token(&scope, CancellationToken::new()).expect("a live token");
         // The watch's waker holds the only weak reference to the scope: while the watch is
         // installed the count is 1, and it drops to 0 when the watch is dropped.
@@ -551,7 +547,7 @@ fn loom_a_done_future_dropped_during_a_cancel_leaves_nothing() {
 fn loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel() {
     loom::model(|| {
         let wheel = Wheel::new();
-        let scope = root_scope(Kind::Cancel);
+        let scope = Scope::with_cancel(&Node::Background);
         // The stand-in for Tokio's timer driver: fires the timer once it has been started.
         let driver = thread::spawn(|| {
             while !loom_timer::fire_one() {
@@ -583,7 +579,7 @@ fn loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel() {
 fn loom_an_earlier_deadline_wakes_the_fallback_timer_thread() {
     loom::model(|| {
         let fallback = Arc::new(Fallback::new());
-        let scope = root_scope(Kind::Cancel);
+        let scope = Scope::with_cancel(&Node::Background);
         let now = std::time::Instant::now();
         fallback.schedule(&scope, now + std::time::Duration::from_secs(3600));
         let thread = {

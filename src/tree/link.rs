@@ -1,7 +1,6 @@
 use std::mem;
 use std::sync::{Arc, TryLockError};
 
-use crate::context::Context;
 use crate::error::{Cause, Error};
 use crate::slab::Slab;
 use crate::sync::{AtomicUsize, Ordering};
@@ -9,7 +8,7 @@ use crate::sync::{AtomicUsize, Ordering};
 use super::lone::{LINKING_LINK, LONE_LINK, is_waiter_link};
 use super::shards::{SHARDS, lock_slab};
 use super::walk::wake;
-use super::{ERR, Kind, LIVE, Reg, SHARDED, Scope};
+use super::{ERR, Kind, LIVE, Node, Reg, SHARDED, Scope};
 
 impl Scope {
     /// Registers `child` as this scope's child on the child's link `link`, or reports why this
@@ -156,13 +155,13 @@ impl Scope {
 
     /// Removes this scope from its parents and hands its parent contexts to the caller, so that
     /// a long chain can be released iteratively rather than by recursive drops.
-    pub(crate) fn detach_parents(&mut self) -> (Context, Option<Context>) {
+    pub(crate) fn detach_parents(&mut self) -> (Node, Option<Node>) {
         self.unlink();
         self.take_parents()
     }
 
     /// [`Scope::detach_parents`] for a scope already unlinked.
-    pub(super) fn take_parents(&mut self) -> (Context, Option<Context>) {
+    pub(super) fn take_parents(&mut self) -> (Node, Option<Node>) {
         let other = match &mut self.kind {
             Kind::Merge(merge) => Some(mem::take(&mut merge.other)),
             _ => None,

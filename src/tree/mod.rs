@@ -275,16 +275,16 @@ use std::task::Waker;
 
 use tokio::time::Instant;
 
-use crate::context::{Context, release};
 use crate::error::Error;
 use crate::sync::{AtomicU8, AtomicU32, AtomicUsize, MutexGuard};
 
 mod batch;
-mod census;
+pub(crate) mod census;
 mod expire;
 mod inner;
 mod link;
 mod lone;
+pub(crate) mod node;
 mod recycle;
 mod scope;
 mod shards;
@@ -297,6 +297,7 @@ mod walk;
 #[cfg(loom)]
 pub(crate) use inner::lock_check;
 use inner::{Inner, OnceInner, lock_inner};
+use node::{Node, release};
 use shards::OnceShards;
 pub(crate) use walk::run_callback;
 
@@ -327,13 +328,13 @@ pub(crate) enum Kind {
 
 /// A merge's second parent.
 pub(crate) struct Merge {
-    pub(crate) other: Context,
+    pub(crate) other: Node,
     /// Link 1: this scope's place in `other`'s registrations (see `Scope::link`).
     slot: AtomicUsize,
 }
 
 impl Kind {
-    pub(crate) fn merge(other: Context) -> Kind {
+    pub(crate) fn merge(other: Node) -> Kind {
         Kind::Merge(Box::new(Merge {
             other,
             slot: AtomicUsize::new(0),
@@ -403,7 +404,7 @@ pub(crate) struct Scope {
     _apart: [u8; 4],
     /// The context this scope was derived from: link 0 of the tree, and the chain that value
     /// lookups and `Display` walk.
-    parent: Context,
+    parent: Node,
     /// The earliest of this scope's own deadline and those of everything it follows.
     deadline: Option<Instant>,
     /// `ERR`, `CUSTOM_CAUSE`, `BUSY`, `PROPAGATING` and `SLEEPER` bits (see "State machine").
@@ -416,7 +417,7 @@ impl Scope {
     }
 
     #[inline]
-    pub(crate) fn parent(&self) -> &Context {
+    pub(crate) fn parent(&self) -> &Node {
         &self.parent
     }
 

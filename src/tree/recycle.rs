@@ -1,13 +1,12 @@
 use std::sync::Arc;
 
-use crate::context::{Context, release};
 use crate::error::{Cause, Error};
 use crate::sync::Ordering;
 
 use super::lone::LONE_LINK;
 use super::shards::OnceShards;
 use super::walk::debug_events;
-use super::{BUSY, ERR, Kind, LIVE, Scope};
+use super::{BUSY, ERR, Kind, LIVE, Node, Scope, release};
 
 impl Scope {
     /// Drops a cancel handle's `scope`: cancels it, unless nothing could tell whether it was
@@ -98,7 +97,7 @@ impl Scope {
     // through memory, they were read back by wider loads than wrote them, and stalled (124 ->
     // 121 ns per `OpenCanceler` op).
     #[inline(always)]
-    pub(crate) fn try_recycle(scope: Arc<Scope>) -> Result<(Context, Option<Context>), Arc<Scope>> {
+    pub(crate) fn try_recycle(scope: Arc<Scope>) -> Result<(Node, Option<Node>), Arc<Scope>> {
         let mut kept = Scope::unique_for_reuse(scope)?;
         let unique = kept.get();
         let parents = unique.take_parents();

@@ -1,7 +1,6 @@
 use std::mem;
 use std::sync::Arc;
 
-use crate::context::Context;
 use crate::error::Cause;
 use crate::sync::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use tokio::time::Instant;
@@ -10,9 +9,55 @@ use super::inner::{Extra, OnceInner, Outside};
 use super::lone::{HOME_THREAD, LONE_LINK};
 use super::recycle::spare;
 use super::shards::{OnceShards, this_thread};
-use super::{BUSY, CUSTOM_CAUSE, ERR, Kind, LIVE, LONE, Scope, earliest};
+use super::{BUSY, CUSTOM_CAUSE, ERR, Kind, LIVE, LONE, Node, Scope, earliest};
 
 impl Scope {
+    /// A `with_cancel` scope under `parent` (also `with_cancel_cause`'s, and a timeout's that
+    /// does not fit in an `Instant`).
+    #[inline(always)]
+    pub(crate) fn with_cancel(parent: &Node) -> Arc<Scope> {
+        Scope::new(parent, || Kind::Cancel, None, None, None, None)
+    }
+
+    /// A `with_deadline` scope under `parent`, done at `at`, reporting `fire_cause` (or the
+    /// error) when its deadline fires. `now`, if the caller has just read the clock.
+    #[inline(always)]
+    pub(crate) fn with_deadline(
+        parent: &Node,
+        at: Instant,
+        fire_cause: Option<Cause>,
+        now: Option<Instant>,
+    ) -> Arc<Scope> {
+        Scope::new(
+            parent,
+            || Kind::Deadline { at },
+            None,
+            Some(at),
+            fire_cause,
+            now,
+        )
+    }
+
+    /// A `merge` scope: done when `parent` or `other` is.
+    #[inline(always)]
+    pub(crate) fn merge(parent: &Node, other: &Node) -> Arc<Scope> {
+        Scope::new(
+            parent,
+            || Kind::merge(other.clone()),
+            Some(other),
+            None,
+            None,
+            None,
+        )
+    }
+
+    /// A `with_token` scope under `parent`, whose token watch the caller installs
+    /// ([`Scope::set_source`]).
+    #[inline(always)]
+    pub(crate) fn with_token(parent: &Node) -> Arc<Scope> {
+        Scope::new(parent, || Kind::Token, None, None, None, None)
+    }
+
     /// Creates a scope under `parent` and links it into the tree. The scope is born done if a
     /// parent already is, or if its own deadline has passed. `make_kind` builds the kind that
     /// `other` (a merge's second parent) and `own` (its own deadline) describe; `fire_cause` is
@@ -22,15 +67,15 @@ impl Scope {
     // a kind passed in and held across the calls below lived in a stack slot, written with
     // narrower stores than the copy that read it back, which stalled (5-10% of a derive).
     #[inline(always)]
-    pub(crate) fn new(
-        parent: &Context,
+    fn new(
+        parent: &Node,
         make_kind: impl FnOnce() -> Kind,
-        other: Option<&Context>,
+        other: Option<&Node>,
         own: Option<Instant>,
         fire_cause: Option<Cause>,
         now: Option<Instant>,
     ) -> Arc<Scope> {
-        let inherited = earliest(parent.deadline(), other.and_then(Context::deadline));
+        let inherited = earliest(parent.deadline(), other.and_then(Node::deadline));
         // A deadline no earlier than an inherited one would only fire after the ancestor's
         // timer has already cancelled this scope: no timer of its own is needed. Unless it has
         // passed: the ancestor's timer may not have run yet, and a deadline in the past means
@@ -43,7 +88,7 @@ impl Scope {
         let is_merge = other.is_some();
         // Looked up once: a context's scope is a match on its node.
         let parent_scope = parent.scope();
-        let other_scope = other.and_then(Context::scope);
+        let other_scope = other.and_then(Node::scope);
         // A parent links into its own parent before it has children (see "Lone leaves"), and
         // a parent seen done stays done: the scope is born done with its reason, without
         // taking the parent's lock or linking (a parent being cancelled right now is seen live
@@ -125,7 +170,7 @@ impl Scope {
     /// A new scope: a spare allocation this thread kept (see "Reuse"), or a fresh one.
     #[inline(always)] // as `Scope::new`: the kind stays a constant
     pub(super) fn alloc(
-        parent: &Context,
+        parent: &Node,
         make_kind: impl FnOnce() -> Kind,
         deadline: Option<Instant>,
         state: u8,

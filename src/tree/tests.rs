@@ -3,6 +3,7 @@ use std::time::Duration;
 use std::mem;
 use std::sync::Arc;
 
+use crate::Context;
 use crate::sync::{Mutex, Ordering};
 
 use super::batch::*;
@@ -15,14 +16,7 @@ use super::*;
 
 /// A `with_cancel` scope under `Background`, held by nothing else.
 pub(crate) fn plain_scope() -> Arc<Scope> {
-    Scope::new(
-        &Context::background(),
-        || Kind::Cancel,
-        None,
-        None,
-        None,
-        None,
-    )
+    Scope::with_cancel(&Node::Background)
 }
 
 /// The layout note on [`Scope`]: the fields children read from their parent never share a
@@ -38,7 +32,7 @@ fn what_children_read_never_shares_a_line_with_the_counts() {
     let home = at((&scope.home as *const AtomicU32).cast());
     let read = [
         at((&scope.state as *const AtomicU8).cast()),
-        at((&scope.parent as *const Context).cast()),
+        at((&scope.parent as *const Node).cast()),
         at((&scope.deadline as *const Option<Instant>).cast()),
     ];
     for align in [0, 16, 32, 48] {
@@ -546,7 +540,7 @@ fn a_fresh_allocation_has_one_reference_and_a_panic_drops_only_what_was_built() 
     let parent_count = || Arc::strong_count(parent.scope().unwrap());
     let before = parent_count();
     let scope = Scope::fresh(|| Scope {
-        parent: parent.clone(),
+        parent: Node::Scope(parent.scope().unwrap().clone()),
         kind: Kind::Cancel,
         deadline: None,
         state: AtomicU8::new(LIVE),

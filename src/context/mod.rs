@@ -16,8 +16,11 @@ use crate::future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled, RunWithG
 use crate::handle::{CancelCauseHandle, CancelHandle};
 use crate::source;
 use crate::task::TaskHandle;
-use crate::tree::{Kind, Scope, run_callback};
-use crate::value::{Key, Label, ValueNode, key_bit, key_id};
+use crate::tree::node::{Detached, Label, Node, ValueNode};
+use crate::tree::{Scope, run_callback};
+use crate::value::{Key, key_bit, key_id};
+
+mod name;
 
 /// A cancellation signal, a deadline and request-scoped values, passed down every call.
 ///
@@ -72,27 +75,6 @@ use crate::value::{Key, Label, ValueNode, key_bit, key_id};
 #[derive(Clone)]
 pub struct Context {
     node: Node,
-}
-
-#[derive(Clone, Default)]
-enum Node {
-    #[default]
-    Background,
-    Todo,
-    Scope(Arc<Scope>),
-    Value(Arc<ValueNode>),
-    Detached(Arc<Detached>),
-}
-
-/// A `without_cancel` context: the parent's values, none of its cancellation.
-struct Detached {
-    parent: Context,
-}
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        release(std::mem::take(&mut self.parent));
-    }
 }
 
 impl Default for Context {
@@ -158,34 +140,13 @@ impl Context {
     /// The scope that decides when this context is done, if anything can.
     #[inline]
     pub(crate) fn scope(&self) -> Option<&Arc<Scope>> {
-        match &self.node {
-            Node::Scope(scope) => Some(scope),
-            Node::Value(node) => node.scope.as_ref(),
-            Node::Background | Node::Todo | Node::Detached(_) => None,
-        }
+        self.node.scope()
     }
 
     /// The nearest scope at or above this context, across `without_cancel` boundaries: where
     /// the leak check counts a task started on this context.
     pub(crate) fn counting_scope(&self) -> Option<&Arc<Scope>> {
-        let mut current = self;
-        loop {
-            if let Some(scope) = current.scope() {
-                return Some(scope);
-            }
-            current = current.parent()?;
-        }
-    }
-
-    /// The context this one was derived from, along the chain values are looked up in.
-    #[inline]
-    fn parent(&self) -> Option<&Context> {
-        match &self.node {
-            Node::Scope(scope) => Some(scope.parent()),
-            Node::Value(node) => Some(&node.parent),
-            Node::Detached(node) => Some(&node.parent),
-            Node::Background | Node::Todo => None,
-        }
+        self.node.counting_scope()
     }
 
     /// Derives a child that is done when this context is, or when the returned handle is
@@ -225,7 +186,7 @@ impl Context {
     /// own, 137 -> 129 ns/op.)
     #[inline(never)]
     fn new_cancel_scope(&self) -> Arc<Scope> {
-        Scope::new(self, || Kind::Cancel, None, None, None, None)
+        Scope::with_cancel(&self.node)
     }
 
     /// Like [`Context::with_cancel`], but the handle cancels with a cause, which the child and
@@ -326,7 +287,7 @@ impl Context {
         cause: Option<Cause>,
         now: Option<Instant>,
     ) -> (Context, CancelHandle) {
-        let scope = Scope::new(self, || Kind::Deadline { at }, None, Some(at), cause, now);
+        let scope = Scope::with_deadline(&self.node, at, cause, now);
         (Context::from_scope(scope.clone()), CancelHandle::new(scope))
     }
 
@@ -490,7 +451,7 @@ impl Context {
 
     fn with_node<T: Send + Sync + 'static>(&self, key: TypeId, label: Label, value: T) -> Context {
         let node = Arc::new(ValueNode {
-            parent: self.clone(),
+            parent: self.node.clone(),
             scope: self.scope().cloned(),
             keys: self.keys_above() | key_bit(key),
             key,
@@ -547,9 +508,9 @@ impl Context {
 
     /// The key mask of the nearest value layer at or above this context (see `ValueNode::keys`).
     fn keys_above(&self) -> u64 {
-        let mut current = self;
+        let mut current = &self.node;
         loop {
-            current = match &current.node {
+            current = match current {
                 Node::Value(node) => return node.keys,
                 Node::Scope(scope) => scope.parent(),
                 Node::Detached(node) => &node.parent,
@@ -563,9 +524,9 @@ impl Context {
         let bit = key_bit(key);
         // One match per layer: this loop is the whole cost of a deep lookup. A miss ends at the
         // first value layer whose mask says that no layer from it up holds the key.
-        let mut current = self;
+        let mut current = &self.node;
         loop {
-            current = match &current.node {
+            current = match current {
                 Node::Value(node) if node.key == key => return Some(&*node.value),
                 Node::Value(node) if node.keys & bit == 0 => return None,
                 Node::Value(node) => &node.parent,
@@ -599,7 +560,7 @@ impl Context {
     pub fn without_cancel(&self) -> Context {
         Context {
             node: Node::Detached(Arc::new(Detached {
-                parent: self.clone(),
+                parent: self.node.clone(),
             })),
         }
     }
@@ -628,14 +589,7 @@ impl Context {
     /// assert!(!request.is_done());
     /// ```
     pub fn merge(&self, other: &Context) -> Context {
-        Context::from_scope(Scope::new(
-            self,
-            || Kind::merge(other.clone()),
-            Some(other),
-            None,
-            None,
-            None,
-        ))
+        Context::from_scope(Scope::merge(&self.node, &other.node))
     }
 
     /// Derives a child that is done when this context is or when `token` is cancelled, with
@@ -657,7 +611,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
     pub fn with_token(&self, token: CancellationToken) -> Context {
-        let scope = Scope::new(self, || Kind::Token, None, None, None, None);
+        let scope = Scope::with_token(&self.node);
         if !scope.is_done() {
             match source::watch_token(&scope, token) {
                 Some(watch) => scope.set_source(watch),
@@ -1273,136 +1227,6 @@ impl Context {
     {
         TaskHandle::spawn_graceful(self, grace, f(self.clone()))
     }
-
-    /// The other parent of a merge: its name goes inside this context's `.Merge(…)`.
-    fn merged_with(&self) -> Option<&Context> {
-        match &self.node {
-            Node::Scope(scope) => match scope.kind() {
-                Kind::Merge(merge) => Some(&merge.other),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    /// Writes this context's layer of the Go-style name (after its parent's). A merge writes
-    /// only `.Merge(`: the caller writes the other parent's name and the `)`.
-    fn fmt_link(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.node {
-            Node::Background => f.write_str("context.Background"),
-            Node::Todo => f.write_str("context.TODO"),
-            Node::Detached(_) => f.write_str(".WithoutCancel"),
-            Node::Value(node) => match node.label {
-                Label::Type(name) => write!(f, ".WithValue(type {name})"),
-                Label::Key(name) => write!(f, ".WithValue(key {name})"),
-            },
-            Node::Scope(scope) => match scope.kind() {
-                Kind::Cancel => f.write_str(".WithCancel"),
-                Kind::Deadline { at, .. } => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    write!(f, ".WithDeadline([{left:?}])")
-                }
-                Kind::Merge(_) => f.write_str(".Merge("),
-                Kind::Token => f.write_str(".WithToken"),
-            },
-        }
-    }
-}
-
-/// The most layers a context's name shows (see `Display for Context`).
-const NAME_LAYERS: usize = 256;
-
-/// One chain of a name being written: what is left to write of it, root first.
-struct NameChain<'a> {
-    /// The layers still to write.
-    shown: std::vec::IntoIter<&'a Context>,
-    /// How many layers follow them that are left out.
-    left_out: usize,
-}
-
-impl<'a> NameChain<'a> {
-    /// The chain that ends at `ctx`, of which the `room` layers nearest the root are kept.
-    ///
-    /// Only those are collected, so that a long chain costs two walks and no more memory.
-    fn new(ctx: &'a Context, room: usize) -> Self {
-        let chain = || std::iter::successors(Some(ctx), |ctx| ctx.parent());
-        let depth = chain().count();
-        let left_out = depth.saturating_sub(room);
-        let mut shown: Vec<_> = chain().skip(left_out).collect();
-        shown.reverse();
-        NameChain {
-            shown: shown.into_iter(),
-            left_out,
-        }
-    }
-}
-
-impl fmt::Display for Context {
-    /// Go's form, such as `context.Background.WithCancel.WithValue(type my_app::User)`.
-    ///
-    /// Values show their type (or key type) only, never their contents: a value may hold a
-    /// credential. A deadline shows the time left in brackets. A merge shows the name of its
-    /// other parent in parentheses: `context.Background.WithCancel.Merge(context.TODO)`.
-    ///
-    /// A name shows at most 256 layers: the root and each `.With…` or `.Merge(`, counting those
-    /// inside a merge's parentheses. Past that, `…(N more)` ends each chain that has layers left
-    /// out, N of them (a merge among them counts as one, whatever its other parent holds), and
-    /// every open `Merge(` is closed. Merges can make a name of exponential length (a context
-    /// merged with itself 64 times names 2^64 layers); this bound keeps every name short.
-    /// Writing a name uses no more stack however deep its chains and merges, and time linear in
-    /// the layers shown and the depth of the chains they are in.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use taskctx::Context;
-    ///
-    /// let (ctx, _cancel) = Context::background().with_cancel();
-    /// let ctx = ctx.with_value(String::from("hunter2")).without_cancel();
-    /// assert_eq!(
-    ///     ctx.to_string(),
-    ///     "context.Background.WithCancel.WithValue(type alloc::string::String).WithoutCancel",
-    /// );
-    /// assert!(!ctx.to_string().contains("hunter2"));
-    ///
-    /// let mut deep = Context::background();
-    /// for _ in 0..300 {
-    ///     deep = deep.with_value(0u8);
-    /// }
-    /// assert!(deep.to_string().ends_with(".WithValue(type u8)…(45 more)"));
-    /// ```
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // An explicit stack of the chains being written, one more for each open `Merge(`, so
-        // that no nesting of merges can overflow the thread's stack; and a budget of layers,
-        // as the work would double with each merge of a context with itself. Pinned by the
-        // `display_of_*` tests in `tests/bad_input.rs` and by
-        // `display_names_at_most_256_layers_and_counts_the_rest_of_the_chain`.
-        let mut room = NAME_LAYERS;
-        let mut chains = vec![NameChain::new(self, room)];
-        while let Some(chain) = chains.last_mut() {
-            match chain.shown.next() {
-                Some(ctx) if room > 0 => {
-                    room -= 1;
-                    ctx.fmt_link(f)?;
-                    if let Some(other) = ctx.merged_with() {
-                        chains.push(NameChain::new(other, room));
-                    }
-                }
-                unwritten => {
-                    let more =
-                        chain.left_out + chain.shown.len() + usize::from(unwritten.is_some());
-                    if more > 0 {
-                        write!(f, "…({more} more)")?;
-                    }
-                    chains.pop();
-                    if !chains.is_empty() {
-                        f.write_str(")")?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 impl fmt::Debug for Context {
@@ -1412,103 +1236,5 @@ impl fmt::Debug for Context {
             .field("err", &self.err())
             .field("deadline", &self.deadline())
             .finish()
-    }
-}
-
-/// Drops a context without recursing down its chain of parents.
-///
-/// Each node owns its parent, so letting the last handle to a long chain drop would recurse once
-/// per node and overflow the stack. Instead, every node that this drop is the last owner of is
-/// emptied of its parents before it is dropped, and the parents are handled in this loop.
-#[inline]
-pub(crate) fn release(ctx: Context) {
-    // Roots own nothing. Each scope on the way up has its reference count read before
-    // `Arc::into_inner` changes it, to offer it for reuse if this was the last: a shared
-    // parent's cache line may then cross between cores twice rather than once, which
-    // `CommonParentCancel` (two cores, one parent) did not show (118.4 against 118.8 ns/op
-    // without it, medians of 7 alternating runs).
-    match &ctx.node {
-        Node::Background | Node::Todo => {}
-        _ => release_chain(ctx),
-    }
-}
-
-/// Lets go of `scope`; if that was the last reference, frees it and returns its parent
-/// (queueing a merge's other parent in `others`) for the caller to let go of next.
-#[inline(always)] // its result returned through memory stalled the loop below
-fn free(
-    scope: Arc<Scope>,
-    others: &mut Vec<Context>,
-    panic: &mut Option<Panic>,
-) -> Option<Context> {
-    Arc::into_inner(scope).map(|mut scope| {
-        let (parent, other) = scope.detach_parents();
-        others.extend(other);
-        // A cause or callback it still holds is the user's, and may panic in its drop.
-        drop_caught(scope, panic);
-        parent
-    })
-}
-
-/// A panic caught while releasing a chain, to be resumed once the chain is released.
-type Panic = Box<dyn Any + Send + 'static>;
-
-/// Drops `node`, which may run the user's `Drop` code, and keeps the first panic in `panic`.
-///
-/// Whatever the node held that the release goes on with (its parents) must already be taken
-/// out of it: a panic here must not take them along. Pinned by
-/// `value_whose_drop_panics_midway_down_a_chain_does_not_stop_its_release`.
-#[inline(always)]
-fn drop_caught<T>(node: T, panic: &mut Option<Panic>) {
-    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(node))) {
-        // Any later panic is dropped: only one can be resumed.
-        panic.get_or_insert(payload);
-    }
-}
-
-fn release_chain(ctx: Context) {
-    let mut next = Some(ctx);
-    let mut others = Vec::new(); // only merges put anything here
-    // The rest of the chain is released whatever one node's drop does: a panic is caught where
-    // user code runs (the drop of a value node, or of a freed scope) and resumed at the end.
-    let mut panic = None;
-    while let Some(ctx) = next.take().or_else(|| others.pop()) {
-        next = match ctx.node {
-            Node::Background | Node::Todo => None,
-            // A scope whose last reference this was is kept for reuse where it can be (see
-            // "Reuse" in `tree.rs`), and freed otherwise; a parent still held elsewhere, the
-            // common case, goes straight to the last arm. A parent shared between threads (one
-            // with shards) is not asked: reading its counts just before the drop writes them
-            // moved their cache line between the cores twice, where the drop alone moves it
-            // once (`CommonParentCancel` 76.7 -> 74.7 ns/op when the machine is quick; perf put
-            // 93% of this function's time on that read).
-            Node::Scope(scope) if !scope.is_sharded() && Arc::strong_count(&scope) == 1 => {
-                match Scope::try_recycle(scope) {
-                    Ok((parent, other)) => {
-                        others.extend(other);
-                        Some(parent)
-                    }
-                    Err(scope) => free(scope, &mut others, &mut panic),
-                }
-            }
-            Node::Scope(scope) => free(scope, &mut others, &mut panic),
-            // `get_mut` succeeds only for the sole owner (these nodes have no weak references).
-            Node::Value(mut node) => {
-                let parent = Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent));
-                drop_caught(node, &mut panic);
-                parent
-            }
-            Node::Detached(mut node) => {
-                Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent))
-            }
-        };
-    }
-    if let Some(payload) = panic {
-        // Resuming while this thread unwinds from another panic (this release runs in a drop
-        // during that unwinding) would abort the process: the panic already under way is the
-        // one the user sees.
-        if !std::thread::panicking() {
-            std::panic::resume_unwind(payload);
-        }
     }
 }
