@@ -424,7 +424,7 @@ fn loom_every_cancel_returns_after_the_subtree_is_done() {
 #[test]
 fn loom_a_source_installed_during_a_cancel_is_dropped() {
     loom::model(|| {
-        let scope = Scope::with_token(&Node::Background);
+        let scope = Scope::with_cancel(&Node::Background);
         let watch = source::watch_token(&scope, CancellationToken::new()).expect("a live token");
         // The watch's waker holds the only weak reference to the scope: while the watch is
         // installed the count is 1, and it drops to 0 when the watch is dropped.

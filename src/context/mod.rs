@@ -13,7 +13,6 @@ use crate::after_func::AfterFunc;
 use crate::error::{Cause, Error};
 use crate::future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled, RunWithGrace};
 use crate::handle::{CancelCauseHandle, CancelHandle};
-use crate::source;
 use crate::task::TaskHandle;
 use crate::tree::node::Node;
 use crate::tree::{Scope, run_callback};
@@ -444,14 +443,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
     pub fn with_token(&self, token: CancellationToken) -> Context {
-        let scope = Scope::with_token(&self.node);
-        if !scope.is_done() {
-            match source::watch_token(&scope, token) {
-                Some(watch) => scope.set_source(watch),
-                None => scope.cancel(Error::Canceled, Cause::from(Error::Canceled)),
-            }
-        }
-        Context::from_scope(scope)
+        Context::from_scope(Scope::with_token(&self.node, token))
     }
 
     /// A root context that is done when `token` is cancelled: `background().with_token(token)`.

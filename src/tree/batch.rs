@@ -1,3 +1,11 @@
+//! The walk's lists: a few items inline, then room kept per thread.
+//!
+//! A [`Batch`] keeps its first four items inline, so that waking a few waiters or walking a
+//! few scopes allocates nothing; when it spills, it takes room another walk on this thread
+//! gave back ([`Room`]), so that the walk of a long chain allocates nothing once warm. Pinned
+//! by `walk_stack_is_last_in_first_out_across_the_spill` and
+//! `the_room_a_batch_spilled_into_is_kept_for_the_next_walk`.
+
 use std::mem;
 use std::sync::Arc;
 use std::task::Waker;

@@ -1,3 +1,9 @@
+//! Counting what lives below a scope: the census behind `taskctx::testing`.
+//!
+//! Reads the registrations under each scope's lock (then its shards', in index order), the
+//! lone counts and the task counts, which are relaxed counters: a census taken while the tree
+//! changes is a snapshot of no single instant, exact once the tree is quiet.
+
 use std::fmt;
 use std::sync::Arc;
 

@@ -1,3 +1,13 @@
+//! A scope's lock and what it guards, made on first use.
+//!
+//! Most scopes are leaves that never take their lock (see `lone.rs`), and so never carry it:
+//! [`OnceInner`] is one pointer, null until the first [`OnceInner::get_or_init`]. Keeps
+//! invariant 15: the lock is published once, by a compare-and-swap from null (of two threads
+//! that race, one frees its own and takes the other's), never changed again while shared, and
+//! freed only by `drop`, with exclusive access. Pinned by
+//! `loom_two_first_registrations_race_to_make_the_lock`, whose `lock_check` fails the model
+//! on an unordered publication or a leak.
+
 use std::mem;
 use std::sync::PoisonError;
 
@@ -181,7 +191,7 @@ impl Inner {
 
 /// A scope's lock and what it guards, in an allocation of their own made on first use: most
 /// scopes are leaves that never take their lock (see "Lone leaves"), and so never carry it
-/// (see the layout note on [`Scope`]). Made once and kept for the scope's lifetime, across its
+/// (see the layout note on `Scope`). Made once and kept for the scope's lifetime, across its
 /// reuse; freed with it.
 ///
 /// The pointer is null until the first [`OnceInner::get_or_init`] publishes the allocation by

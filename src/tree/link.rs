@@ -1,3 +1,12 @@
+//! A scope's places in its parents: registering there, leaving, and the link codec.
+//!
+//! Keeps invariant 11: a link is written once, under the lock of the parent's slab that takes
+//! the registration ([`Scope::register`]), and cleared by a swap ([`Scope::unlink`]), so that
+//! of two that race only one removes. A link names the slab and the index
+//! ([`Link::encode`]); a lone scope's link holds one of the values of `lone.rs` instead.
+//! Pinned by `a_link_names_its_slab_and_index` and
+//! `loom_parent_cancel_races_a_child_cancel_and_drop`.
+
 use std::mem;
 use std::sync::{Arc, TryLockError};
 

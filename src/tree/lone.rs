@@ -1,3 +1,59 @@
+//! Lone leaves: scopes counted in their parent, not registered there.
+//!
+//! Most derived contexts are leaves that nothing ever waits on: a request's child that is
+//! checked, or only passed on, and then dropped. Registering each in its parent and removing
+//! it again would take the parent's lock twice per child, from every core that derives from
+//! it. So a scope with one parent scope and no timer of its own is born *lone*: `LONE` set,
+//! its link [`LONE_LINK`], and one added to its parent's `lone` count, registered nowhere.
+//! Nor does it take its own lock, which is made on first use (`OnceInner`). The parent's
+//! cancellation does not reach it; its queries look instead.
+//!
+//! Keeps invariants 4 to 7 (see `tree/mod.rs`):
+//!
+//! - 4: anything that would register in a scope first links it ([`Scope::link_first`]): a
+//!   callback, a timer or token watch, a mirror token, a child (derived, or merged with it),
+//!   which makes a chain of lone scopes impossible, and a second waiter. Linking
+//!   ([`Scope::link_now`]) holds the scope's lock and claims `BUSY` (so no lock-free finish
+//!   bypasses that lock), registers it in the parent as a new child is, and only then clears
+//!   `LONE` and leaves the count, still under the parent's lock; if the parent refuses (it is
+//!   done), the scope finishes with the parent's error and cause.
+//! - 5: a query of a live lone scope loads the parent's state too. If the parent is done, it
+//!   loads the scope's own again: if still lone, it was lone while the parent was done and
+//!   stays lone (the parent refuses every link from then on), so the query finishes the scope
+//!   with the parent's error and cause ([`Scope::adopt`]) and reports what the scope then
+//!   holds, its own cancellation's if that won. If it is no longer lone, it reports the
+//!   scope's own state, which the parent's walk, not over yet, will finish. So the parent's
+//!   cancellation is complete for a lone child as soon as the parent is finished, and
+//!   invariant 10 holds. Pinned by the `loom_a_lone_child*` models.
+//! - 6: the common waiter, a task awaiting `done()` on its own child, does not link it: the
+//!   future waits in the parent ([`Scope::wait_lone`]), registered there as the parent's own
+//!   waiters are, and the child's link records where (a [`WAITER_LINK`]). The future
+//!   registers through the parent's claim, then opens the link by a compare-and-swap from
+//!   [`LONE_LINK`] under that slab's lock; if the swap fails (the child is linking, linked,
+//!   finished, or has a waiter already), it takes its registration back out and registers in
+//!   the child, linking it first. The child's own finish swaps its link after it publishes
+//!   `ERR` ([`Scope::unlink`]); both are read-modify-writes of the link, so either the finish
+//!   finds the registration and wakes it, or the future's swap fails on a closed link and the
+//!   future sees the child done. The parent's finish takes the registration with its own and
+//!   wakes it at the end of its walk; the child's later swap then finds the parent done and
+//!   leaves it to that walk (invariant 2).
+//! - 7: linking swaps the link to [`LINKING_LINK`] before it registers the child, which
+//!   closes it to a new waiter, and takes the registration it swapped out, if any, out of the
+//!   parent and wakes it (after the locks): the future, polled again, finds the link no longer
+//!   names it and registers in the child. A dropped future swaps its registration back to
+//!   [`LONE_LINK`] before it takes it out; a future polled with a new waker replaces it in
+//!   place under the slab's lock, if the link still names the registration there. The
+//!   [`WAITER_LINK`] bit sets a waiter's link value apart from every child's.
+//!
+//! A lone scope leaves its parent's count when it is finished or dropped (the swap of its
+//! link in [`Scope::unlink`]), so the census counts live lone children from the count, and a
+//! cancellation's event counts the lone children of every scope it finished. The count is
+//! summed when read: the parent's own `lone`, and, once the parent has had [`AWAY_LIMIT`]
+//! lone children made on other threads than its `home`, each of its shards' count for the
+//! threads of that shard, so that threads deriving from one shared parent do not all write
+//! one cache line ([`Scope::count_lone`]; pinned by
+//! `lone_children_made_elsewhere_give_their_parent_shards_only_when_many`).
+
 use std::mem;
 use std::sync::Arc;
 use std::task::{self, Poll, Waker};

@@ -88,7 +88,7 @@ pub(crate) enum Label {
 /// A context that carries one value. The header is sized and the value boxed, so that a
 /// lookup walks fixed offsets: one dependent load per layer.
 pub(crate) struct ValueNode {
-    /// One bit for each key held by this layer or any layer above it (bit [`key_bit`] of the
+    /// One bit for each key held by this layer or any layer above it (bit `key_bit` of the
     /// key): a lookup of a key whose bit is clear stops here. 64 bits, so with a dozen keys in
     /// a chain a missing key is let through to the full walk about one time in six.
     pub(crate) keys: u64,

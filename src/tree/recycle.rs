@@ -1,3 +1,34 @@
+//! Letting go of a scope: unfinished when nothing could tell, and reuse of its allocation.
+//!
+//! The last handle of a live scope that nothing else holds, and whose debug event nobody
+//! listens for, releases it unfinished when it holds nothing a cancellation would release
+//! ([`Scope::let_go`]): when nothing was ever registered in it (`BUSY` clear), or, for a link
+//! of a chain whose child has gone, once it is proven unique and unlinked as for reuse and
+//! found empty. No one can tell the difference; a parent's walk that reaches a
+//! never-registered scope through its `Weak` registration before it is unlinked finishes it
+//! harmlessly. Pinned by `a_links_last_handle_cancels_it_only_when_something_could_tell`.
+//!
+//! A scope's allocation can outlive it. When the last reference to a scope is let go by a
+//! cancel handle ([`Scope::recycle`]) or by a context derived from it as that child goes
+//! ([`Scope::try_recycle`], from [`release`]), the allocation goes to
+//! the thread, which keeps up to [`spare::CAP`], and the next scope made on that thread
+//! takes it instead of calling the allocator.
+//!
+//! Keeps invariant 14: a scope is kept only if nothing can reach it. The releaser must hold
+//! the only strong reference, and the only `Weak`s must be its registrations in its parents
+//! (a timer or token watch holds one more, so a live scope with a deadline is freed as
+//! usual); it then leaves its parents (a cancellation that upgrades one of those
+//! registrations meanwhile only finishes a scope no one else holds), and `Arc::get_mut`
+//! confirms that nothing holds it, not even a `Weak` ([`Kept::new`]). So no stale
+//! registration, timer or `AfterFunc` can reach a kept scope's next life. What it still holds
+//! (a custom cause, the callbacks and mirror token of a scope released live, which a freed
+//! scope would drop unrun and uncancelled too) is dropped before it is kept, with no lock
+//! held. A finish empties a scope's registrations in place, so a reused scope keeps their room
+//! (up to 16 entries), and a scope that made its lock keeps it across its lives. Pinned by
+//! `a_released_scope_is_reused_clean_whatever_it_held`,
+//! `a_scope_is_kept_only_while_nothing_else_can_reach_it` and
+//! `loom_releasing_a_childs_last_handles_races_the_parents_cancel`.
+
 use std::sync::Arc;
 
 use crate::error::{Cause, Error};

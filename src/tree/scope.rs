@@ -1,9 +1,18 @@
+//! Making a scope: one constructor per kind, and the allocation it lives in.
+//!
+//! Keeps invariant 3: a new scope is linked into its parents under their locks through their
+//! claim ([`Scope::attach`]), or born done with a done parent's error and cause, and a scope
+//! with one parent scope and no timer is born lone instead (invariant 4: its parent is linked
+//! first). Pinned by `loom_cancel_races_deriving_a_child` and
+//! `loom_merge_links_while_a_parent_is_cancelled`.
+
 use std::mem;
 use std::sync::Arc;
 
 use crate::error::Cause;
 use crate::sync::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::inner::{Extra, OnceInner, Outside};
 use super::lone::{HOME_THREAD, LONE_LINK};
@@ -51,11 +60,13 @@ impl Scope {
         )
     }
 
-    /// A `with_token` scope under `parent`, whose token watch the caller installs
-    /// ([`Scope::set_source`]).
-    #[inline(always)]
-    pub(crate) fn with_token(parent: &Node) -> Arc<Scope> {
-        Scope::new(parent, || Kind::Token, None, None, None, None)
+    /// A `with_token` scope under `parent`, also done when `token` is cancelled.
+    pub(crate) fn with_token(parent: &Node, token: CancellationToken) -> Arc<Scope> {
+        let scope = Scope::new(parent, || Kind::Token, None, None, None, None);
+        if !scope.is_done() {
+            scope.watch_token(token);
+        }
+        scope
     }
 
     /// Creates a scope under `parent` and links it into the tree. The scope is born done if a

@@ -1,3 +1,30 @@
+//! Shards: where the children of a contended scope register.
+//!
+//! A parent shared by many threads (a server's root, a request that fans out) sees children
+//! registered and removed from every core, and its one lock and slab would move between the
+//! cores' caches twice per child. So the first registration that finds the lock held
+//! ([`Scope::register`] tries it) gives the scope eight shards, each a lock and a slab on a
+//! cache line of its own; from then on children register in their thread's shard (threads
+//! take shards in turn), and leave it through their link, which names the slab
+//! ([`Link::Shard`](super::link::Link)). Waiters, callbacks, sources and the mirror token stay
+//! in `inner`. Lone children counted on other threads than the parent's home count in their
+//! thread's shard too (see `lone.rs`); `SHARDED` is not set for a count.
+//!
+//! Keeps invariant 12 (and so 2 and 3 for sharded registrations):
+//!
+//! - A registration into a shard holds the shard's lock while it sets `BUSY | SHARDED` by a
+//!   read-modify-write (or, once both are set, loads `state`: every finish that swaps from
+//!   then on holds this shard's lock across its swap), refuses if that saw `ERR`, and inserts.
+//! - The locked finish publishes `ERR` with a compare-and-swap. If the value it swaps from has
+//!   `SHARDED`, it holds every shard's lock across the swap and takes their slabs
+//!   ([`Scope::finish_sharded`]). If not, the swap fails when a registration set `SHARDED` in
+//!   between, and it tries again, now locking the shards. `PROPAGATING` is set in the same
+//!   swap when `inner` or a shard held children.
+//!
+//! Pinned by `loom_a_child_registered_in_a_shard_races_the_parents_cancel`,
+//! `loom_a_registration_that_only_loads_the_state_races_the_parents_cancel` and
+//! `sharded_children_are_counted_unlinked_and_cancelled`.
+
 use std::mem;
 use std::sync::PoisonError;
 

@@ -1,3 +1,13 @@
+//! The state byte: queries, the claim that guards registration, and the finish.
+//!
+//! Keeps invariant 1 (a custom cause is stored under the lock before `CUSTOM_CAUSE` is
+//! published, in [`Scope::finish_locked`]; [`Scope::cause`] reads it under that lock) and
+//! invariant 2 ([`Scope::claim`] is the read-modify-write every registration makes under the
+//! lock; [`Scope::finish_lock_free`] only wins from a state without `BUSY`). Queries of a lone
+//! scope go to `lone.rs` (invariant 5). Pinned by `loom_cause_is_never_seen_before_the_error_or_torn`,
+//! `loom_two_cancellations_agree_on_one_cause` and
+//! `loom_lock_free_cancel_races_a_custom_cause_cancel`.
+
 use std::mem;
 
 use crate::error::{Cause, Error};

@@ -1,3 +1,13 @@
+//! What the public layer registers in a scope: `done()` waiters, `after_func` callbacks and
+//! the mirror token behind `Context::token`.
+//!
+//! Keeps invariant 2 for each: every registration links the scope first if it is lone
+//! (invariant 4), then claims under the lock, and a refused one answers as a done scope does.
+//! A lone scope's first waiter waits in the parent (`lone.rs`, invariant 6). Pinned by
+//! `loom_cancel_races_a_waiting_done_future`, `loom_after_func_stop_races_the_callback`,
+//! `loom_a_token_taken_during_a_cancel_is_cancelled` and
+//! `loom_a_done_future_dropped_during_a_cancel_leaves_nothing`.
+
 use std::mem;
 use std::sync::Arc;
 use std::task::{self, Poll};

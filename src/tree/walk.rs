@@ -1,3 +1,13 @@
+//! Cancellation: the iterative walk of a subtree, and releasing what it took.
+//!
+//! Keeps invariants 8 (user code runs with no lock held, flagged when the walk is not over,
+//! and its panics are caught: [`run_reported`]), 9 (an explicit stack, no recursion) and 10
+//! (`PROPAGATING` is cleared in [`Scope::settle`] only after the scope's subtree;
+//! [`Scope::wait_settled`] waits for it). See "Who wakes whom" in `tree/mod.rs`. Pinned by
+//! `loom_every_cancel_returns_after_the_subtree_is_done`,
+//! `loom_a_leaf_waiter_woken_during_the_walk_and_a_cancel_from_its_thread` and
+//! `tests/bad_input.rs::a_panicking_waker_loses_no_wake_and_no_callback`.
+
 use std::mem;
 use std::sync::{Arc, PoisonError};
 use std::task::Waker;
@@ -217,7 +227,7 @@ impl Walk {
     }
 
     /// Gives the room its batches spilled into back to the thread, once the walk is over and
-    /// they are empty (see [`Room`]).
+    /// they are empty (see `Room`).
     pub(super) fn give_back_room(&mut self) {
         self.stack.give_back_room();
         self.found.give_back_room();
