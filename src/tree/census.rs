@@ -90,6 +90,7 @@ impl fmt::Display for Census {
 
 impl Scope {
     /// How many lone children this scope has: its own count and its shards'.
+    #[inline]
     pub(super) fn lone_children(&self) -> usize {
         let shards = self.shards.get();
         let in_shards = shards.iter().flat_map(|shards| shards.0.iter());

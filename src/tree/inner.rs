@@ -119,6 +119,7 @@ impl Inner {
         }));
     }
 
+    #[inline]
     pub(super) fn extra_ref(&self) -> Option<&Extra> {
         match &self.outside {
             Outside::Extra(extra) => Some(extra),
@@ -126,18 +127,22 @@ impl Inner {
         }
     }
 
+    #[inline]
     pub(super) fn cause(&self) -> Option<&Cause> {
         self.extra_ref()?.cause.as_ref()
     }
 
+    #[inline]
     pub(super) fn deadline_cause(&self) -> Option<&Cause> {
         self.extra_ref()?.deadline_cause.as_ref()
     }
 
+    #[inline]
     pub(super) fn mirror(&self) -> Option<&CancellationToken> {
         self.extra_ref()?.mirror.as_ref()
     }
 
+    #[inline]
     pub(super) fn source(&self) -> Option<&Source> {
         match &self.outside {
             Outside::Nothing => None,
@@ -158,6 +163,7 @@ impl Inner {
     }
 
     /// Whether a finish has more to release than registrations: a source or a mirror token.
+    #[inline]
     pub(super) fn holds_outside(&self) -> bool {
         match &self.outside {
             Outside::Nothing => false,

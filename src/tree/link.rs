@@ -154,6 +154,7 @@ impl Scope {
         }
     }
 
+    #[inline]
     pub(super) fn link_parent(&self, link: usize) -> Option<&Arc<Scope>> {
         match (link, &self.kind) {
             (0, _) => self.parent.scope(),
@@ -191,6 +192,7 @@ pub(super) enum Link {
 }
 
 impl Link {
+    #[inline]
     pub(super) fn encode(self) -> usize {
         let (which, index) = match self {
             Link::Inner(index) => (0, index),
@@ -199,6 +201,7 @@ impl Link {
         1 + (index << LINK_BITS | which)
     }
 
+    #[inline]
     pub(super) fn decode(link: usize) -> Link {
         let (index, which) = ((link - 1) >> LINK_BITS, (link - 1) & ((1 << LINK_BITS) - 1));
         match which {

@@ -353,6 +353,7 @@ impl fmt::Debug for Scope {
     }
 }
 
+#[inline]
 fn encode(err: Error) -> u8 {
     match err {
         Error::Canceled => CANCELED,

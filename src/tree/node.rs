@@ -133,7 +133,9 @@ pub(crate) fn release(node: Node) {
 fn free(scope: Arc<Scope>, others: &mut Vec<Node>, panic: &mut Option<Panic>) -> Option<Node> {
     Arc::into_inner(scope).map(|mut scope| {
         let (parent, other) = scope.detach_parents();
-        others.extend(other);
+        if let Some(other) = other {
+            others.push(other);
+        }
         // A cause or callback it still holds is the user's, and may panic in its drop.
         drop_caught(scope, panic);
         parent
@@ -175,7 +177,9 @@ fn release_chain(node: Node) {
             Node::Scope(scope) if !scope.is_sharded() && Arc::strong_count(&scope) == 1 => {
                 match Scope::try_recycle(scope) {
                     Ok((parent, other)) => {
-                        others.extend(other);
+                        if let Some(other) = other {
+                            others.push(other);
+                        }
                         Some(parent)
                     }
                     Err(scope) => free(scope, &mut others, &mut panic),

@@ -141,6 +141,7 @@ impl Shards {
     }
 }
 
+#[inline]
 pub(super) fn lock_slab(slab: &Mutex<Slab<Reg>>) -> MutexGuard<'_, Slab<Reg>> {
     // As `Scope::lock`: every update under it is a single assignment.
     slab.lock().unwrap_or_else(PoisonError::into_inner)

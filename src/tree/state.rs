@@ -76,6 +76,7 @@ impl Scope {
 
     /// Called with `inner` locked, before adding anything to it: marks the scope `BUSY` and
     /// returns `Some(state)` if it is already done (invariant 2).
+    #[inline]
     pub(super) fn claim(&self) -> Option<u8> {
         let state = self.state.load(Ordering::Acquire);
         let state = if state & BUSY == 0 {
@@ -87,6 +88,7 @@ impl Scope {
     }
 
     /// The error and cause of a done scope, given its state and its locked `inner`.
+    #[inline]
     pub(super) fn done_reason(state: u8, inner: &Inner) -> (Error, Cause) {
         let err = decode(state).unwrap_or(Error::Canceled);
         let cause = match inner.cause() {
