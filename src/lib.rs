@@ -147,7 +147,8 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
-#![deny(unsafe_code)] // two exceptions, `tree::Kept::get` and `tree::Scope::fresh`, with their reasons
+#![deny(unsafe_code)]
+// three exceptions: `tree::scope`'s `Scope::fresh`, `tree::kept`'s `Kept::get` and the `tree::once` module, each with its reasons
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 

@@ -328,8 +328,7 @@ fn loom_a_lone_childs_future_dropped_during_its_cancel_leaves_nothing() {
 /// A lone child's own `cancel()` while the child links (a grandchild is derived from it) and
 /// its parent is cancelled: the cancel may find the child lone, then the parent done, and the
 /// child linked by then, with the parent's walk still to reach it. It must not return before
-/// the child is done (it returned early, with the child live, until `Scope::cancel_slow` went
-/// on in that case).
+/// the child is done: `Scope::cancel_slow` goes on in that case.
 #[test]
 fn loom_a_lone_childs_cancel_returns_done_while_it_links_and_its_parent_is_cancelled() {
     loom::model(|| {

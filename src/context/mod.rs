@@ -178,10 +178,9 @@ impl Context {
     }
 
     /// The scope of a `with_cancel` child: out of line, while the pair returned is built in the
-    /// caller, from one pointer in a register. (Returned from here through memory, the
-    /// context's two words were written one by one and read back in one wider load by the
-    /// caller, a store-forwarding stall: `CancelTree/depth=1/Root=OpenCanceler` in a loop of its
-    /// own, 137 -> 129 ns/op.)
+    /// caller, from one pointer in a register: returned through memory, the context's two words
+    /// would be written one by one and read back by one wider load, a store-forwarding stall
+    /// (`CancelTree/depth=1/Root=OpenCanceler`).
     #[inline(never)]
     fn new_cancel_scope(&self) -> Arc<Scope> {
         Scope::with_cancel(&self.node)
@@ -664,10 +663,8 @@ impl Context {
     pub fn is_done(&self) -> bool {
         // Matched here rather than through `scope()`: that match compiles to a jump table and
         // a jump back to a shared load, three taken branches a check; with the arms apart the
-        // scope's load follows its compare. `ContextCancelDone` 1.47 -> 0.87 ns/op, `ErrOK`
-        // 3.44 -> 2.20 (medians of 16 alternating processes), through a value layer
-        // 1.71 -> 1.80. Sending the other arms out of line took `ErrOK` to 1.16 but the value
-        // layer to 3.41.
+        // scope's load follows its compare (`ContextCancelDone`, `ErrOK` and
+        // `ErrOKThroughValue` in `benches/go_suite.rs`).
         match &self.node {
             Node::Scope(scope) => scope.is_done(),
             Node::Value(node) => node.scope.as_ref().is_some_and(|scope| scope.is_done()),
@@ -692,7 +689,7 @@ impl Context {
     /// ```
     #[inline]
     pub fn err(&self) -> Option<Error> {
-        // As in `is_done`, whose comment has the figures.
+        // As in `is_done`.
         match &self.node {
             Node::Scope(scope) => scope.err(),
             Node::Value(node) => node.scope.as_ref().and_then(|scope| scope.err()),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use crate::source::Source;
 use crate::sync::Ordering;
 
-use super::inner::lock_inner;
 use super::lone::is_waiter_link;
+use super::once::lock_inner;
 use super::{ERR, LIVE, Reg, Scope};
 
 /// What is alive at and below a context, as counted by [`census`](crate::testing::census).

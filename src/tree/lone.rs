@@ -156,14 +156,13 @@ impl Scope {
     /// which is all anyone reads ([`Scope::lone_children`]), is exact. Every change is a
     /// read-modify-write: which count a thread takes is only a matter of speed.
     ///
-    /// A parent shared by threads (a server's root) saw every child's count go up and down
-    /// from every core, on the line of its reference counts: two more moves of that line
-    /// between the cores per child, `CommonParentCancel` 146 -> 211 ns/op (medians of 8
-    /// alternating runs against a build without the counts). So a scope that has had
-    /// [`AWAY_LIMIT`] lone children made on other threads gets shards, and the other threads
-    /// count there, each on its shard's line. Not at the first: shards take 8 cache lines, and
-    /// giving them to every scope with a child made elsewhere (in a work-stealing runtime, most
-    /// of them) took the stress test's peak resident memory from 640-730 to 1,040-1,150 MiB.
+    /// A parent shared by threads (a server's root) would see every child's count go up and
+    /// down from every core, on the line of its reference counts (`CommonParentCancel`). So a
+    /// scope that has had [`AWAY_LIMIT`] lone children made on other threads gets shards, and
+    /// the other threads count there, each on its shard's line. Not at the first: shards take 8
+    /// cache lines, and in a work-stealing runtime most scopes have a child made elsewhere (the
+    /// stress harness's peak resident memory shows it). Pinned by
+    /// `lone_children_made_elsewhere_give_their_parent_shards_only_when_many`.
     #[inline(always)]
     pub(super) fn count_lone(&self, by: i32) {
         self.count_lone_on(this_thread(), by);

@@ -185,9 +185,11 @@ mod batch;
 pub(crate) mod census;
 mod expire;
 mod inner;
+mod kept;
 mod link;
 mod lone;
 pub(crate) mod node;
+mod once;
 mod recycle;
 mod scope;
 mod shards;
@@ -197,10 +199,11 @@ pub(crate) mod tests;
 mod waiters;
 mod walk;
 
-#[cfg(loom)]
-pub(crate) use inner::lock_check;
-use inner::{Inner, OnceInner, lock_inner};
+use inner::Inner;
 use node::{Node, release};
+#[cfg(loom)]
+pub(crate) use once::lock_check;
+use once::{OnceInner, lock_inner};
 use shards::OnceShards;
 pub(crate) use walk::run_callback;
 
@@ -266,24 +269,20 @@ enum Finished {
     Propagating,
 }
 
-// Layout. A scope is 104 bytes (120 with the `Arc`'s counts, which glibc serves from the
-// 128-byte chunk it gives the bare token's 112-byte node); its lock and registrations are one
-// pointer away, made on first use ([`OnceInner`]), with a timer or token watch inline in it
-// (`Inner::outside`), and so is what few scopes use (a merge's second parent in `Kind::Merge`;
-// causes and a mirror token in an `Extra`). A lone leaf (see "Lone leaves"), which never
-// takes its lock, is these 120 bytes alone: `ScaleMemoryPerContext/derive=with_cancel` wrote
-// a 192-byte chunk per derive with the lock and slab inline (184 bytes), and was bound by
-// those writes (BENCHMARKS.md).
+// Layout. A scope is 104 bytes, 120 with the `Arc`'s counts: the 128-byte chunk glibc gives
+// the bare token's node (pinned by `a_scope_allocation_stays_at_120_bytes`). Its lock and
+// registrations are one pointer away, made on first use ([`OnceInner`]), with a timer or
+// token watch inline in it (`Inner::outside`), and so is what few scopes use (a merge's
+// second parent in `Kind::Merge`; causes and a mirror token in an `Extra`). A lone leaf
+// (`lone.rs`), which never takes its lock, is these 120 bytes alone
+// (`ScaleMemoryPerContext/derive=with_cancel` is bound by the bytes each derive writes).
 // The order keeps the fields every child reads from its parent (`parent`, `deadline`,
 // `state`) at least 64 bytes past the reference counts and the `lone` count, which every child
 // derived or dropped writes: on no 64-byte line together, whatever the allocation's 16-byte
-// alignment (a unit test checks it). `shards` and `inner` are read by a child only right
-// after it wrote the counts' line (registering in its parent), so they may share it. Two
-// workers deriving from one parent (`CommonParentCancel`) took 322-359 ns/op with `shards`
-// next to the counts and 185-228 with the old 232-byte layout, which also kept the lock and
-// the registrations on lines of their own; with the read fields apart 111-199 (the spread is
-// the machine's, run to run: the layouts were measured alternately). `repr(C)` keeps the
-// order.
+// alignment (pinned by `what_children_read_never_shares_a_line_with_the_counts`; two threads
+// deriving from one parent, `CommonParentCancel`, pay for every line they share). `shards`
+// and `inner` are read by a child only right after it wrote the counts' line (registering in
+// its parent), so they may share it. `repr(C)` keeps the order.
 #[repr(C)]
 pub(crate) struct Scope {
     /// How many lone children (see "Lone leaves") this scope has: written by each as it is

@@ -117,10 +117,8 @@ impl Drop for ValueNode {
 #[inline]
 pub(crate) fn release(node: Node) {
     // Roots own nothing. Each scope on the way up has its reference count read before
-    // `Arc::into_inner` changes it, to offer it for reuse if this was the last: a shared
-    // parent's cache line may then cross between cores twice rather than once, which
-    // `CommonParentCancel` (two cores, one parent) did not show (118.4 against 118.8 ns/op
-    // without it, medians of 7 alternating runs).
+    // `Arc::into_inner` changes it, to offer it for reuse if this was the last
+    // (`CommonParentCancel` checks that a shared parent does not pay for the read).
     match &node {
         Node::Background | Node::Todo => {}
         _ => release_chain(node),
@@ -168,12 +166,11 @@ fn release_chain(node: Node) {
         next = match node {
             Node::Background | Node::Todo => None,
             // A scope whose last reference this was is kept for reuse where it can be (see
-            // "Reuse" in `tree.rs`), and freed otherwise; a parent still held elsewhere, the
-            // common case, goes straight to the last arm. A parent shared between threads (one
-            // with shards) is not asked: reading its counts just before the drop writes them
-            // moved their cache line between the cores twice, where the drop alone moves it
-            // once (`CommonParentCancel` 76.7 -> 74.7 ns/op when the machine is quick; perf put
-            // 93% of this function's time on that read).
+            // `recycle.rs`), and freed otherwise; a parent still held elsewhere, the common
+            // case, goes straight to the last arm. A parent shared between threads (one with
+            // shards) is not asked: reading its counts just before the drop writes them would
+            // move their cache line between the cores twice, where the drop alone moves it once
+            // (`CommonParentCancel`).
             Node::Scope(scope) if !scope.is_sharded() && Arc::strong_count(&scope) == 1 => {
                 match Scope::try_recycle(scope) {
                     Ok((parent, other)) => {

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use crate::error::{Cause, Error};
 use crate::sync::Ordering;
 
+use super::kept::Kept;
 use super::lone::LONE_LINK;
 use super::shards::OnceShards;
 use super::walk::debug_events;
@@ -41,7 +42,7 @@ use super::{BUSY, ERR, Kind, LIVE, Node, Scope, release};
 
 impl Scope {
     /// Drops a cancel handle's `scope`: cancels it, unless nothing could tell whether it was
-    /// cancelled, then recycles it (see "Reuse").
+    /// cancelled, then recycles it (see the module's header).
     ///
     /// Nothing can tell when the handle holds the only reference and the scope holds nothing a
     /// cancellation would release. Then there is no context, child or task to see it done, no
@@ -49,9 +50,8 @@ impl Scope {
     /// to cancel; and with its registrations in its parents removed, no walk can reach it.
     /// Three kinds are common: a scope already done; a scope never registered in (`BUSY`
     /// clear), released as it is; and the link of a chain released leaf first, whose child
-    /// has left it. That one has `BUSY` set and was finished under its lock; now it is proven
-    /// unique as for reuse, and reused unfinished: `CancelTree/depth=10/Root=Background`
-    /// 8,863 -> 7,181 instructions per op (valgrind's counts; the bare token's 7,668).
+    /// has left it. That one has `BUSY` set; it is proven unique as for reuse, and reused
+    /// unfinished (`CancelTree/depth=10/Root=Background`).
     #[inline]
     pub(crate) fn let_go(scope: Arc<Scope>) {
         let scope = if Arc::strong_count(&scope) == 1 {
@@ -96,7 +96,7 @@ impl Scope {
 
     /// Lets go of a cancel handle's `scope`. If it held the last reference and nothing else
     /// can reach the scope, the scope leaves its parents and its allocation is kept for reuse
-    /// on this thread (see "Reuse"); otherwise this is a plain drop.
+    /// on this thread (see the module's header); otherwise this is a plain drop.
     #[inline]
     pub(crate) fn recycle(scope: Arc<Scope>) {
         if let Ok(kept) = Scope::unique_for_reuse(scope) {
@@ -109,9 +109,9 @@ impl Scope {
     pub(super) fn keep(mut kept: Kept) {
         let unique = kept.get();
         // The parents go last, once this scope is kept: what their drops run finds it out of
-        // the way. (Released here rather than returned as `try_recycle` does: a pair of
-        // contexts returned through memory is read back by wider loads than wrote it, and
-        // stalled, 25 -> 29 ns per derive and release.)
+        // the way. Released here rather than returned as `try_recycle` does: a pair of nodes
+        // returned through memory is read back by wider loads than wrote it, a
+        // store-forwarding stall (`CancelTree/depth=1/Root=Background`).
         let (parent, other) = unique.take_parents();
         unique.reset();
         drop(spare::keep(kept));
@@ -125,8 +125,8 @@ impl Scope {
     /// link to its parent): hands back the parents to let go of next, or the scope if it
     /// cannot be kept.
     // Inlined into its one caller, whose loop then takes the parents in registers: returned
-    // through memory, they were read back by wider loads than wrote them, and stalled (124 ->
-    // 121 ns per `OpenCanceler` op).
+    // through memory, they would be read back by wider loads than wrote them, a
+    // store-forwarding stall (`CancelTree/depth=1/Root=OpenCanceler`).
     #[inline(always)]
     pub(crate) fn try_recycle(scope: Arc<Scope>) -> Result<(Node, Option<Node>), Arc<Scope>> {
         let mut kept = Scope::unique_for_reuse(scope)?;
@@ -189,56 +189,17 @@ impl Scope {
     }
 }
 
-/// A scope that nothing else can reach: no other `Arc` to it and no `Weak`. Made only by
-/// [`Kept::new`], which checks it, and never cloned or downgraded while it is a `Kept`, so it
-/// stays so: what lets a reused scope be written without [`Arc::get_mut`].
-pub(crate) struct Kept(Arc<Scope>);
-
-impl Kept {
-    /// `scope` as a `Kept`, if nothing else holds it; otherwise `scope` back.
-    pub(super) fn new(mut scope: Arc<Scope>) -> Result<Kept, Arc<Scope>> {
-        match Arc::get_mut(&mut scope) {
-            Some(_) => Ok(Kept(scope)),
-            None => Err(scope),
-        }
-    }
-
-    /// The scope, to write. `Arc::get_mut` would check again with a compare-and-swap on the
-    /// weak count, which every derive that reuses a scope paid: without it,
-    /// `CancelTree/depth=1/Root=Background` 24.6 -> 20.1 ns/op, `ClosedCanceler` 63.6 -> 56.3,
-    /// the other `CancelTree` rows 2-8% faster (medians of 5 alternating runs).
-    #[allow(unsafe_code)]
-    #[inline(always)]
-    pub(super) fn get(&mut self) -> &mut Scope {
-        // SAFETY: `Kept::new` saw this `Arc` unique: `Arc::get_mut` succeeded, so there was no
-        // other `Arc` and no `Weak`, and its acquire ordered every access made through them
-        // before this one. A `Kept` lends its `Arc` to nobody, so no `Arc` or `Weak` has been
-        // made from it since, and none can be made while this borrow lives: `&mut self` makes
-        // it the only access to the scope. The pointer is the allocation's own (as
-        // `Arc::get_mut` returns it), valid for as long as `self`.
-        unsafe { &mut *Arc::as_ptr(&self.0).cast_mut() }
-    }
-
-    pub(super) fn into_arc(self) -> Arc<Scope> {
-        self.0
-    }
-}
-
-/// Spare scope allocations, kept per thread for reuse (see "Reuse" above).
+/// Spare scope allocations, kept per thread for reuse (see the module's header).
 #[cfg(not(loom))]
 pub(super) mod spare {
     use std::cell::RefCell;
 
-    use super::Kept;
+    use super::super::kept::Kept;
 
     /// How many spare scopes a thread keeps at most: enough for a chain of 1,000 released leaf
-    /// first. 1,024 × 128-byte chunks (128 KiB), plus the lock and registrations (96 bytes, and
-    /// the room of at most 16 more, 384 bytes) and the out-of-line fields (80 bytes) of a
-    /// spare that had them, which it keeps. With 64,
-    /// `CancelTree` at depth 1,000 was 80.3 us for `Background`, 109.0 for `OpenCanceler` and
-    /// 50.2 for `ClosedCanceler`; with 1,024, 60.5, 87.8 and 31.1 (the token's 63.9, 84.5,
-    /// 37.0), and 5,745 against 6,620 ns at depth 100 `Background`, medians of 3 alternating
-    /// runs; the other rows and the 100,000-task fan-out did not move (52.6 against 53.7 ms).
+    /// first (`CancelTree/depth=1000`). At most 1,024 × 128-byte chunks (128 KiB) per thread,
+    /// plus the lock and registrations (96 bytes, and the room of at most 16 more, 384 bytes)
+    /// and the out-of-line fields (80 bytes) of a spare that had them, which it keeps.
     pub(in crate::tree) const CAP: usize = 1024;
 
     thread_local! {
@@ -291,7 +252,7 @@ pub(super) mod spare {
 /// Under loom, scopes are not kept: every drop frees.
 #[cfg(loom)]
 pub(super) mod spare {
-    use super::Kept;
+    use super::super::kept::Kept;
 
     pub(in crate::tree) fn take() -> Option<Kept> {
         None

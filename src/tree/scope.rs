@@ -14,8 +14,9 @@ use crate::sync::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::inner::{Extra, OnceInner, Outside};
+use super::inner::{Extra, Outside};
 use super::lone::{HOME_THREAD, LONE_LINK};
+use super::once::OnceInner;
 use super::recycle::spare;
 use super::shards::{OnceShards, this_thread};
 use super::{BUSY, CUSTOM_CAUSE, ERR, Kind, LIVE, LONE, Node, Scope, earliest};
@@ -74,9 +75,9 @@ impl Scope {
     /// `other` (a merge's second parent) and `own` (its own deadline) describe; `fire_cause` is
     /// what the deadline reports when it fires, if not the error; `now`, if the caller has just
     /// read the clock, saves reading it again.
-    // The kind is built only where it is stored, and the whole is inlined into each caller:
-    // a kind passed in and held across the calls below lived in a stack slot, written with
-    // narrower stores than the copy that read it back, which stalled (5-10% of a derive).
+    // The kind is built only where it is stored, and the whole is inlined into each caller: a
+    // kind passed in and held across the calls below would live in a stack slot, written with
+    // narrower stores than the copy that reads it back, a store-forwarding stall.
     #[inline(always)]
     fn new(
         parent: &Node,
@@ -109,7 +110,7 @@ impl Scope {
             .or_else(|| other_scope.and_then(Scope::link_and_inherit));
         let is_born_done = born_done.is_some();
         // The causes go into an `Extra` here, out of the way: an empty cause carried further
-        // was written as a tag and read back by a wider copy, which stalled (20% of a derive).
+        // would be written as a tag and read back by a wider copy, a store-forwarding stall.
         // A scope with one parent and no timer is born lone, unless that parent cannot be
         // cancelled (nothing to follow) or is done.
         let lone_in = parent_scope.filter(|_| !is_merge && arm_at.is_none());
@@ -224,15 +225,15 @@ impl Scope {
     /// What `make` builds (a fresh scope; generic only so that a test can count drops), in an
     /// allocation of its own whose counts are set by plain stores.
     ///
-    /// `Arc::new` built the scope on the stack and copied it in with `memcpy`, whose wide
-    /// loads stalled on the narrow stores just made; `Arc::new_cyclic` writes it in place, then
-    /// makes and forgets a `Weak` and sets the strong count with a locked add; `Arc::get_mut`
-    /// on an uninitialized allocation checks uniqueness with a compare-and-swap. This writes it
-    /// in place with none of these: `ScaleMemoryPerContext/derive=with_cancel` 37.0 -> 34.6
-    /// ns/op against `new_cyclic` (medians of 11 alternating runs; `new_cyclic` had taken it
-    /// from 47.8 to 42.4 against `Arc::new`). How much of that the locked add was is not known:
-    /// one on a line just written measured 0.3-0.5 ns in another build (BENCHMARKS.md).
-    #[allow(unsafe_code)]
+    /// `Arc::new` builds the value on the stack and copies it in with `memcpy`, whose wide
+    /// loads stall on the narrow stores just made; `Arc::new_uninit` with `Arc::get_mut`
+    /// checks uniqueness with a compare-and-swap on the weak count; `Arc::new_cyclic` makes and
+    /// forgets a `Weak` and sets the strong count with a locked add. This writes the value in
+    /// place with none of these. Every derive that finds no spare scope to reuse pays it:
+    /// `ScaleMemoryPerContext/derive=with_cancel` in `benches/go_suite.rs` is the row to
+    /// re-measure, side by side, before replacing it. Pinned by
+    /// `a_fresh_allocation_has_one_reference_and_a_panic_drops_only_what_was_built`.
+    #[allow(unsafe_code)] // the write in place, argued below
     #[inline(always)]
     pub(super) fn fresh<T>(make: impl FnOnce() -> T) -> Arc<T> {
         // An uninitialized value: nothing to copy, and the allocator called with a constant

@@ -52,9 +52,9 @@ impl Scope {
         // them. Once both are set, a load under the shard's lock is enough: every finish that
         // swaps afterwards holds this lock across its swap, so this load either sees its `ERR`
         // (the lock orders the two) or the finish drains this shard after the insert below.
-        // (Every child of a shared parent did the read-modify-write before: one more move of
-        // the line between the cores deriving from it, `CommonParentCancel` 96.9-102.4 ->
-        // 75.6-76.7 ns/op, medians of 4 alternating runs. A loom model covers this path.)
+        // A read-modify-write by every child would move the line between the cores deriving
+        // from a shared parent once more per child (`CommonParentCancel`). Pinned by
+        // `loom_a_registration_that_only_loads_the_state_races_the_parents_cancel`.
         let state = self.state.load(Ordering::Acquire);
         let state = if state & (BUSY | SHARDED) == BUSY | SHARDED {
             state

@@ -22,12 +22,9 @@ use super::{
 impl Scope {
     #[inline]
     pub(crate) fn err(&self) -> Option<Error> {
-        // The lone case apart, after the error is decoded, and `observed_lone` out of line:
-        // testing `ERR | LONE` for exactly `LONE` first, with `observed_lone` inlined, made the
-        // benchmark loops around a query take three or four branches instead of two, and
-        // took `ErrOK` 1.4 -> 3.0 ns/op and `ErrCanceled` 1.1 -> 2.3 on contexts never lone.
-        // This order: 2.6 and 2.2 (medians of 5 alternating runs, this machine in its slower
-        // state; other orders and inlinings measured 2.1-3.9 and 1.8-3.7). `is_done` alike.
+        // The lone case apart, after the error is decoded, and `observed_lone` out of line, so
+        // that a query of a scope that is not lone takes two branches (`ErrOK`, `ErrCanceled`
+        // and `CheckCanceled` in `benches/go_suite.rs`). `is_done` alike.
         let state = self.state.load(Ordering::Acquire);
         match decode(state) {
             None if state & LONE != 0 => decode(self.observed_lone(state)),
@@ -99,12 +96,10 @@ impl Scope {
     }
 
     /// Moves a live scope to done and hands what it holds to `walk`, emptying its registrations
-    /// in place. (A finish that returned registrations, timer and mirror as one 112-byte value
-    /// had it copied twice, each copy read back with wider loads than wrote it, a
-    /// store-forwarding stall; and the emptied room was then given back under a second lock.
-    /// `CancelTree/depth=1/Root=OpenCanceler` in a loop of its own: 155 -> 137 ns/op.) Under
-    /// the lock only moves happen, and the children's `Weak`s are upgraded; the timer or token
-    /// watch is dropped after it.
+    /// in place, so that nothing large is returned through memory and the room is not given
+    /// back under a second lock (`CancelTree/depth=1/Root=OpenCanceler`). Under the lock only
+    /// moves happen, and the children's `Weak`s are upgraded; the timer or token watch is
+    /// dropped after it.
     pub(super) fn finish(&self, err: Error, cause: &Cause, walk: &mut Walk) -> Finished {
         match self.finish_lock_free(err, cause) {
             Some(finished) => finished,
@@ -137,8 +132,7 @@ impl Scope {
 
     /// The rest of [`Scope::finish`], under the lock. `walk` is asked for only if the scope
     /// holds something: a scope that held registrations once but none now (a link of a chain
-    /// released leaf first) needs no walk set up. (Set up always, it made
-    /// `CancelTree/depth=10/Root=Background` 531 -> 827 ns/op.)
+    /// released leaf first) needs no walk set up (`CancelTree/depth=10/Root=Background`).
     pub(super) fn finish_locked<'w>(
         &self,
         err: Error,
@@ -205,8 +199,8 @@ impl Scope {
             // A timer or token watch observes nothing: dropped now, with no lock held.
             drop(source);
         } else {
-            // (Apart: a `None` source carried to one drop after this branch was written as a
-            // tag and read back in a wider copy, a stall: 129 -> 124 ns per `OpenCanceler` op.)
+            // Apart, not a `None` source carried to one drop after the branch: that would be
+            // written as a tag and read back by a wider copy, a store-forwarding stall.
             drop(inner);
         }
         drop(surplus);

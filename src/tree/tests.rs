@@ -8,8 +8,10 @@ use crate::sync::{Mutex, Ordering};
 
 use super::batch::*;
 use super::inner::*;
+use super::kept::Kept;
 use super::link::*;
 use super::lone::*;
+use super::once::*;
 use super::recycle::*;
 use super::shards::*;
 use super::*;
@@ -560,19 +562,13 @@ fn a_fresh_allocation_has_one_reference_and_a_panic_drops_only_what_was_built() 
 }
 
 /// The scope's `Arc` allocation stays at 120 bytes, a 128-byte glibc chunk as the bare
-/// token's node, and its lock's at 88, a 96-byte chunk (80 before it held a timer
-/// inline). The 100,000-task fan-out (`ScaleCancelFanout`) is sensitive to these in ways
-/// the instruction counts do not show:
-/// the scopes, the tasks (which Tokio aligns to 128 bytes, so glibc splits and reuses the
-/// chunks around them) and the registrations share the heap, so the sizes move where the
-/// tasks land, and Tokio's queues and task list then walk the tasks through more or fewer
-/// cache lines (perf: the time goes to `Local::push_back`, `ShardedList::remove` and
-/// `transition_to_notified`). With the registrations out of line, scopes of 152, 160, 176,
-/// 192, 208, 224 and 232 bytes took 58.1, 82.8, 68.9, 56.6, 64.5, 47.1 and 47.2 ms
-/// (medians of 3 alternating runs; the token 39-47); with the first registration inline,
-/// 176 bytes took 53.5 against 60.8 at 152; with the lock and registrations in an
-/// allocation of their own, 120 bytes took 39.2 and 38.6 ms against 55.0 and 45.1 at 184
-/// (the token 38.0-43.5, two alternating runs). Re-measure before changing them.
+/// token's node, and its lock's at 88, a 96-byte chunk. The 100,000-task fan-out
+/// (`ScaleCancelFanout` in `benches/go_suite.rs`) is sensitive to these in ways the
+/// instruction counts do not show: the scopes, the tasks (which Tokio aligns to 128 bytes, so
+/// glibc splits and reuses the chunks around them) and the registrations share the heap, so
+/// the sizes move where the tasks land, and Tokio's queues and task list then walk the tasks
+/// through more or fewer cache lines. Re-measure that row, side by side with the token's,
+/// before changing them.
 #[test]
 fn a_scope_allocation_stays_at_120_bytes() {
     assert_eq!(mem::size_of::<Scope>() + 16, 120);

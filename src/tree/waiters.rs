@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::sync::Ordering;
 
-use super::inner::lock_inner;
 use super::lone::WAITER_LINK;
+use super::once::lock_inner;
 use super::{Callback, LONE, Reg, Scope, decode};
 
 impl Scope {
