@@ -548,11 +548,10 @@ impl Context {
     /// A future that completes, with this context's error, when the context is done.
     ///
     /// Equivalent to `async fn done(&self) -> Error`. On a context that is already done it is
-    /// ready at once, without locking or allocating. On one that can never be done it never
-    /// completes. Pending on a child nothing else registers in, it waits in the parent (the
-    /// child makes no lock of its own); if the child then starts to hold registrations (a
-    /// child of its own, a second waiter), the future is woken once and, polled again,
-    /// registers in the child.
+    /// ready at once, without allocating. On one that can never be done it never completes. A
+    /// pending future may be woken once before its context is done; polled again, it is
+    /// pending again and woken when the context is done, as `select!` and other pollers
+    /// expect.
     ///
     /// # Examples
     ///
