@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Each model races two or three threads over one of the tree's protocols (see the header of
-//! `tree.rs`): the lock-free finish against registration, publishing a custom cause, linking a
+//! `tree/mod.rs`): the lock-free finish against registration, publishing a custom cause, linking a
 //! child or a merge while a parent is cancelled, a `done()` future registering its waker while
 //! the context is cancelled or going away, `AfterFunc::stop` against the callback, and
 //! installing a token watch or a mirror token (`Context::token`) in a scope being cancelled,
@@ -41,8 +41,8 @@ use crate::tree::node::Node;
 use crate::wheel::{Wheel, loom_timer};
 use crate::{Cause, Context, Error};
 
-/// `pair`, with its context registered in its parent rather than lone (see "Lone leaves" in
-/// `tree.rs`), as it is once anything registers in it (a lone context's `done()` future waits
+/// `pair`, with its context registered in its parent rather than lone (see
+/// `tree/lone.rs`), as it is once anything registers in it (a lone context's `done()` future waits
 /// in the parent instead, and does not link it).
 fn linked<T>(pair: (Context, T)) -> (Context, T) {
     pair.0.scope().unwrap().link_first();
@@ -682,7 +682,7 @@ fn loom_a_live_scope_released_by_its_child_races_the_parents_cancel() {
     });
 }
 
-/// A scope makes its lock on first use (`OnceInner` in `tree.rs`). Two threads that register
+/// A scope makes its lock on first use (`OnceInner` in `tree/once.rs`). Two threads that register
 /// in a fresh scope at once race to make it: one publishes its allocation, the other frees its
 /// own and takes that one. Either way both registrations are in the one lock's slab, and the
 /// scope's cancellation runs both callbacks. `tree::lock_check` makes the model fail if the

@@ -63,7 +63,7 @@ pub(crate) struct Slab<T> {
     /// Index of the first free entry, or [`NONE`]. Free entries are linked through their
     /// `next_free`; some of `rest`'s may never have been filled (see [`Slab::grow`]). It and
     /// `len` are 32 bits wide, which keeps a scope's lock in a 96-byte glibc chunk (see
-    /// `Inner` in `tree.rs`); [`Slab::grow`] stops at that size.
+    /// `Inner` in `tree/inner.rs`); [`Slab::grow`] stops at that size.
     next_free: u32,
     /// How many entries are full, and [`SPARSE`].
     len: u32,

@@ -7,13 +7,6 @@
 //! `the_room_a_batch_spilled_into_is_kept_for_the_next_walk`.
 
 use std::mem;
-use std::sync::Arc;
-use std::task::Waker;
-
-use tokio_util::sync::CancellationToken;
-
-use super::walk::Step;
-use super::{Callback, Scope};
 
 /// A list that keeps its first few items inline, so that waking a few waiters or walking a few
 /// scopes allocates nothing: popped last in first out (the walk), consumed in insertion order
@@ -164,7 +157,7 @@ macro_rules! kept_room {
             #[cfg(not(loom))]
             fn keep_room(room: Vec<Self>) {
                 debug_assert!(room.is_empty());
-                if room.capacity() <= KEPT_ROOM {
+                if room.capacity() <= $crate::tree::batch::KEPT_ROOM {
                     // Whatever was kept before (another batch's) is freed.
                     let _ = $kept.try_with(|kept| kept.set(room));
                 }
@@ -173,18 +166,7 @@ macro_rules! kept_room {
     };
 }
 
-#[cfg(all(test, not(loom)))]
 pub(super) use kept_room;
-
-kept_room!(Step, KEPT_STEPS);
-
-kept_room!(Arc<Scope>, KEPT_SCOPES);
 
 #[cfg(test)]
 impl Room for i32 {}
-
-impl Room for CancellationToken {}
-
-impl Room for Waker {}
-
-impl Room for Callback {}

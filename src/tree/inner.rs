@@ -33,7 +33,7 @@ pub(super) struct Inner {
 /// What a scope holds besides its registrations. A plain deadline's timer (or a token watch)
 /// sits here inline, so that a `with_timeout` context is two allocations, the scope and its
 /// lock, rather than three; anything more goes to an [`Extra`], which then holds the source
-/// too. The `Extra`, once made, is kept across reuse (see "Reuse").
+/// too. The `Extra`, once made, is kept across reuse (see `recycle.rs`).
 ///
 /// 24 bytes: `Source`'s tag leaves room for the other two variants' encoding.
 #[derive(Default)]

@@ -22,7 +22,7 @@ use super::{ERR, Kind, LIVE, Node, Reg, SHARDED, Scope};
 impl Scope {
     /// Registers `child` as this scope's child on the child's link `link`, or reports why this
     /// scope is already done. `lone`: the child is a lone child of this scope, which leaves
-    /// `LONE` and the count here under the lock that registers it (see "Lone leaves").
+    /// `LONE` and the count here under the lock that registers it (see `lone.rs`).
     pub(super) fn attach(
         &self,
         child: &Arc<Scope>,
@@ -48,7 +48,7 @@ impl Scope {
     /// Registers what `make` builds in this scope, and hands `placed` where it went while the
     /// lock of the slab that holds it is still held; or reports why this scope is already done
     /// (then `make` is dropped unused, after the lock). Into `inner`, or into the calling
-    /// thread's shard once the lock has been found contended (see "Shards").
+    /// thread's shard once the lock has been found contended (see `shards.rs`).
     #[inline(always)]
     pub(super) fn register<T>(
         &self,

@@ -67,16 +67,16 @@ use super::shards::{SHARDS, this_thread};
 use super::walk::{Walk, wake};
 use super::{ERR, Finished, LIVE, LONE, Reg, Scope};
 
-/// The link of a lone scope (see "Lone leaves"): counted in its parent (see
+/// The link of a lone scope (see `lone.rs`): counted in its parent (see
 /// [`Scope::count_lone`]), registered nowhere. No [`Link`] encodes to it.
 pub(super) const LONE_LINK: usize = usize::MAX;
 
 /// The link of a lone scope that is linking ([`Scope::link_now`]): still counted in its
-/// parent, and closed to a waiter waiting there (see "Lone leaves").
+/// parent, and closed to a waiter waiting there (see `lone.rs`).
 pub(super) const LINKING_LINK: usize = usize::MAX - 1;
 
 /// Marks the link of a lone scope whose `done()` future waits in its parent: the rest is the
-/// [`Link`] of that waiter's registration there (see "Lone leaves"). Above every encoded
+/// [`Link`] of that waiter's registration there (see `lone.rs`). Above every encoded
 /// [`Link`] (their indices are within 32 bits), and below the two values above.
 pub(super) const WAITER_LINK: usize = 1 << (usize::BITS - 2);
 
@@ -202,7 +202,7 @@ impl Scope {
     }
 
     /// Links this scope into its parent if it is lone: called before anything registers in it
-    /// (see "Lone leaves").
+    /// (see `lone.rs`).
     #[inline(always)]
     pub(crate) fn link_first(self: &Arc<Self>) {
         if self.state.load(Ordering::Acquire) & LONE != 0 {
@@ -259,7 +259,7 @@ impl Scope {
     }
 
     /// [`Scope::register_waiter`] for a lone scope, whose `done()` future waits in its parent
-    /// (see "Lone leaves"), or for a future that waited there (`slot` a [`WAITER_LINK`]):
+    /// (see `lone.rs`), or for a future that waited there (`slot` a [`WAITER_LINK`]):
     /// `None` if the scope is linked or linking, and the future must register in it.
     #[inline(never)]
     pub(super) fn wait_lone(

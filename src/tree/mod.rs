@@ -285,7 +285,7 @@ enum Finished {
 // its parent), so they may share it. `repr(C)` keeps the order.
 #[repr(C)]
 pub(crate) struct Scope {
-    /// How many lone children (see "Lone leaves") this scope has: written by each as it is
+    /// How many lone children (see `lone.rs`) this scope has: written by each as it is
     /// made and as it goes, next to the reference counts each also writes.
     lone: AtomicU32,
     /// The thread that made this scope, and how many lone children other threads made (see
@@ -297,7 +297,7 @@ pub(crate) struct Scope {
     link: AtomicUsize,
     /// The lock, and the registrations and rarer fields it guards: made on first use.
     inner: OnceInner,
-    /// Where children register once the lock is contended (see "Shards").
+    /// Where children register once the lock is contended (see `shards.rs`).
     shards: OnceShards,
     /// Tasks started with `Context::spawn` or `spawn_graceful` on a context this scope or a
     /// descendant governs, and not yet ended.
@@ -309,7 +309,8 @@ pub(crate) struct Scope {
     parent: Node,
     /// The earliest of this scope's own deadline and those of everything it follows.
     deadline: Option<Instant>,
-    /// `ERR`, `CUSTOM_CAUSE`, `BUSY`, `PROPAGATING` and `SLEEPER` bits (see "State machine").
+    /// `ERR` (two bits), `CUSTOM_CAUSE`, `BUSY`, `PROPAGATING`, `SLEEPER`, `SHARDED` and
+    /// `LONE`: every bit a lock-free reader needs (see "State" above).
     state: AtomicU8,
 }
 

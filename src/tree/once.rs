@@ -17,7 +17,7 @@ use crate::sync::{AtomicPtr, Mutex, MutexGuard, Ordering};
 use super::inner::{Extra, Inner, Outside};
 
 /// A scope's lock and what it guards, in an allocation of their own made on first use: most
-/// scopes are leaves that never take their lock (see "Lone leaves"), and so never carry it
+/// scopes are leaves that never take their lock (see `lone.rs`), and so never carry it
 /// (see the layout note on `Scope`). Made once and kept for the scope's lifetime, across its
 /// reuse; freed with it.
 ///

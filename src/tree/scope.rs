@@ -101,7 +101,7 @@ impl Scope {
         // Looked up once: a context's scope is a match on its node.
         let parent_scope = parent.scope();
         let other_scope = other.and_then(Node::scope);
-        // A parent links into its own parent before it has children (see "Lone leaves"), and
+        // A parent links into its own parent before it has children (see `lone.rs`), and
         // a parent seen done stays done: the scope is born done with its reason, without
         // taking the parent's lock or linking (a parent being cancelled right now is seen live
         // here and refuses the link below instead).
@@ -142,13 +142,13 @@ impl Scope {
         }
         if let (Some(parent), LONE) = (lone_in, state) {
             // Counted, not registered: a parent cancelled from here on is seen by the child's
-            // own queries, which look at it (see "Lone leaves").
+            // own queries, which look at it (see `lone.rs`).
             parent.count_lone_on(me, 1);
             return scope;
         }
 
         let refused = {
-            // A merge links into two parents while holding its own lock (see "Deadlock safety").
+            // A merge links into two parents while holding its own lock (see "Lock order" in `tree/mod.rs`).
             let _linking = is_merge.then(|| scope.lock());
             (0..2).find_map(|link| scope.link_parent(link)?.attach(&scope, link, false).err())
         };
@@ -179,7 +179,7 @@ impl Scope {
         Some((state & (ERR | CUSTOM_CAUSE), scope.cause()))
     }
 
-    /// A new scope: a spare allocation this thread kept (see "Reuse"), or a fresh one.
+    /// A new scope: a spare allocation this thread kept (see `recycle.rs`), or a fresh one.
     #[inline(always)] // as `Scope::new`: the kind stays a constant
     pub(super) fn alloc(
         parent: &Node,

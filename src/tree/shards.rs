@@ -36,7 +36,7 @@ use super::link::Link;
 use super::{BUSY, ERR, LIVE, PROPAGATING, Reg, SHARDED, Scope};
 
 impl Scope {
-    /// [`Scope::register`] into the shard of the calling thread (see "Shards").
+    /// [`Scope::register`] into the shard of the calling thread (see `shards.rs`).
     #[cold]
     #[inline(never)]
     pub(super) fn register_sharded<T>(
@@ -135,7 +135,7 @@ impl Shards {
         }))
     }
 
-    /// Every shard's lock, taken in index order (see "Deadlock safety").
+    /// Every shard's lock, taken in index order (see "Lock order" in `tree/mod.rs`).
     pub(super) fn lock_all(&self) -> Vec<MutexGuard<'_, Slab<Reg>>> {
         self.0.iter().map(|shard| lock_slab(&shard.0)).collect()
     }

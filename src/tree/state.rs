@@ -45,7 +45,7 @@ impl Scope {
     }
 
     /// The state a query reports: this scope's own, once a lone scope has taken its parent's
-    /// error if the parent is done (see "Lone leaves").
+    /// error if the parent is done (see `lone.rs`).
     #[inline(always)]
     pub(super) fn observed(&self) -> u8 {
         let state = self.state.load(Ordering::Acquire);
@@ -171,7 +171,7 @@ impl Scope {
                     }
                 }
             }
-            // With `SHARDED` set, hold every shard's lock across the swap (see "Shards").
+            // With `SHARDED` set, hold every shard's lock across the swap (see `shards.rs`).
             match self.finish_sharded(state, done, inner.regs.len() != 0) {
                 Ok(sharded) => break sharded,
                 Err(actual) => state = actual,
@@ -183,7 +183,7 @@ impl Scope {
             return Finished::Bare;
         }
         let walk = walk();
-        // The emptied slab keeps its room for the scope's next life (see "Reuse"), unless it
+        // The emptied slab keeps its room for the scope's next life (see `recycle.rs`), unless it
         // is more than a reused scope needs: that goes after the lock.
         inner.regs.drain(|reg| walk.take(reg));
         let surplus = inner

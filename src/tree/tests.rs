@@ -49,7 +49,7 @@ fn what_children_read_never_shares_a_line_with_the_counts() {
 }
 
 /// A derived pair whose context is registered in its parent rather than lone, as it is
-/// once anything registers in it (see "Lone leaves").
+/// once anything registers in it (see `lone.rs`).
 fn linked<T>(pair: (Context, T)) -> (Context, T) {
     pair.0.scope().unwrap().link_first();
     assert_eq!(

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Cause, Error};
 use crate::sync::{Ordering, parking_lot};
 
-use super::batch::Batch;
+use super::batch::{Batch, Room, kept_room};
 use super::{Callback, ERR, Finished, LIVE, LONE, PROPAGATING, Reg, SLEEPER, Scope};
 
 impl Scope {
@@ -35,7 +35,7 @@ impl Scope {
 
     pub(super) fn cancel_slow(self: &Arc<Self>, err: Error, cause: Cause) {
         // A lone scope whose parent is done is already done, for the parent's reason, as its
-        // queries say, and was counted in the parent's event (see "Lone leaves").
+        // queries say, and was counted in the parent's event (see `lone.rs`).
         if self.state.load(Ordering::Acquire) & LONE != 0
             && let Some(parent) = self.parent.scope()
             && parent.is_done()
@@ -354,3 +354,11 @@ pub(crate) fn run_reported(what: &'static str, f: impl FnOnce()) {
         tracing::error!(target: "taskctx", panic = message, "{what} panicked");
     }
 }
+
+// Where each kind of the walk's batches finds room when it spills (see `batch.rs`): the kinds
+// a long chain's walk spills keep it per thread.
+kept_room!(Step, KEPT_STEPS);
+kept_room!(Arc<Scope>, KEPT_SCOPES);
+impl Room for CancellationToken {}
+impl Room for Waker {}
+impl Room for Callback {}
