@@ -324,17 +324,20 @@ pub(super) mod waking {
 }
 
 /// Runs an `after_func` callback (see [`run_reported`]).
+#[inline]
 pub(crate) fn run_callback(f: Callback) {
     run_reported("an after_func callback", f);
 }
 
 /// Wakes a waiter (see [`run_reported`]).
+#[inline]
 pub(crate) fn wake(waker: Waker) {
     run_reported("a waker", || waker.wake());
 }
 
 /// Cancels a token handed out by `Context::token`, which wakes its waiters (see
 /// [`run_reported`]).
+#[inline]
 pub(super) fn cancel_mirror(token: CancellationToken) {
     run_reported("a token's waker", || token.cancel());
 }
@@ -344,6 +347,7 @@ pub(super) fn cancel_mirror(token: CancellationToken) {
 /// to finish, wake or run is not lost, and a canceller that has nothing to do with the
 /// panicking code (a timer, another task) does not unwind. Pinned by
 /// `tests/bad_input.rs::a_panicking_waker_loses_no_wake_and_no_callback`.
+#[inline]
 pub(crate) fn run_reported(what: &'static str, f: impl FnOnce()) {
     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         let message = panic
