@@ -1,12 +1,9 @@
-//! A scope's lock and what it guards, made on first use.
+//! What a scope's lock guards: its registrations, its source (a deadline's timer or a token
+//! watch) and the fields few scopes use ([`Extra`]: a custom cause, a deadline's cause, the
+//! mirror token).
 //!
-//! Most scopes are leaves that never take their lock (see `lone.rs`), and so never carry it:
-//! [`OnceInner`] is one pointer, null until the first [`OnceInner::get_or_init`]. Keeps
-//! invariant 15: the lock is published once, by a compare-and-swap from null (of two threads
-//! that race, one frees its own and takes the other's), never changed again while shared, and
-//! freed only by `drop`, with exclusive access. Pinned by
-//! `loom_two_first_registrations_race_to_make_the_lock`, whose `lock_check` fails the model
-//! on an unordered publication or a leak.
+//! Keeps invariant 1's storage: a custom cause lives here, written under the lock before
+//! `CUSTOM_CAUSE` is published. The lock itself is made on first use (`once.rs`).
 
 use std::mem;
 

@@ -23,7 +23,9 @@
 //! | [`waiters`] | `done()` waiters, `after_func` callbacks, the mirror token | 2 |
 //! | [`expire`] | deadlines and token watches: arming, firing, the timers' handle | 13 |
 //! | [`recycle`] | releasing a scope unfinished, and per-thread reuse of its allocation | 14 |
-//! | [`inner`] | the lazily made lock and what it guards | 15 |
+//! | [`kept`] | a scope proven unreachable, written without a second check (`unsafe`) | 14 |
+//! | [`inner`] | what a scope's lock guards: registrations, a source, rarer fields | 1 |
+//! | [`once`] | the lock, made on first use and published once (`unsafe`) | 15 |
 //! | [`census`] | counting what lives below a scope | |
 //! | [`node`] | the chain a context is a handle to, and its iterative release | 9 |
 //!
@@ -121,8 +123,8 @@
 //! # Memory orderings
 //!
 //! Every change to `state` is a read-modify-write with `AcqRel` (`Acquire` on failure), but
-//! one: the `Release` store that clears `LONE`, made while no other change can be (see
-//! [`Scope::unlone`]). So all changes to it form one total order that also orders the
+//! the `Release` store that clears `LONE`, made while no other change can be (see
+//! [`Scope::unlone`]), and the plain stores of a reset for reuse, made with exclusive access. So all changes to it form one total order that also orders the
 //! critical sections around them; lock-free readers (`is_done`, `err`, `cause`) load it with
 //! `Acquire`, which is all invariant 1 needs. Every other field is read and written under a
 //! lock, but the `lone`, `home` and `tasks` counts, relaxed counters that only decide where a
@@ -158,7 +160,8 @@
 //! wakers, mirror tokens and callbacks of what it finished on the thread that called
 //! `cancel()` (a handle's `cancel` or drop, a deadline's timer task or thread, a token watch's
 //! waker), after every lock is released. Drops run on the thread that lets go of the last
-//! reference: the walk drops the scopes it reached only after it has released everything.
+//! reference: the walk drops the scopes it reached once its whole subtree is settled (no
+//! `PROPAGATING` bit of its own left), before the waiters and callbacks it deferred.
 //!
 //! # Entry points
 //!
