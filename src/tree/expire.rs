@@ -2,9 +2,11 @@
 //!
 //! A timer or token watch ([`Source`], in `source.rs` and `wheel.rs`) holds an [`Expiry`],
 //! a weak reference to the scope it may cancel that can do nothing else, and is held by the
-//! scope (in `Inner`), so that dropping the scope disarms it. Keeps invariant 8: a source
-//! installed in a done scope is dropped at once, under the scope's lock claim (invariant 2),
-//! so no timer outlives the cancellation that made it useless.
+//! scope (in `Inner`), so that dropping the scope disarms it. Keeps invariant 13: a source
+//! installed in a done scope is dropped at once, refused by the claim under the scope's lock
+//! (invariant 2), so no timer outlives the cancellation that made it useless. Pinned by
+//! `loom_a_source_installed_during_a_cancel_is_dropped` and
+//! `loom_a_token_watch_set_while_the_parent_is_cancelled_is_dropped`.
 
 use std::sync::{Arc, Weak};
 
