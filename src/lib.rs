@@ -126,22 +126,24 @@
 //!
 //! # Performance
 //!
-//! [`Context::is_done`] and [`Context::err`] are one atomic load. Deriving a cancellable
-//! context is at most one allocation, and none when the thread has one to reuse: a cancel
-//! handle that outlives its context's clones, or a child that outlives its parent's handle
-//! and context, leaves the parent's memory to its thread when it goes (up to 1,024 per thread,
-//! as Go's allocator keeps freed memory per thread), so a chain released leaf first, or a
-//! context dropped before its handle, is rebuilt without the allocator. A context keeps its
-//! first registration (a child, a waiting `done()`, a callback) inline: registering it
-//! allocates nothing. A `done()` future of a child that nothing else registers in (a task
-//! awaiting its own child) waits in the parent, so the child takes no lock of its own. A deadline adds two (a Tokio timer entry and its waker) and no task, and
-//! the first deadline a scope's allocation carries one more (the out-of-line fields, which it
-//! keeps when reused). A value context is two allocations:
-//! the node, and the value boxed behind it, which keeps every layer's key at a fixed offset so
-//! that a lookup is one dependent load per layer; one for a zero-sized value. A lookup of a
-//! key that no layer holds usually stops at the first value layer, whose mask of the keys
-//! above says so. Awaiting [`Context::done`] on a context that is already done neither locks
-//! nor allocates. Cancellation walks the subtree iteratively, so chains of any depth are safe.
+//! What a program can rely on:
+//!
+//! - Checks do not allocate: [`Context::is_done`], [`Context::err`], [`Context::cause`],
+//!   [`Context::deadline`] and value lookups, on a live or a done context. `is_done` and `err`
+//!   read an atomic and take no lock.
+//! - Awaiting [`Context::done`] on a context that is already done does not allocate, and
+//!   cancelling a context wakes a few waiters without allocating.
+//! - A cancellable context is one allocation. Its lock and its room for registrations are
+//!   made later, once, if anything needs them: deriving from it a context that is itself
+//!   derived from or waited on, a `done()` waiting on it, an `after_func`, a deadline
+//!   or a token. Each thread keeps the memory of up to 1,024 released contexts and reuses it,
+//!   so a loop that derives and releases contexts stops allocating for them once warm.
+//! - A value context is two allocations (one for a zero-sized value), and a lookup walks one
+//!   layer per derived context, stopping early at a value layer that says the key is not
+//!   above it.
+//! - A deadline runs no task: inside a Tokio runtime it is a timer entry and its waker.
+//! - Cancelling and dropping are iterative: a chain of any depth is cancelled and released
+//!   without growing the stack.
 //!
 //! # Observability
 //!
@@ -156,7 +158,8 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
-#![deny(unsafe_code)] // two exceptions, `tree::Kept::get` and `tree::Scope::fresh`, with their reasons
+#![deny(unsafe_code)]
+// three exceptions: `tree::scope`'s `Scope::fresh`, `tree::kept`'s `Kept::get` and the `tree::once` module, each with its reasons
 #![warn(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
 

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Each model races two or three threads over one of the tree's protocols (see the header of
-//! `tree.rs`): the lock-free finish against registration, publishing a custom cause, linking a
+//! `tree/mod.rs`): the lock-free finish against registration, publishing a custom cause, linking a
 //! child or a merge while a parent is cancelled, a `done()` future registering its waker while
 //! the context is cancelled or going away, `AfterFunc::stop` against the callback, and
 //! installing a token watch or a mirror token (`Context::token`) in a scope being cancelled,
@@ -36,21 +36,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::source::{self, Fallback};
 use crate::testing::census;
-use crate::tree::{Kind, Scope};
+use crate::tree::Scope;
+use crate::tree::node::Node;
 use crate::wheel::{Wheel, loom_timer};
 use crate::{Cause, Context, Error};
 
-/// `pair`, with its context registered in its parent rather than lone (see "Lone leaves" in
-/// `tree.rs`), as it is once anything registers in it (a lone context's `done()` future waits
+/// `pair`, with its context registered in its parent rather than lone (see
+/// `tree/lone.rs`), as it is once anything registers in it (a lone context's `done()` future waits
 /// in the parent instead, and does not link it).
 fn linked<T>(pair: (Context, T)) -> (Context, T) {
     pair.0.scope().unwrap().link_first();
     pair
-}
-
-/// A scope of `kind` under `background()`, as its constructors make it.
-fn root_scope(kind: Kind) -> Arc<Scope> {
-    Scope::new(&Context::background(), || kind, None, None, None, None)
 }
 
 #[test]
@@ -332,8 +328,7 @@ fn loom_a_lone_childs_future_dropped_during_its_cancel_leaves_nothing() {
 /// A lone child's own `cancel()` while the child links (a grandchild is derived from it) and
 /// its parent is cancelled: the cancel may find the child lone, then the parent done, and the
 /// child linked by then, with the parent's walk still to reach it. It must not return before
-/// the child is done (it returned early, with the child live, until `Scope::cancel_slow` went
-/// on in that case).
+/// the child is done: `Scope::cancel_slow` goes on in that case.
 #[test]
 fn loom_a_lone_childs_cancel_returns_done_while_it_links_and_its_parent_is_cancelled() {
     loom::model(|| {
@@ -428,7 +423,7 @@ fn loom_every_cancel_returns_after_the_subtree_is_done() {
 #[test]
 fn loom_a_source_installed_during_a_cancel_is_dropped() {
     loom::model(|| {
-        let scope = root_scope(Kind::Token);
+        let scope = Scope::with_cancel(&Node::Background);
         let watch = source::watch_token(&scope, CancellationToken::new()).expect("a live token");
         // The watch's waker holds the only weak reference to the scope: while the watch is
         // installed the count is 1, and it drops to 0 when the watch is dropped.
@@ -551,7 +546,7 @@ fn loom_a_done_future_dropped_during_a_cancel_leaves_nothing() {
 fn loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel() {
     loom::model(|| {
         let wheel = Wheel::new();
-        let scope = root_scope(Kind::Cancel);
+        let scope = Scope::with_cancel(&Node::Background);
         // The stand-in for Tokio's timer driver: fires the timer once it has been started.
         let driver = thread::spawn(|| {
             while !loom_timer::fire_one() {
@@ -583,7 +578,7 @@ fn loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel() {
 fn loom_an_earlier_deadline_wakes_the_fallback_timer_thread() {
     loom::model(|| {
         let fallback = Arc::new(Fallback::new());
-        let scope = root_scope(Kind::Cancel);
+        let scope = Scope::with_cancel(&Node::Background);
         let now = std::time::Instant::now();
         fallback.schedule(&scope, now + std::time::Duration::from_secs(3600));
         let thread = {
@@ -687,7 +682,7 @@ fn loom_a_live_scope_released_by_its_child_races_the_parents_cancel() {
     });
 }
 
-/// A scope makes its lock on first use (`OnceInner` in `tree.rs`). Two threads that register
+/// A scope makes its lock on first use (`OnceInner` in `tree/once.rs`). Two threads that register
 /// in a fresh scope at once race to make it: one publishes its allocation, the other frees its
 /// own and takes that one. Either way both registrations are in the one lock's slab, and the
 /// scope's cancellation runs both callbacks. `tree::lock_check` makes the model fail if the

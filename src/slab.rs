@@ -5,13 +5,11 @@
 //! that a registration can be removed by the index it was given, without a search.
 //!
 //! The first entry is kept inline, next to the scope's lock (in the allocation the scope makes
-//! on its first registration): a scope with one registration allocates no room for more (a
-//! chain of 1,000 contexts: 1,872 -> 936 allocations, when the lock was in the scope). Tried first with the
-//! 232-byte scope, this made the cancellation of a root with 100,000 waiting children 50-80%
-//! slower (a memory-layout effect: see the scope's size test in `tree.rs`) and was taken out;
-//! with the slimmer scope it is faster there too: 60.8 -> 53.5 ms, and `CancelTree` at depth
-//! 1,000 `Background` 99.7 -> 80.1 us, `OpenCanceler` 141.4 -> 110.5 us (medians of 3
-//! alternating runs).
+//! on its first registration): a scope with one registration allocates no room for more.
+//! Whether this pays depends on the scope's size class (see
+//! `a_scope_allocation_stays_at_120_bytes` in `tree/tests.rs`): re-measure
+//! `ScaleCancelFanout` and `CancelTree/depth=1000` in `benches/go_suite.rs` before changing
+//! either.
 //!
 //! # Invariants
 //!
@@ -65,7 +63,7 @@ pub(crate) struct Slab<T> {
     /// Index of the first free entry, or [`NONE`]. Free entries are linked through their
     /// `next_free`; some of `rest`'s may never have been filled (see [`Slab::grow`]). It and
     /// `len` are 32 bits wide, which keeps a scope's lock in a 96-byte glibc chunk (see
-    /// `Inner` in `tree.rs`); [`Slab::grow`] stops at that size.
+    /// `Inner` in `tree/inner.rs`); [`Slab::grow`] stops at that size.
     next_free: u32,
     /// How many entries are full, and [`SPARSE`].
     len: u32,
@@ -115,11 +113,9 @@ impl<T> Slab<T> {
     /// [`Slab::insert`] with the value built only once its entry is known, in place: what a
     /// registration does. Every insert fills a vacant entry, the vector's end included, which
     /// [`Slab::grow`] links in ahead of time: so nothing is called between building the value
-    /// and storing it. (`Vec::push` took the value across its growth check: built in a stack
-    /// slot, it was copied into the vector by a load wider than the stores that wrote it, a
-    /// store-forwarding stall on which `perf` put 40% of a registration's samples.
-    /// `ScaleMemoryPerContext/derive=with_cancel` in a loop of its own, 100,000 children:
-    /// 36.6 -> 29.9 ns per derive; 1,000 children, all in cache: 26.4 -> 21.4.)
+    /// and storing it: a value built in a stack slot and carried across a growth check is
+    /// copied by a load wider than the stores that wrote it, a store-forwarding stall.
+    /// `ScaleMemoryPerContext` in `benches/go_suite.rs` shows it.
     #[inline(always)]
     pub(crate) fn insert_with(&mut self, make: impl FnOnce() -> T) -> usize {
         if self.next_free == NONE {
@@ -141,8 +137,7 @@ impl<T> Slab<T> {
 
     /// Appends a few vacant entries, linked in order, for a slab whose free list is empty.
     // A few at a time (at most 32, 768 bytes of `Reg`s), so that they are still in the cache
-    // when filled: the whole room at once, as many as the slab already held, made the same
-    // 100,000-child loop 34.4 ns per derive rather than 29.9. Within the room the vector has,
+    // when filled (`ScaleMemoryPerContext` shows the difference). Within the room the vector has,
     // then as many as it holds (its growth doubles it, as one more push would): so the room
     // follows the most entries ever held as it did with `Vec::push`, which `clear`'s
     // `KEPT_CAPACITY` relies on.

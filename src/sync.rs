@@ -15,7 +15,7 @@ pub(crate) use std::sync::atomic::{
 pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Where threads sleep while another thread's cancellation finishes walking a subtree
-/// (`Scope::wait_settled` in `tree.rs`). One for the process: such sleeps are rare and short.
+/// (`Scope::wait_settled` in `tree/walk.rs`). One for the process: such sleeps are rare and short.
 pub(crate) struct ParkingLot {
     pub(crate) mutex: Mutex<()>,
     pub(crate) condvar: Condvar,

@@ -23,84 +23,11 @@
 //! # }
 //! ```
 
-use std::fmt;
 use std::time::Duration;
 
 use crate::context::Context;
 
-/// What is alive at and below a context, as counted by [`census`].
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use taskctx::{Context, testing::census};
-///
-/// let (root, _cancel) = Context::background().with_cancel();
-/// let (_child, _cancel_child) = root.with_timeout(Duration::from_secs(5));
-/// let counted = census(&root);
-/// assert_eq!((counted.contexts, counted.timers, counted.tasks), (1, 1, 0));
-/// println!("{counted}"); // 1 contexts, 1 timers, 0 token watches, 0 tasks, 0 waiters, 0 callbacks
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub struct Census {
-    /// Cancellable contexts derived from the root (directly or not) that still follow it: not
-    /// yet done, and still held by someone. Value and `without_cancel` contexts follow their
-    /// parent's scope rather than being one, and are not counted.
-    pub contexts: usize,
-    /// Deadline timers armed by those contexts.
-    pub timers: usize,
-    /// Token watches of those contexts (from [`Context::with_token`]).
-    pub token_watches: usize,
-    /// Tasks started with [`Context::spawn`] or [`Context::spawn_graceful`] on the root or
-    /// below it that have not ended (a graceful task's grace included), including those below
-    /// a [`Context::without_cancel`]: work detached from a request still counts in the
-    /// request's census until it ends.
-    pub tasks: usize,
-    /// `done()` futures waiting on the root or below it.
-    pub waiters: usize,
-    /// `after_func` callbacks registered on the root or below it.
-    pub callbacks: usize,
-}
-
-impl Census {
-    /// Whether nothing that would outlive the work is left: no derived context, timer, token
-    /// watch, task or waiter. Callbacks registered on the root itself do not count.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use taskctx::{Context, testing::census};
-    ///
-    /// let (root, _cancel) = Context::background().with_cancel();
-    /// assert!(census(&root).is_clean());
-    /// let (_child, _cancel_child) = root.with_cancel();
-    /// assert!(!census(&root).is_clean());
-    /// ```
-    pub fn is_clean(&self) -> bool {
-        self.contexts == 0
-            && self.timers == 0
-            && self.token_watches == 0
-            && self.tasks == 0
-            && self.waiters == 0
-    }
-}
-
-impl fmt::Display for Census {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} contexts, {} timers, {} token watches, {} tasks, {} waiters, {} callbacks",
-            self.contexts,
-            self.timers,
-            self.token_watches,
-            self.tasks,
-            self.waiters,
-            self.callbacks
-        )
-    }
-}
+pub use crate::tree::census::Census;
 
 /// Counts what is alive at and below `root`.
 ///

@@ -1,12 +1,8 @@
 //! Request-scoped values: the nodes that carry them and the typed keys that name them.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
-use std::sync::Arc;
-
-use crate::context::Context;
-use crate::tree::Scope;
 
 /// A typed key for request-scoped values: a type that names one value slot.
 ///
@@ -14,7 +10,7 @@ use crate::tree::Scope;
 /// lookup hands back an untyped `any`. Here a key is a type you own: no other crate can name it,
 /// and the compiler knows the type of the value it stores. Use a key when the value's own type
 /// is too general to be unique (two `String`s, a `u64` user id next to a `u64` tenant id); when
-/// the type is yours and says what it holds, [`Context::with_value`] keyed by the type alone
+/// the type is yours and says what it holds, [`Context::with_value`](crate::Context::with_value) keyed by the type alone
 /// is simpler.
 ///
 /// # Examples
@@ -51,7 +47,7 @@ pub trait Key: 'static {
 /// used as a value type.
 pub(crate) struct KeyTag<K>(PhantomData<K>);
 
-/// The bit of `key` in a [`ValueNode::keys`] mask. A `TypeId` is already a hash of its type;
+/// The bit of `key` in a `ValueNode::keys` mask. A `TypeId` is already a hash of its type;
 /// its own `Hash` hands this the bits to pick from.
 #[inline]
 pub(crate) fn key_bit(key: TypeId) -> u64 {
@@ -80,34 +76,4 @@ pub(crate) fn key_bit(key: TypeId) -> u64 {
 
 pub(crate) fn key_id<K: Key>() -> TypeId {
     TypeId::of::<KeyTag<K>>()
-}
-
-/// How a value node was keyed, for `Display`: names only, never contents.
-pub(crate) enum Label {
-    Type(&'static str),
-    Key(&'static str),
-}
-
-/// A context that carries one value. The header is sized and the value boxed, so that a
-/// lookup walks fixed offsets: one dependent load per layer.
-pub(crate) struct ValueNode {
-    /// One bit for each key held by this layer or any layer above it (bit [`key_bit`] of the
-    /// key): a lookup of a key whose bit is clear stops here. 64 bits, so with a dozen keys in
-    /// a chain a missing key is let through to the full walk about one time in six.
-    pub(crate) keys: u64,
-    pub(crate) parent: Context,
-    /// The scope that governs this context, cached so that queries need no walk.
-    pub(crate) scope: Option<Arc<Scope>>,
-    pub(crate) key: TypeId,
-    pub(crate) label: Label,
-    pub(crate) value: Box<dyn Any + Send + Sync>,
-}
-
-impl Drop for ValueNode {
-    fn drop(&mut self) {
-        // The cached scope first: the parent's scope may then be released by its last
-        // reference, and reused (see "Reuse" in `tree.rs`).
-        self.scope = None;
-        crate::context::release(std::mem::take(&mut self.parent));
-    }
 }

@@ -1,6 +1,5 @@
 //! The public handle: [`Context`].
 
-use std::any::{Any, TypeId};
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
@@ -14,10 +13,12 @@ use crate::after_func::AfterFunc;
 use crate::error::{Cause, Error};
 use crate::future::{CancelledOwned, Done, DoneOwned, RunUntilCancelled, RunWithGrace};
 use crate::handle::{CancelCauseHandle, CancelHandle};
-use crate::source;
 use crate::task::TaskHandle;
-use crate::tree::{Kind, Scope, run_callback};
-use crate::value::{Key, Label, ValueNode, key_bit, key_id};
+use crate::tree::node::Node;
+use crate::tree::{Scope, run_callback};
+
+mod name;
+mod values;
 
 /// A cancellation signal, a deadline and request-scoped values, passed down every call.
 ///
@@ -53,7 +54,7 @@ use crate::value::{Key, Label, ValueNode, key_bit, key_id};
 /// - **No forgotten `cancel`.** The handle that cancels a derived context cancels it when
 ///   dropped, and a context whose every handle is gone leaves nothing behind: not a child entry
 ///   in its parent, not a timer. Go leaks both until the parent is cancelled.
-/// - **Typed values.** Values are looked up by their type or by a [`Key`] type, never by an
+/// - **Typed values.** Values are looked up by their type or by a [`Key`](crate::Key) type, never by an
 ///   untyped key, so two crates cannot collide and a lookup needs no type assertion.
 /// - **Confirmed stops.** [`Context::spawn`] hands back a handle that resolves once the task
 ///   has really stopped, with its output or the context's error.
@@ -72,27 +73,6 @@ use crate::value::{Key, Label, ValueNode, key_bit, key_id};
 #[derive(Clone)]
 pub struct Context {
     node: Node,
-}
-
-#[derive(Clone, Default)]
-enum Node {
-    #[default]
-    Background,
-    Todo,
-    Scope(Arc<Scope>),
-    Value(Arc<ValueNode>),
-    Detached(Arc<Detached>),
-}
-
-/// A `without_cancel` context: the parent's values, none of its cancellation.
-struct Detached {
-    parent: Context,
-}
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        release(std::mem::take(&mut self.parent));
-    }
 }
 
 impl Default for Context {
@@ -158,34 +138,13 @@ impl Context {
     /// The scope that decides when this context is done, if anything can.
     #[inline]
     pub(crate) fn scope(&self) -> Option<&Arc<Scope>> {
-        match &self.node {
-            Node::Scope(scope) => Some(scope),
-            Node::Value(node) => node.scope.as_ref(),
-            Node::Background | Node::Todo | Node::Detached(_) => None,
-        }
+        self.node.scope()
     }
 
     /// The nearest scope at or above this context, across `without_cancel` boundaries: where
     /// the leak check counts a task started on this context.
     pub(crate) fn counting_scope(&self) -> Option<&Arc<Scope>> {
-        let mut current = self;
-        loop {
-            if let Some(scope) = current.scope() {
-                return Some(scope);
-            }
-            current = current.parent()?;
-        }
-    }
-
-    /// The context this one was derived from, along the chain values are looked up in.
-    #[inline]
-    fn parent(&self) -> Option<&Context> {
-        match &self.node {
-            Node::Scope(scope) => Some(scope.parent()),
-            Node::Value(node) => Some(&node.parent),
-            Node::Detached(node) => Some(&node.parent),
-            Node::Background | Node::Todo => None,
-        }
+        self.node.counting_scope()
     }
 
     /// Derives a child that is done when this context is, or when the returned handle is
@@ -219,13 +178,12 @@ impl Context {
     }
 
     /// The scope of a `with_cancel` child: out of line, while the pair returned is built in the
-    /// caller, from one pointer in a register. (Returned from here through memory, the
-    /// context's two words were written one by one and read back in one wider load by the
-    /// caller, a store-forwarding stall: `CancelTree/depth=1/Root=OpenCanceler` in a loop of its
-    /// own, 137 -> 129 ns/op.)
+    /// caller, from one pointer in a register: returned through memory, the context's two words
+    /// would be written one by one and read back by one wider load, a store-forwarding stall
+    /// (`CancelTree/depth=1/Root=OpenCanceler`).
     #[inline(never)]
     fn new_cancel_scope(&self) -> Arc<Scope> {
-        Scope::new(self, || Kind::Cancel, None, None, None, None)
+        Scope::with_cancel(&self.node)
     }
 
     /// Like [`Context::with_cancel`], but the handle cancels with a cause, which the child and
@@ -326,7 +284,7 @@ impl Context {
         cause: Option<Cause>,
         now: Option<Instant>,
     ) -> (Context, CancelHandle) {
-        let scope = Scope::new(self, || Kind::Deadline { at }, None, Some(at), cause, now);
+        let scope = Scope::with_deadline(&self.node, at, cause, now);
         (Context::from_scope(scope.clone()), CancelHandle::new(scope))
     }
 
@@ -438,172 +396,6 @@ impl Context {
         }
     }
 
-    /// Derives a child that carries `value`, looked up by its type with [`Context::value`].
-    ///
-    /// The child is done exactly when this context is. A lookup finds the innermost binding of
-    /// a type, so a child can shadow its parent's value. Values are for request-scoped data
-    /// that crosses API boundaries (a request id, the caller's identity, a trace handle), not
-    /// for optional function arguments. Deriving costs two allocations, the node and the boxed
-    /// value (one for a zero-sized value); lookups through it allocate nothing.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use taskctx::Context;
-    ///
-    /// #[derive(Debug, PartialEq)]
-    /// struct TenantId(u32);
-    ///
-    /// let ctx = Context::background().with_value(TenantId(4));
-    /// assert_eq!(ctx.value::<TenantId>(), Some(&TenantId(4)));
-    /// let inner = ctx.with_value(TenantId(9));
-    /// assert_eq!(inner.value::<TenantId>(), Some(&TenantId(9)), "innermost wins");
-    /// assert_eq!(ctx.value::<TenantId>(), Some(&TenantId(4)));
-    /// ```
-    pub fn with_value<T: Send + Sync + 'static>(&self, value: T) -> Context {
-        self.with_node(
-            TypeId::of::<T>(),
-            Label::Type(std::any::type_name::<T>()),
-            value,
-        )
-    }
-
-    /// Derives a child that carries `value` under the typed key `K`, looked up with
-    /// [`Context::get`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use taskctx::{Context, Key};
-    ///
-    /// struct Deadline;
-    /// impl Key for Deadline {
-    ///     type Value = &'static str;
-    /// }
-    ///
-    /// let ctx = Context::background().with_key::<Deadline>("soft");
-    /// assert_eq!(ctx.get::<Deadline>(), Some(&"soft"));
-    /// ```
-    pub fn with_key<K: Key>(&self, value: K::Value) -> Context {
-        self.with_node(key_id::<K>(), Label::Key(std::any::type_name::<K>()), value)
-    }
-
-    fn with_node<T: Send + Sync + 'static>(&self, key: TypeId, label: Label, value: T) -> Context {
-        let node = Arc::new(ValueNode {
-            parent: self.clone(),
-            scope: self.scope().cloned(),
-            keys: self.keys_above() | key_bit(key),
-            key,
-            label,
-            value: Box::new(value),
-        });
-        Context {
-            node: Node::Value(node),
-        }
-    }
-
-    /// The innermost value of type `T` this context carries, if any.
-    ///
-    /// The lookup walks up the chain of derived contexts; it never allocates or locks. Each
-    /// value layer keeps a 64-bit mask of the keys held from it up, so a type that no layer
-    /// holds is usually answered at the first value layer, however deep the chain.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use taskctx::Context;
-    ///
-    /// let ctx = Context::background().with_value(42u8);
-    /// let (child, _cancel) = ctx.with_cancel();
-    /// assert_eq!(child.value::<u8>(), Some(&42));
-    /// assert_eq!(child.value::<u16>(), None);
-    /// ```
-    #[inline]
-    pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.lookup(TypeId::of::<T>())?.downcast_ref()
-    }
-
-    /// The innermost value stored under the key `K`, if any.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use taskctx::{Context, Key};
-    ///
-    /// struct Locale;
-    /// impl Key for Locale {
-    ///     type Value = String;
-    /// }
-    ///
-    /// let ctx = Context::background();
-    /// assert_eq!(ctx.get::<Locale>(), None);
-    /// let ctx = ctx.with_key::<Locale>("pt-BR".into());
-    /// assert_eq!(ctx.get::<Locale>().map(String::as_str), Some("pt-BR"));
-    /// ```
-    #[inline]
-    pub fn get<K: Key>(&self) -> Option<&K::Value> {
-        self.lookup(key_id::<K>())?.downcast_ref()
-    }
-
-    /// The key mask of the nearest value layer at or above this context (see `ValueNode::keys`).
-    fn keys_above(&self) -> u64 {
-        let mut current = self;
-        loop {
-            current = match &current.node {
-                Node::Value(node) => return node.keys,
-                Node::Scope(scope) => scope.parent(),
-                Node::Detached(node) => &node.parent,
-                Node::Background | Node::Todo => return 0,
-            };
-        }
-    }
-
-    #[inline]
-    fn lookup(&self, key: TypeId) -> Option<&(dyn Any + Send + Sync)> {
-        let bit = key_bit(key);
-        // One match per layer: this loop is the whole cost of a deep lookup. A miss ends at the
-        // first value layer whose mask says that no layer from it up holds the key.
-        let mut current = self;
-        loop {
-            current = match &current.node {
-                Node::Value(node) if node.key == key => return Some(&*node.value),
-                Node::Value(node) if node.keys & bit == 0 => return None,
-                Node::Value(node) => &node.parent,
-                Node::Scope(scope) => scope.parent(),
-                Node::Detached(node) => &node.parent,
-                Node::Background | Node::Todo => return None,
-            };
-        }
-    }
-
-    /// Derives a child that keeps this context's values but none of its cancellation: it is
-    /// never done and has no deadline, whatever happens to this context.
-    ///
-    /// Go's `WithoutCancel`, for work that must outlive the request that started it (an audit
-    /// write, a cache fill). Give such work its own bound: derive a timeout from the result.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use taskctx::Context;
-    ///
-    /// let (request, cancel) = Context::background().with_value("req-1").with_cancel();
-    /// let detached = request.without_cancel();
-    /// cancel.cancel();
-    /// assert!(request.is_done());
-    /// assert!(!detached.is_done());
-    /// assert_eq!(detached.err(), None);
-    /// assert!(detached.cause().is_none());
-    /// assert_eq!(detached.value::<&str>(), Some(&"req-1"));
-    /// ```
-    pub fn without_cancel(&self) -> Context {
-        Context {
-            node: Node::Detached(Arc::new(Detached {
-                parent: self.clone(),
-            })),
-        }
-    }
-
     /// Derives a child that is done as soon as this context or `other` is, with the error and
     /// cause of whichever was done first. If both are already done when the merge is made, the
     /// child reports this context's error and cause.
@@ -628,14 +420,7 @@ impl Context {
     /// assert!(!request.is_done());
     /// ```
     pub fn merge(&self, other: &Context) -> Context {
-        Context::from_scope(Scope::new(
-            self,
-            || Kind::merge(other.clone()),
-            Some(other),
-            None,
-            None,
-            None,
-        ))
+        Context::from_scope(Scope::merge(&self.node, &other.node))
     }
 
     /// Derives a child that is done when this context is or when `token` is cancelled, with
@@ -657,14 +442,7 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
     pub fn with_token(&self, token: CancellationToken) -> Context {
-        let scope = Scope::new(self, || Kind::Token, None, None, None, None);
-        if !scope.is_done() {
-            match source::watch_token(&scope, token) {
-                Some(watch) => scope.set_source(watch),
-                None => scope.cancel(Error::Canceled, Cause::from(Error::Canceled)),
-            }
-        }
-        Context::from_scope(scope)
+        Context::from_scope(Scope::with_token(&self.node, token))
     }
 
     /// A root context that is done when `token` is cancelled: `background().with_token(token)`.
@@ -770,11 +548,10 @@ impl Context {
     /// A future that completes, with this context's error, when the context is done.
     ///
     /// Equivalent to `async fn done(&self) -> Error`. On a context that is already done it is
-    /// ready at once, without locking or allocating. On one that can never be done it never
-    /// completes. Pending on a child nothing else registers in, it waits in the parent (the
-    /// child makes no lock of its own); if the child then starts to hold registrations (a
-    /// child of its own, a second waiter), the future is woken once and, polled again,
-    /// registers in the child.
+    /// ready at once, without allocating. On one that can never be done it never completes. A
+    /// pending future may be woken once before its context is done; polled again, it is
+    /// pending again and woken when the context is done, as `select!` and other pollers
+    /// expect.
     ///
     /// # Examples
     ///
@@ -885,10 +662,8 @@ impl Context {
     pub fn is_done(&self) -> bool {
         // Matched here rather than through `scope()`: that match compiles to a jump table and
         // a jump back to a shared load, three taken branches a check; with the arms apart the
-        // scope's load follows its compare. `ContextCancelDone` 1.47 -> 0.87 ns/op, `ErrOK`
-        // 3.44 -> 2.20 (medians of 16 alternating processes), through a value layer
-        // 1.71 -> 1.80. Sending the other arms out of line took `ErrOK` to 1.16 but the value
-        // layer to 3.41.
+        // scope's load follows its compare (`ContextCancelDone`, `ErrOK` and
+        // `ErrOKThroughValue` in `benches/go_suite.rs`).
         match &self.node {
             Node::Scope(scope) => scope.is_done(),
             Node::Value(node) => node.scope.as_ref().is_some_and(|scope| scope.is_done()),
@@ -913,7 +688,7 @@ impl Context {
     /// ```
     #[inline]
     pub fn err(&self) -> Option<Error> {
-        // As in `is_done`, whose comment has the figures.
+        // As in `is_done`.
         match &self.node {
             Node::Scope(scope) => scope.err(),
             Node::Value(node) => node.scope.as_ref().and_then(|scope| scope.err()),
@@ -1273,136 +1048,6 @@ impl Context {
     {
         TaskHandle::spawn_graceful(self, grace, f(self.clone()))
     }
-
-    /// The other parent of a merge: its name goes inside this context's `.Merge(…)`.
-    fn merged_with(&self) -> Option<&Context> {
-        match &self.node {
-            Node::Scope(scope) => match scope.kind() {
-                Kind::Merge(merge) => Some(&merge.other),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-
-    /// Writes this context's layer of the Go-style name (after its parent's). A merge writes
-    /// only `.Merge(`: the caller writes the other parent's name and the `)`.
-    fn fmt_link(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.node {
-            Node::Background => f.write_str("context.Background"),
-            Node::Todo => f.write_str("context.TODO"),
-            Node::Detached(_) => f.write_str(".WithoutCancel"),
-            Node::Value(node) => match node.label {
-                Label::Type(name) => write!(f, ".WithValue(type {name})"),
-                Label::Key(name) => write!(f, ".WithValue(key {name})"),
-            },
-            Node::Scope(scope) => match scope.kind() {
-                Kind::Cancel => f.write_str(".WithCancel"),
-                Kind::Deadline { at, .. } => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    write!(f, ".WithDeadline([{left:?}])")
-                }
-                Kind::Merge(_) => f.write_str(".Merge("),
-                Kind::Token => f.write_str(".WithToken"),
-            },
-        }
-    }
-}
-
-/// The most layers a context's name shows (see `Display for Context`).
-const NAME_LAYERS: usize = 256;
-
-/// One chain of a name being written: what is left to write of it, root first.
-struct NameChain<'a> {
-    /// The layers still to write.
-    shown: std::vec::IntoIter<&'a Context>,
-    /// How many layers follow them that are left out.
-    left_out: usize,
-}
-
-impl<'a> NameChain<'a> {
-    /// The chain that ends at `ctx`, of which the `room` layers nearest the root are kept.
-    ///
-    /// Only those are collected, so that a long chain costs two walks and no more memory.
-    fn new(ctx: &'a Context, room: usize) -> Self {
-        let chain = || std::iter::successors(Some(ctx), |ctx| ctx.parent());
-        let depth = chain().count();
-        let left_out = depth.saturating_sub(room);
-        let mut shown: Vec<_> = chain().skip(left_out).collect();
-        shown.reverse();
-        NameChain {
-            shown: shown.into_iter(),
-            left_out,
-        }
-    }
-}
-
-impl fmt::Display for Context {
-    /// Go's form, such as `context.Background.WithCancel.WithValue(type my_app::User)`.
-    ///
-    /// Values show their type (or key type) only, never their contents: a value may hold a
-    /// credential. A deadline shows the time left in brackets. A merge shows the name of its
-    /// other parent in parentheses: `context.Background.WithCancel.Merge(context.TODO)`.
-    ///
-    /// A name shows at most 256 layers: the root and each `.With…` or `.Merge(`, counting those
-    /// inside a merge's parentheses. Past that, `…(N more)` ends each chain that has layers left
-    /// out, N of them (a merge among them counts as one, whatever its other parent holds), and
-    /// every open `Merge(` is closed. Merges can make a name of exponential length (a context
-    /// merged with itself 64 times names 2^64 layers); this bound keeps every name short.
-    /// Writing a name uses no more stack however deep its chains and merges, and time linear in
-    /// the layers shown and the depth of the chains they are in.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use taskctx::Context;
-    ///
-    /// let (ctx, _cancel) = Context::background().with_cancel();
-    /// let ctx = ctx.with_value(String::from("hunter2")).without_cancel();
-    /// assert_eq!(
-    ///     ctx.to_string(),
-    ///     "context.Background.WithCancel.WithValue(type alloc::string::String).WithoutCancel",
-    /// );
-    /// assert!(!ctx.to_string().contains("hunter2"));
-    ///
-    /// let mut deep = Context::background();
-    /// for _ in 0..300 {
-    ///     deep = deep.with_value(0u8);
-    /// }
-    /// assert!(deep.to_string().ends_with(".WithValue(type u8)…(45 more)"));
-    /// ```
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // An explicit stack of the chains being written, one more for each open `Merge(`, so
-        // that no nesting of merges can overflow the thread's stack; and a budget of layers,
-        // as the work would double with each merge of a context with itself. Pinned by the
-        // `display_of_*` tests in `tests/bad_input.rs` and by
-        // `display_names_at_most_256_layers_and_counts_the_rest_of_the_chain`.
-        let mut room = NAME_LAYERS;
-        let mut chains = vec![NameChain::new(self, room)];
-        while let Some(chain) = chains.last_mut() {
-            match chain.shown.next() {
-                Some(ctx) if room > 0 => {
-                    room -= 1;
-                    ctx.fmt_link(f)?;
-                    if let Some(other) = ctx.merged_with() {
-                        chains.push(NameChain::new(other, room));
-                    }
-                }
-                unwritten => {
-                    let more =
-                        chain.left_out + chain.shown.len() + usize::from(unwritten.is_some());
-                    if more > 0 {
-                        write!(f, "…({more} more)")?;
-                    }
-                    chains.pop();
-                    if !chains.is_empty() {
-                        f.write_str(")")?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 impl fmt::Debug for Context {
@@ -1412,103 +1057,5 @@ impl fmt::Debug for Context {
             .field("err", &self.err())
             .field("deadline", &self.deadline())
             .finish()
-    }
-}
-
-/// Drops a context without recursing down its chain of parents.
-///
-/// Each node owns its parent, so letting the last handle to a long chain drop would recurse once
-/// per node and overflow the stack. Instead, every node that this drop is the last owner of is
-/// emptied of its parents before it is dropped, and the parents are handled in this loop.
-#[inline]
-pub(crate) fn release(ctx: Context) {
-    // Roots own nothing. Each scope on the way up has its reference count read before
-    // `Arc::into_inner` changes it, to offer it for reuse if this was the last: a shared
-    // parent's cache line may then cross between cores twice rather than once, which
-    // `CommonParentCancel` (two cores, one parent) did not show (118.4 against 118.8 ns/op
-    // without it, medians of 7 alternating runs).
-    match &ctx.node {
-        Node::Background | Node::Todo => {}
-        _ => release_chain(ctx),
-    }
-}
-
-/// Lets go of `scope`; if that was the last reference, frees it and returns its parent
-/// (queueing a merge's other parent in `others`) for the caller to let go of next.
-#[inline(always)] // its result returned through memory stalled the loop below
-fn free(
-    scope: Arc<Scope>,
-    others: &mut Vec<Context>,
-    panic: &mut Option<Panic>,
-) -> Option<Context> {
-    Arc::into_inner(scope).map(|mut scope| {
-        let (parent, other) = scope.detach_parents();
-        others.extend(other);
-        // A cause or callback it still holds is the user's, and may panic in its drop.
-        drop_caught(scope, panic);
-        parent
-    })
-}
-
-/// A panic caught while releasing a chain, to be resumed once the chain is released.
-type Panic = Box<dyn Any + Send + 'static>;
-
-/// Drops `node`, which may run the user's `Drop` code, and keeps the first panic in `panic`.
-///
-/// Whatever the node held that the release goes on with (its parents) must already be taken
-/// out of it: a panic here must not take them along. Pinned by
-/// `value_whose_drop_panics_midway_down_a_chain_does_not_stop_its_release`.
-#[inline(always)]
-fn drop_caught<T>(node: T, panic: &mut Option<Panic>) {
-    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(node))) {
-        // Any later panic is dropped: only one can be resumed.
-        panic.get_or_insert(payload);
-    }
-}
-
-fn release_chain(ctx: Context) {
-    let mut next = Some(ctx);
-    let mut others = Vec::new(); // only merges put anything here
-    // The rest of the chain is released whatever one node's drop does: a panic is caught where
-    // user code runs (the drop of a value node, or of a freed scope) and resumed at the end.
-    let mut panic = None;
-    while let Some(ctx) = next.take().or_else(|| others.pop()) {
-        next = match ctx.node {
-            Node::Background | Node::Todo => None,
-            // A scope whose last reference this was is kept for reuse where it can be (see
-            // "Reuse" in `tree.rs`), and freed otherwise; a parent still held elsewhere, the
-            // common case, goes straight to the last arm. A parent shared between threads (one
-            // with shards) is not asked: reading its counts just before the drop writes them
-            // moved their cache line between the cores twice, where the drop alone moves it
-            // once (`CommonParentCancel` 76.7 -> 74.7 ns/op when the machine is quick; perf put
-            // 93% of this function's time on that read).
-            Node::Scope(scope) if !scope.is_sharded() && Arc::strong_count(&scope) == 1 => {
-                match Scope::try_recycle(scope) {
-                    Ok((parent, other)) => {
-                        others.extend(other);
-                        Some(parent)
-                    }
-                    Err(scope) => free(scope, &mut others, &mut panic),
-                }
-            }
-            Node::Scope(scope) => free(scope, &mut others, &mut panic),
-            // `get_mut` succeeds only for the sole owner (these nodes have no weak references).
-            Node::Value(mut node) => {
-                let parent = Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent));
-                drop_caught(node, &mut panic);
-                parent
-            }
-            Node::Detached(mut node) => {
-                Arc::get_mut(&mut node).map(|node| std::mem::take(&mut node.parent))
-            }
-        };
-    }
-    if let Some(payload) = panic {
-        // Resuming while this thread unwinds from another panic (this release runs in a drop
-        // during that unwinding) would abort the process: the panic already under way is the
-        // one the user sees.
-        if !std::thread::panicking() {
-            std::panic::resume_unwind(payload);
-        }
     }
 }
