@@ -325,14 +325,17 @@ pin_project! {
     ///
     /// # Cancel safety
     ///
-    /// Dropping it drops the service's future and cancels the request's context with the
-    /// cause [`ClientGone`].
+    /// Dropping it cancels the request's context with the cause [`ClientGone`], then drops
+    /// the service's future: code that runs as that future is dropped (a `Drop`, a task group
+    /// the handler owned) sees the context done, with that cause.
     #[must_use = "futures do nothing unless polled"]
     pub struct ServerFuture<F, B> {
+        // Declared first so that it drops first: see "Cancel safety" above
+        // (`tests/service_groups.rs`).
+        guard: Guard,
         #[pin]
         inner: Option<F>,
         refused: Option<Response<B>>,
-        guard: Guard,
         canceled_status: StatusCode,
     }
 }
