@@ -1,4 +1,12 @@
 //! tonic: the crate's errors as gRPC statuses, and tonic requests' contexts.
+//!
+//! tonic's server also reads `grpc-timeout` on its own and, when the budget runs out, answers
+//! `CANCELLED` ("Timeout expired") in place of the handler. A [`ServerLayer`](super::ServerLayer)
+//! on that server gives the handler's context the same budget, so the handler's work stops at
+//! that moment either way; only the status the client reads may be tonic's `CANCELLED` rather
+//! than `DEADLINE_EXCEEDED`. A client under a context with that deadline sees its own
+//! `DEADLINE_EXCEEDED` first, as its budget is the shorter one
+//! (`tests/service_two_hops.rs`).
 
 use tonic::{Code, Status};
 
