@@ -22,9 +22,10 @@
 //!   (`TASKCTX_FLAVOUR`, see `harness::Flavour`) and report wall time / `N`: `workers`, one task
 //!   per worker of a multi-thread Tokio runtime with one worker per core
 //!   (`std::thread::available_parallelism`, Go's `GOMAXPROCS`); `current-thread`, the one task
-//!   of a current-thread runtime (Go at `-cpu 1`); `blocking`, one `spawn_blocking` thread per
-//!   core (Go at its default). The clock starts once every thread has finished its setup and
-//!   stops when the last has finished; see `harness::Meeting`. Single-threaded rows run on the
+//!   of a current-thread runtime (Go at `-cpu 1`); `blocking`, one plain thread per core that
+//!   entered the multi-thread runtime, as blocking code does (Go at its default). The clock
+//!   starts once every thread has finished its setup and stops when the last has finished; see
+//!   `harness::Meeting`. Single-threaded rows run on the
 //!   main thread: with no runtime (`workers`), in `block_on` of the current-thread runtime, or
 //!   with the multi-thread runtime entered (`blocking`).
 //! - `B/op` and `allocs/op` come from a counting `#[global_allocator]` (over `System`), counted

@@ -20,8 +20,9 @@ pub(super) enum Flavour {
     /// One task on a current-thread runtime (`#[tokio::test]`, `flavor = "current_thread"`):
     /// Go at `-cpu 1`.
     CurrentThread,
-    /// Blocking code: `spawn_blocking` threads of a multi-thread runtime, one per core, whose
-    /// workers sit idle: Go at its default `GOMAXPROCS`.
+    /// Blocking code: plain threads, one per core, that entered a multi-thread runtime (as
+    /// `Handle::enter` or `block_on` from outside does; they are no task of it), whose workers
+    /// sit idle: Go at its default `GOMAXPROCS`.
     Blocking,
 }
 
@@ -129,13 +130,21 @@ impl Harness {
     }
 
     /// Runs `f` where the flavour's code derives its contexts: in a task on a worker, in the
-    /// task of a current-thread runtime, or on a `spawn_blocking` thread.
+    /// task of a current-thread runtime, or on a plain thread that entered the runtime.
     pub(super) fn on_worker<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let runtime = self.runtime();
         match self.flavour {
             Flavour::Workers => runtime.block_on(runtime.spawn(async { f() })).unwrap(),
             Flavour::CurrentThread => runtime.block_on(async { f() }),
-            Flavour::Blocking => runtime.block_on(runtime.spawn_blocking(f)).unwrap(),
+            Flavour::Blocking => {
+                let handle = runtime.handle().clone();
+                std::thread::spawn(move || {
+                    let _entered = handle.enter();
+                    f()
+                })
+                .join()
+                .unwrap()
+            }
         }
     }
 
@@ -295,7 +304,8 @@ pub(super) fn cpu_model() -> Option<String> {
 }
 
 /// Go's `RunParallel`: `n` operations split evenly over `h.procs` threads of the flavour: tasks
-/// on the workers, the one task of a current-thread runtime, or `spawn_blocking` threads. Each
+/// on the workers, the one task of a current-thread runtime, or plain threads that entered the
+/// runtime. Each
 /// first builds its state with `setup(index)`, untimed; `body(state, ops)` then runs its share
 /// of the operations. Timed from the moment every one is set up until the last is done;
 /// dropping the states is not timed.
@@ -317,16 +327,33 @@ where
     let tasks = h.procs;
     let meeting = Arc::new(Meeting::new(tasks));
     let (setup, body) = (Arc::new(setup), Arc::new(body));
-    let handles: Vec<_> = (0..tasks)
+    let attendants: Vec<_> = (0..tasks)
         .map(|index| {
             let ops = n / tasks as u64 + u64::from((index as u64) < n % tasks as u64);
             let (meeting, setup, body) = (meeting.clone(), setup.clone(), body.clone());
-            let attend = move || meeting.attend(|| setup(index), |state| body(state, ops));
-            match h.flavour {
-                Flavour::Blocking => runtime.spawn_blocking(attend),
-                _ => runtime.spawn(async move { attend() }),
-            }
+            move || meeting.attend(|| setup(index), |state| body(state, ops))
         })
+        .collect();
+    if h.flavour == Flavour::Blocking {
+        let threads: Vec<_> = attendants
+            .into_iter()
+            .map(|attend| {
+                let handle = runtime.handle().clone();
+                std::thread::spawn(move || {
+                    let _entered = handle.enter();
+                    attend()
+                })
+            })
+            .collect();
+        let sample = meeting.time();
+        threads
+            .into_iter()
+            .for_each(|thread| thread.join().unwrap());
+        return sample;
+    }
+    let handles: Vec<_> = attendants
+        .into_iter()
+        .map(|attend| runtime.spawn(async move { attend() }))
         .collect();
     let sample = meeting.time();
     for handle in handles {
@@ -381,7 +408,11 @@ impl Meeting {
             // took it, most likely in this worker's own run queue. Handing this worker, queue
             // and all, to a new thread lets the queued task run; this task goes on spinning on
             // the thread it keeps.
-            if self.started.load(Relaxed) < self.tasks && since.elapsed() > HAND_OFF_AFTER {
+            let in_task = tokio::task::try_id().is_some();
+            if in_task
+                && self.started.load(Relaxed) < self.tasks
+                && since.elapsed() > HAND_OFF_AFTER
+            {
                 eprintln!("note: a task of a parallel benchmark was not taken up; handing off");
                 tokio::task::block_in_place(|| self.wait_for_clock(since));
                 break;
