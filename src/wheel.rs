@@ -81,7 +81,9 @@ fn start_timer(at: Instant, waker: &Waker) -> Option<Timer> {
 }
 
 const SLOTS: u64 = 1024;
-const NIL: usize = usize::MAX;
+/// A slot of the slab, in 32 bits (the slab's own limit), which keeps an entry in 32 bytes.
+type Index = u32;
+const NIL: Index = Index::MAX;
 /// One tick, in nanoseconds.
 const TICK: u64 = 1_000_000;
 /// How far ahead a `Sleep` is armed at most: Tokio's own limit is about two years.
@@ -96,7 +98,7 @@ pub(crate) struct Wheel {
 struct State {
     origin: Instant,
     entries: Slab<Entry>,
-    heads: Vec<usize>,
+    heads: Vec<Index>,
     processed: u64,
     /// How many entries have not fired: those in the buckets' lists.
     pending: usize,
@@ -109,8 +111,8 @@ struct Entry {
     at: u64,
     /// Taken (left empty) when the entry fires.
     scope: Weak<Scope>,
-    prev: usize,
-    next: usize,
+    prev: Index,
+    next: Index,
     /// The bucket whose list holds it.
     bucket: u16,
     /// Whether the entry is still in its bucket's list; false once fired.
@@ -302,7 +304,7 @@ impl State {
         let tick = (at / TICK).max(self.processed);
         let bucket = (tick % SLOTS) as usize;
         let head = self.heads[bucket];
-        let index = self.entries.insert(Entry {
+        let slot = self.entries.insert(Entry {
             at,
             scope,
             prev: NIL,
@@ -310,12 +312,17 @@ impl State {
             bucket: bucket as u16,
             linked: true,
         });
-        if let Some(old) = self.entries.get_mut(head) {
+        let index = Index::try_from(slot).expect("a slab holds fewer than 2^32 entries");
+        if let Some(old) = self.entry(head) {
             old.prev = index;
         }
         self.heads[bucket] = index;
         self.pending += 1;
-        index
+        slot
+    }
+
+    fn entry(&mut self, index: Index) -> Option<&mut Entry> {
+        self.entries.get_mut(index as usize)
     }
 
     /// Takes the entry at `index` out of its bucket's list and marks it fired; its slot stays
@@ -326,11 +333,11 @@ impl State {
         self.pending -= 1;
         let (prev, next, bucket) = (entry.prev, entry.next, entry.bucket);
         let scope = std::mem::take(&mut entry.scope);
-        match self.entries.get_mut(prev) {
+        match self.entry(prev) {
             Some(prev) => prev.next = next,
             None => self.heads[usize::from(bucket)] = next,
         }
-        if let Some(next) = self.entries.get_mut(next) {
+        if let Some(next) = self.entry(next) {
             next.prev = prev;
         }
         Some(scope)
@@ -352,10 +359,10 @@ impl State {
         let span = (now_tick - self.processed + 1).min(SLOTS);
         for tick in self.processed..self.processed + span {
             let mut index = self.heads[(tick % SLOTS) as usize];
-            while let Some(entry) = self.entries.get_mut(index) {
+            while let Some(entry) = self.entry(index) {
                 let next = entry.next;
                 if entry.at <= now {
-                    due.extend(self.unlink(index));
+                    due.extend(self.unlink(index as usize));
                 }
                 index = next;
             }
@@ -377,7 +384,7 @@ impl State {
             let end = (tick + 1).saturating_mul(TICK);
             let mut earliest = None;
             let mut index = self.heads[(tick % SLOTS) as usize];
-            while let Some(entry) = self.entries.get_mut(index) {
+            while let Some(entry) = self.entry(index) {
                 if entry.at < end {
                     earliest = Some(earliest.map_or(entry.at, |at: u64| at.min(entry.at)));
                 }
@@ -397,7 +404,7 @@ impl State {
             // Every list is emptied whole, so its links need no mending; each step marks an
             // entry fired, so even a broken list could not be walked twice.
             let mut index = std::mem::replace(&mut self.heads[bucket], NIL);
-            while let Some(entry) = self.entries.get_mut(index).filter(|entry| entry.linked) {
+            while let Some(entry) = self.entry(index).filter(|entry| entry.linked) {
                 entry.linked = false;
                 index = entry.next;
                 scopes.push(std::mem::take(&mut entry.scope));
@@ -495,6 +502,12 @@ mod tests {
         assert!(state.remove(second).is_none() && state.remove(third).is_none());
         assert_eq!(state.entries.len(), 0, "every slot freed by its handle");
         assert_eq!(state.next_due(), None);
+    }
+
+    /// An entry is 32 bytes: a live deadline's share of its wheel.
+    #[test]
+    fn a_wheel_entry_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<super::Entry>(), 32);
     }
 
     /// A burst of deadlines armed on a worker and dropped gives the wheel's room back: to a
