@@ -359,4 +359,35 @@ mod tests {
             "the hour-long one is still queued"
         );
     }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "leaves threads running (the crate's timer thread), which Miri reports"
+    )]
+    fn a_deadline_earlier_than_the_one_the_loop_sleeps_for_wakes_it() {
+        // The loop sleeps until an hour from now; a deadline due at once must wake it, or it
+        // fires an hour late (and the watchdog calls it a hang).
+        let fallback = Arc::new(Fallback::new());
+        let scope = scope();
+        let now = Instant::now();
+        let later = fallback.schedule(&scope, now + Duration::from_secs(3600));
+        let (returned, watchdog) = mpsc::channel();
+        std::thread::spawn({
+            let fallback = fallback.clone();
+            move || {
+                fallback.run(1);
+                let _ = returned.send(());
+            }
+        });
+        // Until the loop waits, a new deadline is found without a wake-up: give it the time to
+        // reach its wait; the test holds whenever it does.
+        std::thread::sleep(Duration::from_millis(50));
+        let due = fallback.schedule(&scope, Instant::now());
+        watchdog
+            .recv_timeout(Duration::from_secs(10))
+            .expect("hang: the earlier deadline did not wake the loop");
+        let queue = fallback.lock();
+        assert!(!queue.contains_key(&due) && queue.contains_key(&later));
+    }
 }
