@@ -20,7 +20,7 @@
 #
 # usage: benches/compare-go.sh [--markdown FILE] [--csv FILE] [--svg FILE]
 #                              [--benchtime 1s|100x] [--filter REGEX] [--rounds N]
-#                              [--go PATH] [--flavours LIST]
+#                              [--go PATH] [--flavours LIST] [--taskctx BINARY]
 #   --markdown FILE  write the tables as markdown; by default the CSV, the SVG chart and both
 #                    raw outputs are then written beside it (FILE.csv, FILE-ratios.svg,
 #                    FILE-go.txt, FILE-taskctx.txt, with FILE's .md removed)
@@ -33,11 +33,14 @@
 #   --rounds N       how many rounds (default 3; 1 round of one flavour takes about 4 minutes here)
 #   --go PATH        use this Go toolchain instead of installing one
 #   --flavours LIST  comma-separated, of workers, current-thread, blocking (default: all three)
+#   --taskctx BINARY use this build of benches/go_suite.rs (another commit's, for a before and
+#                    after) instead of building this checkout's
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit "${1:-0}"; }
 
-markdown="" csv="" svg="" benchtime="1s" filter="." rounds=3 go="" flavours="workers,current-thread,blocking"
+markdown="" csv="" svg="" benchtime="1s" filter="." rounds=3 go="" ours=""
+flavours="workers,current-thread,blocking"
 while (($#)); do
   case "$1" in
     --markdown) markdown="$2"; shift 2 ;;
@@ -48,6 +51,7 @@ while (($#)); do
     --rounds) rounds="$2"; shift 2 ;;
     --go) go="$2"; shift 2 ;;
     --flavours) flavours="$2"; shift 2 ;;
+    --taskctx) ours="$2"; shift 2 ;;
     -h | --help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 >&2 ;;
   esac
@@ -65,6 +69,7 @@ done
 # Resolve output paths before changing directory.
 absolute() { [[ -z "$1" || "$1" == /* ]] && echo "$1" || echo "$PWD/$1"; }
 markdown="$(absolute "$markdown")" csv="$(absolute "$csv")" svg="$(absolute "$svg")"
+ours="$(absolute "$ours")"
 raw_go="" raw_ours=""
 if [[ -n "$markdown" ]]; then
   base="${markdown%.md}"
@@ -102,17 +107,21 @@ go_bench() { # group flavour: runs Go's benchmarks of that group, as `go test -b
     -test.benchtime "$benchtime" "${cpu[@]}"
 }
 
-# Taken before the build: what cargo bench is about to compile.
-commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-git diff --quiet HEAD -- src 2>/dev/null || commit+=" + uncommitted changes in src/"
-echo "== taskctx: cargo bench --no-run --bench go_suite" >&2
-ours="$(cargo bench --quiet --no-run --bench go_suite --message-format=json | python3 -c '
+if [[ -n "$ours" ]]; then
+  commit="the prebuilt $ours"
+else
+  # Taken before the build: what cargo bench is about to compile.
+  commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  git diff --quiet HEAD -- src 2>/dev/null || commit+=" + uncommitted changes in src/"
+  echo "== taskctx: cargo bench --no-run --bench go_suite" >&2
+  ours="$(cargo bench --quiet --no-run --bench go_suite --message-format=json | python3 -c '
 import json, sys
 for line in sys.stdin:
     message = json.loads(line)
     if message.get("reason") == "compiler-artifact" and message.get("executable") \
             and message["target"]["name"] == "go_suite":
         print(message["executable"])')"
+fi
 our_bench() { # group flavour: taskctx's benchmarks of that group and their Token twins
   TASKCTX_BENCHTIME="$benchtime" TASKCTX_FLAVOUR="$2" "$ours" --bench "^(Token)?$1\$$rest"
 }
