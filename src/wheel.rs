@@ -159,26 +159,31 @@ pub(crate) fn insert(scope: &Arc<Scope>, at: Instant) -> Option<WheelEntry> {
 
 fn local_wheel() -> Option<Arc<Wheel>> {
     let task = tokio::task::try_id();
-    LOCAL.with(|local| {
-        let mut local = local.borrow_mut();
-        if let (Some(task), Some((_, wheel))) = (task, &local.wheel) {
-            if local.task == Some(task) && !wheel.retired.load(Ordering::Acquire) {
-                return Some(wheel.clone());
+    // `try_with`: a deadline armed while this thread's locals are being destroyed goes to the
+    // fallback thread.
+    LOCAL
+        .try_with(|local| {
+            let mut local = local.borrow_mut();
+            if let (Some(task), Some((_, wheel))) = (task, &local.wheel) {
+                if local.task == Some(task) && !wheel.retired.load(Ordering::Acquire) {
+                    return Some(wheel.clone());
+                }
             }
-        }
-        let runtime = Handle::try_current().ok()?.id();
-        local.task = task;
-        match &local.wheel {
-            Some((id, wheel)) if *id == runtime && !wheel.retired.load(Ordering::Acquire) => {
-                Some(wheel.clone())
+            let runtime = Handle::try_current().ok()?.id();
+            local.task = task;
+            match &local.wheel {
+                Some((id, wheel)) if *id == runtime && !wheel.retired.load(Ordering::Acquire) => {
+                    Some(wheel.clone())
+                }
+                _ => {
+                    let wheel = Wheel::new();
+                    local.wheel = Some((runtime, wheel.clone()));
+                    Some(wheel)
+                }
             }
-            _ => {
-                let wheel = Wheel::new();
-                local.wheel = Some((runtime, wheel.clone()));
-                Some(wheel)
-            }
-        }
-    })
+        })
+        .ok()
+        .flatten()
 }
 
 impl Wheel {
