@@ -264,13 +264,9 @@ impl Fallback {
         let mut queue = self.lock();
         loop {
             let now = std::time::Instant::now();
-            let mut due = Vec::new();
-            while let Some(entry) = queue.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                due.push(entry.remove());
-            }
+            // Everything keyed at or before `now`: no id reaches `u64::MAX`.
+            let later = queue.split_off(&(now, u64::MAX));
+            let due: Vec<_> = mem::replace(&mut *queue, later).into_values().collect();
             if !due.is_empty() {
                 drop(queue);
                 fired += due.len();
