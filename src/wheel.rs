@@ -13,7 +13,8 @@
 //! `Sleep` is armed at the exact instant of its earliest deadline, so Tokio fires it when it
 //! would have fired a `Sleep` of that deadline's own. A paused clock's `advance` therefore
 //! fires the same deadlines at the same instants as with a timer per deadline (pinned by
-//! `tests/deadlines.rs` and `tests/flavours.rs`).
+//! `tests/flavours.rs::a_deadline_on_a_current_thread_runtime_fires_when_a_sleep_of_its_instant_would`
+//! and `tests/deadlines.rs`).
 //!
 //! # Layout
 //!
