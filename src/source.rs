@@ -1,14 +1,15 @@
 //! What cancels a scope from outside the tree: its deadline timer, or a foreign token.
 //!
-//! Neither costs a task while it waits. A deadline is a Tokio `Sleep` that is polled once, by
-//! hand, with a waker that holds only a `Weak` reference to the scope: Tokio's timer wheel calls
-//! that waker when the deadline passes. Dropping the scope drops the `Sleep`, which takes the
-//! entry out of the wheel, so nothing outlives the context. A token watch is the same idea over
-//! the token's `cancelled()` future.
+//! Neither costs a task while it waits. A deadline armed inside a Tokio runtime is an entry in
+//! this thread's deadline wheel for that runtime (`wheel.rs`), which holds only a `Weak`
+//! reference to the scope and is driven by one Tokio `Sleep`; outside any runtime, it is an
+//! entry on the crate's fallback timer thread. Dropping the scope drops the entry, so nothing
+//! outlives the context. A token watch is a `cancelled()` future polled once, by hand, with a
+//! waker that holds only a `Weak` reference to the scope.
 //!
 //! # Where a deadline's cancellation runs
 //!
-//! Tokio calls a timer's waker inside its timer driver. On a multi-thread runtime, one worker
+//! Tokio calls a wheel's waker inside its timer driver. On a multi-thread runtime, one worker
 //! at a time holds the driver, and no timer of the runtime fires until that waker returns. So
 //! there the waker only hands the scope on ([`deadline_due`]): a task spawned on the runtime
 //! runs the cancellation, its walk, wakers and `after_func` callbacks, as a `CancellationToken`
@@ -31,8 +32,7 @@ use std::sync::{Arc, OnceLock, PoisonError, Weak};
 use std::task::{self, Poll, Wake, Waker};
 
 use tokio::runtime::RuntimeFlavor;
-use tokio::task::Unconstrained;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::{Cause, Error};
@@ -41,11 +41,7 @@ use crate::tree::Scope;
 
 /// Something that can cancel a scope from outside; dropping it disarms it.
 pub(crate) enum Source {
-    /// A deadline in a Tokio runtime's timer wheel.
-    Tokio {
-        _sleep: Pin<Box<Unconstrained<Sleep>>>,
-    },
-    /// A deadline in this worker thread's wheel (multi-thread runtimes).
+    /// A deadline in a deadline wheel of the runtime it was armed in.
     Wheel { _entry: crate::wheel::WheelEntry },
     /// A deadline on the crate's fallback timer thread. Boxed, as this path is rare (no
     /// runtime, or one shut down): its 24-byte key inline would make every `Source` 32 bytes,
@@ -58,38 +54,18 @@ pub(crate) enum Source {
 }
 
 /// Arms a timer that calls [`Scope::deadline_fired`] at `at`, which the caller has checked is
-/// in the future; `None` if Tokio says it has passed all the same.
+/// in the future: in this thread's wheel for the current runtime, or on the fallback thread
+/// outside any runtime. Always `Some`: a deadline that has passed by the time the wheel arms
+/// its timer is fired by the wheel.
 ///
 /// # Panics
 ///
 /// Inside a Tokio runtime built without the time driver, as `tokio::time::sleep` does.
 pub(crate) fn arm_timer(scope: &Arc<Scope>, at: Instant) -> Option<Source> {
-    if let Some(entry) = crate::wheel::insert(scope, at) {
-        return Some(Source::Wheel { _entry: entry });
-    }
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Some(fallback_timer(scope, at));
-    }
-    // `unconstrained`: a task that has used up its cooperative budget would otherwise get a
-    // `Pending` without the timer being registered.
-    let mut sleep = Box::pin(tokio::task::unconstrained(tokio::time::sleep_until(at)));
-    let waker = Waker::from(Arc::new(TimerWaker(Arc::downgrade(scope))));
-    match sleep.as_mut().poll(&mut task::Context::from_waker(&waker)) {
-        Poll::Ready(()) => None,
-        Poll::Pending => Some(Source::Tokio { _sleep: sleep }),
-    }
-}
-
-struct TimerWaker(Weak<Scope>);
-
-impl Wake for TimerWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        deadline_due(self.0.clone());
-    }
+    Some(match crate::wheel::insert(scope, at) {
+        Some(entry) => Source::Wheel { _entry: entry },
+        None => fallback_timer(scope, at),
+    })
 }
 
 /// Hands a deadline that a Tokio timer fired to a task of the current runtime, which calls
@@ -288,13 +264,9 @@ impl Fallback {
         let mut queue = self.lock();
         loop {
             let now = std::time::Instant::now();
-            let mut due = Vec::new();
-            while let Some(entry) = queue.first_entry() {
-                if entry.key().0 > now {
-                    break;
-                }
-                due.push(entry.remove());
-            }
+            // Everything keyed at or before `now`: no id reaches `u64::MAX`.
+            let later = queue.split_off(&(now, u64::MAX));
+            let due: Vec<_> = mem::replace(&mut *queue, later).into_values().collect();
             if !due.is_empty() {
                 drop(queue);
                 fired += due.len();
@@ -382,5 +354,36 @@ mod tests {
             queue.contains_key(&later),
             "the hour-long one is still queued"
         );
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "leaves threads running (the crate's timer thread), which Miri reports"
+    )]
+    fn a_deadline_earlier_than_the_one_the_loop_sleeps_for_wakes_it() {
+        // The loop sleeps until an hour from now; a deadline due at once must wake it, or it
+        // fires an hour late (and the watchdog calls it a hang).
+        let fallback = Arc::new(Fallback::new());
+        let scope = scope();
+        let now = Instant::now();
+        let later = fallback.schedule(&scope, now + Duration::from_secs(3600));
+        let (returned, watchdog) = mpsc::channel();
+        std::thread::spawn({
+            let fallback = fallback.clone();
+            move || {
+                fallback.run(1);
+                let _ = returned.send(());
+            }
+        });
+        // Until the loop waits, a new deadline is found without a wake-up: give it the time to
+        // reach its wait; the test holds whenever it does.
+        std::thread::sleep(Duration::from_millis(50));
+        let due = fallback.schedule(&scope, Instant::now());
+        watchdog
+            .recv_timeout(Duration::from_secs(10))
+            .expect("hang: the earlier deadline did not wake the loop");
+        let queue = fallback.lock();
+        assert!(!queue.contains_key(&due) && queue.contains_key(&later));
     }
 }

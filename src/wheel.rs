@@ -1,30 +1,38 @@
-//! Worker-local deadline wheels, for deadlines armed on a multi-thread runtime's workers.
+//! Deadline wheels: one per thread and runtime, for deadlines armed inside a Tokio runtime.
 //!
-//! Tokio's timer driver keeps every timer behind one lock. When every worker arms and disarms a
-//! timer per request, they queue on that lock, and two workers do less than one. Go keeps a
-//! timer heap per P; this is the same idea. Each thread that arms deadlines from inside a task
-//! of a multi-thread runtime gets a wheel of its own, behind a lock that only a cancellation
-//! from another thread (or the timer itself) contends for, and driven by a single Tokio `Sleep`
-//! armed at the earliest tick the wheel holds.
+//! Tokio's timer driver keeps every timer behind one lock. When every thread arms and disarms
+//! a timer per request, they queue on that lock, and two threads do less than one; and even
+//! alone, a Tokio timer per deadline costs a lock, a registration and a separate allocation.
+//! Go keeps a timer heap per P; this is the same idea. Each thread that arms deadlines inside a
+//! runtime (a worker, the thread in `block_on` of a current-thread runtime, a `spawn_blocking`
+//! thread, a plain thread that entered the runtime) gets a wheel of its own for that runtime,
+//! behind a lock that only a cancellation from another thread (or the timer itself) contends
+//! for, and driven by a single Tokio `Sleep` of that runtime, armed at the earliest deadline.
 //!
-//! Only multi-thread runtimes use wheels: their clock cannot be paused, so a wheel keeps real
-//! time whichever runtime's driver fires its `Sleep`. Current-thread runtimes, where tests
-//! pause the clock, keep one Tokio timer per context (see `source.rs`).
+//! A wheel keeps its runtime's time: it serves one runtime, reads that runtime's clock, and its
+//! `Sleep` is armed at the exact instant of its earliest deadline, so Tokio fires it when it
+//! would have fired a `Sleep` of that deadline's own. A paused clock's `advance` therefore
+//! fires the same deadlines at the same instants as with a timer per deadline (pinned by
+//! `tests/flavours.rs::a_deadline_on_a_current_thread_runtime_fires_when_a_sleep_of_its_instant_would`
+//! and `tests/deadlines.rs`).
 //!
 //! # Layout
 //!
-//! `SLOTS` buckets of one millisecond each (Tokio's own resolution). An entry due at `at` goes
-//! in tick `ceil((at - origin) / 1 ms)`, in bucket `tick % SLOTS`: a doubly linked list threaded
-//! through a slab, so inserting and removing are O(1) whatever the number of live deadlines.
-//! The `Sleep` is armed at the earliest tick known when it is armed, and at most one rotation
-//! ahead; entries due in a later rotation stay in their bucket until then.
+//! `SLOTS` buckets of one millisecond each (Tokio's own resolution). An entry due `at`
+//! nanoseconds after `origin` goes in tick `at / 1 ms` (or `processed`, if that is later), in
+//! bucket `tick % SLOTS`: a doubly linked list threaded through a slab, so inserting and
+//! removing are O(1) whatever the number of live deadlines. The `Sleep` is armed at the earliest
+//! deadline known when it is armed, and at most one rotation ahead; entries due in a later
+//! rotation stay in their bucket until then.
 //!
 //! # Invariants
 //!
 //! - Every field of `State` is guarded by `Wheel::state`. No callback, waker or scope code runs
 //!   under that lock: due entries are taken out and fired after it is released, and a new
 //!   `Sleep` is polled with no lock held.
-//! - Ticks below `processed` have been fired; an insert never goes below it.
+//! - Every tick below `processed` has been fired whole; an insert never goes below it. An entry
+//!   of a bucket the wheel scans is due exactly when its `at` has passed: one in a later
+//!   rotation is at least a rotation ahead.
 //! - A slot of the slab belongs to one `WheelEntry` for as long as that handle lives, and only
 //!   its drop frees it. Firing an entry (or retiring the wheel) takes it out of its bucket and
 //!   hands its scope on, but leaves the slot taken, marked fired: so an index names one entry
@@ -38,7 +46,7 @@ use std::sync::{Arc, PoisonError, Weak};
 use std::task::{Wake, Waker};
 use std::time::Duration;
 
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use crate::slab::Slab;
@@ -54,6 +62,10 @@ pub(crate) use loom_timer::{Timer, start_timer};
 type Timer = std::pin::Pin<Box<tokio::task::Unconstrained<tokio::time::Sleep>>>;
 
 /// Starts a timer that wakes `waker` at `at`; `None` if it is due already.
+///
+/// # Panics
+///
+/// In a runtime built without the time driver, as `tokio::time::sleep` does.
 #[cfg(not(loom))]
 fn start_timer(at: Instant, waker: &Waker) -> Option<Timer> {
     use std::future::Future;
@@ -70,8 +82,13 @@ fn start_timer(at: Instant, waker: &Waker) -> Option<Timer> {
 }
 
 const SLOTS: u64 = 1024;
-const NIL: usize = usize::MAX;
-const TICK: Duration = Duration::from_millis(1);
+/// A slot of the slab, in 32 bits (the slab's own limit), which keeps an entry in 32 bytes.
+type Index = u32;
+const NIL: Index = Index::MAX;
+/// One tick, in nanoseconds.
+const TICK: u64 = 1_000_000;
+/// How far ahead a `Sleep` is armed at most: Tokio's own limit is about two years.
+const FAR: u64 = 365 * 24 * 3600 * 1_000_000_000;
 
 pub(crate) struct Wheel {
     state: Mutex<State>,
@@ -82,22 +99,25 @@ pub(crate) struct Wheel {
 struct State {
     origin: Instant,
     entries: Slab<Entry>,
-    heads: Vec<usize>,
+    heads: Vec<Index>,
     processed: u64,
     /// How many entries have not fired: those in the buckets' lists.
     pending: usize,
-    /// The tick the timer is armed for, and the timer.
+    /// When the timer is armed for (nanoseconds after `origin`), and the timer.
     armed: Option<(u64, Timer)>,
 }
 
 struct Entry {
-    tick: u64,
+    /// When it is due, in nanoseconds after `origin`.
+    at: u64,
     /// Taken (left empty) when the entry fires.
     scope: Weak<Scope>,
+    prev: Index,
+    next: Index,
+    /// The bucket whose list holds it.
+    bucket: u16,
     /// Whether the entry is still in its bucket's list; false once fired.
     linked: bool,
-    prev: usize,
-    next: usize,
 }
 
 /// A scope's place in a wheel; dropping it takes the entry out and frees its slot.
@@ -115,50 +135,56 @@ impl Drop for WheelEntry {
 
 /// What a thread knows about deadline wheels.
 struct Local {
-    /// This thread's wheel.
-    wheel: Option<Arc<Wheel>>,
-    /// The task for which we last asked whether the runtime is a multi-thread one, and the
-    /// answer.
-    checked: Option<(tokio::task::Id, bool)>,
+    /// This thread's wheel, and the runtime it serves.
+    wheel: Option<(tokio::runtime::Id, Arc<Wheel>)>,
+    /// The task that last looked the wheel up: a task stays on its runtime, so while it runs,
+    /// the runtime need not be asked again (asking touches a count shared by all its threads).
+    task: Option<tokio::task::Id>,
 }
 
 std::thread_local! {
     static LOCAL: std::cell::RefCell<Local> =
-        const { std::cell::RefCell::new(Local { wheel: None, checked: None }) };
+        const { std::cell::RefCell::new(Local { wheel: None, task: None }) };
 }
 
-/// Puts `scope`'s deadline `at` (in the future) in this thread's wheel, if this thread is
-/// running a task of a multi-thread runtime; `None` otherwise.
+/// Puts `scope`'s deadline `at` (in the future) in this thread's wheel for the current runtime;
+/// `None` outside any runtime.
+///
+/// # Panics
+///
+/// In a runtime built without the time driver, as `tokio::time::sleep` does; the wheel is left
+/// as it was.
 pub(crate) fn insert(scope: &Arc<Scope>, at: Instant) -> Option<WheelEntry> {
     Some(local_wheel()?.insert(scope, at))
 }
 
 fn local_wheel() -> Option<Arc<Wheel>> {
-    let task = tokio::task::try_id()?;
-    LOCAL.with(|local| {
-        let mut local = local.borrow_mut();
-        let eligible = match local.checked {
-            Some((checked, eligible)) if checked == task => eligible,
-            _ => {
-                // Cached per task: asking for the handle touches a count shared by all workers.
-                let eligible = Handle::try_current()
-                    .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
-                local.checked = Some((task, eligible));
-                eligible
+    let task = tokio::task::try_id();
+    // `try_with`: a deadline armed while this thread's locals are being destroyed goes to the
+    // fallback thread.
+    LOCAL
+        .try_with(|local| {
+            let mut local = local.borrow_mut();
+            if let (Some(task), Some((_, wheel))) = (task, &local.wheel) {
+                if local.task == Some(task) && !wheel.retired.load(Ordering::Acquire) {
+                    return Some(wheel.clone());
+                }
             }
-        };
-        if !eligible {
-            return None;
-        }
-        match &local.wheel {
-            Some(wheel) if !wheel.retired.load(Ordering::Acquire) => Some(wheel.clone()),
-            _ => {
-                let wheel = Wheel::new();
-                local.wheel = Some(wheel.clone());
-                Some(wheel)
+            let runtime = Handle::try_current().ok()?.id();
+            local.task = task;
+            match &local.wheel {
+                Some((id, wheel)) if *id == runtime && !wheel.retired.load(Ordering::Acquire) => {
+                    Some(wheel.clone())
+                }
+                _ => {
+                    let wheel = Wheel::new();
+                    local.wheel = Some((runtime, wheel.clone()));
+                    Some(wheel)
+                }
             }
-        }
-    })
+        })
+        .ok()
+        .flatten()
 }
 
 impl Wheel {
@@ -180,34 +206,31 @@ impl Wheel {
     pub(crate) fn insert(self: &Arc<Self>, scope: &Arc<Scope>, at: Instant) -> WheelEntry {
         let (index, arm) = {
             let mut state = self.lock();
-            let tick = state.tick_of(at).max(state.processed);
-            let index = state.link(Entry {
-                tick,
-                scope: Arc::downgrade(scope),
-                linked: true,
-                prev: NIL,
-                next: NIL,
-            });
+            let at = state.offset_of(at);
+            let index = state.link(at, Arc::downgrade(scope));
             let arm = match &state.armed {
-                Some((armed, _)) if *armed <= tick => None,
-                _ => Some(tick),
+                Some((armed, _)) if *armed <= at => None,
+                _ => Some(at),
             };
             (index, arm)
         };
-        if let Some(tick) = arm {
-            self.arm(tick);
-        }
-        WheelEntry {
+        // Made before arming: if arming panics (no time driver), its drop takes the entry out.
+        let entry = WheelEntry {
             wheel: self.clone(),
             index,
+        };
+        if let Some(at) = arm {
+            self.arm(at);
         }
+        entry
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Arms the timer for `tick`, unless it is already armed no later.
+    /// Arms the timer for `at` (nanoseconds after `origin`), unless it is already armed no
+    /// later.
     ///
     /// The timer is started with no lock held, so it may fire before it is stored: its `fire`
     /// then runs without seeing it, and the timer stored afterwards would never wake again,
@@ -215,34 +238,38 @@ impl Wheel {
     /// set before that `fire` takes the lock, so reading it after the store (which takes the
     /// same lock) cannot miss it, and the wheel is then fired again from here (loom model
     /// `loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel`).
-    fn arm(self: &Arc<Self>, tick: u64) {
-        let at = self.lock().instant_of(tick);
+    fn arm(self: &Arc<Self>, at: u64) {
+        let (at, instant) = {
+            let state = self.lock();
+            let at = at.min(state.offset_of(Instant::now()).saturating_add(FAR));
+            (at, state.instant_of(at))
+        };
         let wheel_waker = Arc::new(WheelWaker {
             wheel: Arc::downgrade(self),
-            at,
+            at: instant,
             fired: AtomicBool::new(false),
         });
         let waker = Waker::from(wheel_waker.clone());
-        let Some(sleep) = start_timer(at, &waker) else {
-            return self.fire(at);
+        let Some(sleep) = start_timer(instant, &waker) else {
+            return self.fire(instant);
         };
         #[cfg(all(test, not(loom)))]
         tests::pause_after_poll();
         let replaced = {
             let mut state = self.lock();
             match &state.armed {
-                Some((armed, _)) if *armed <= tick => Some(sleep), // armed earlier meanwhile
-                _ => state.armed.replace((tick, sleep)).map(|(_, old)| old),
+                Some((armed, _)) if *armed <= at => Some(sleep), // armed earlier meanwhile
+                _ => state.armed.replace((at, sleep)).map(|(_, old)| old),
             }
         };
         drop(replaced);
         if wheel_waker.fired.load(Ordering::Acquire) {
-            self.fire(at);
+            self.fire(instant);
         }
     }
 
     /// Fires what is due. `armed_at` is when the `Sleep` that woke us was due; whatever
-    /// `Sleep` is armed now is replaced by one for the next tick due.
+    /// `Sleep` is armed now is replaced by one for the next deadline.
     fn fire(self: &Arc<Self>, armed_at: Instant) {
         let now = Instant::now();
         let (due, next, old_sleep) = {
@@ -255,46 +282,53 @@ impl Wheel {
                 (due, None, old_sleep)
             } else {
                 let due = state.take_due(now);
-                (due, state.next_tick(), old_sleep)
+                (due, state.next_due(), old_sleep)
             }
         };
         drop(old_sleep);
-        // What is due first: arming may find the next tick already due and fire it inline.
+        // What is due first: arming may find the next deadline already due and fire it inline.
         due.into_iter().for_each(crate::source::deadline_due);
-        if let Some(tick) = next {
-            self.arm(tick);
+        if let Some(at) = next {
+            self.arm(at);
         }
     }
 }
 
 impl State {
-    fn tick_of(&self, at: Instant) -> u64 {
+    /// `at` in nanoseconds after `origin` (0 if before it).
+    fn offset_of(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.origin);
-        let ticks = since.as_nanos().div_ceil(TICK.as_nanos());
-        u64::try_from(ticks).unwrap_or(u64::MAX)
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn instant_of(&self, tick: u64) -> Instant {
-        // A tick past what `Instant` can hold is never reached; a year ahead is as good.
-        let far = Duration::from_secs(365 * 24 * 3600);
-        self.origin
-            .checked_add(Duration::from_millis(tick))
-            .unwrap_or_else(|| Instant::now() + far)
+    fn instant_of(&self, at: u64) -> Instant {
+        self.origin + Duration::from_nanos(at)
     }
 
-    fn link(&mut self, entry: Entry) -> usize {
-        let bucket = (entry.tick % SLOTS) as usize;
+    /// Puts an entry due `at` in its bucket's list; returns its slot.
+    fn link(&mut self, at: u64, scope: Weak<Scope>) -> usize {
+        let tick = (at / TICK).max(self.processed);
+        let bucket = (tick % SLOTS) as usize;
         let head = self.heads[bucket];
-        let index = self.entries.insert(Entry {
+        let slot = self.entries.insert(Entry {
+            at,
+            scope,
+            prev: NIL,
             next: head,
-            ..entry
+            bucket: bucket as u16,
+            linked: true,
         });
-        if let Some(old) = self.entries.get_mut(head) {
+        let index = Index::try_from(slot).expect("a slab holds fewer than 2^32 entries");
+        if let Some(old) = self.entry(head) {
             old.prev = index;
         }
         self.heads[bucket] = index;
         self.pending += 1;
-        index
+        slot
+    }
+
+    fn entry(&mut self, index: Index) -> Option<&mut Entry> {
+        self.entries.get_mut(index as usize)
     }
 
     /// Takes the entry at `index` out of its bucket's list and marks it fired; its slot stays
@@ -303,13 +337,13 @@ impl State {
         let entry = self.entries.get_mut(index).filter(|entry| entry.linked)?;
         entry.linked = false;
         self.pending -= 1;
-        let (prev, next, tick) = (entry.prev, entry.next, entry.tick);
+        let (prev, next, bucket) = (entry.prev, entry.next, entry.bucket);
         let scope = std::mem::take(&mut entry.scope);
-        match self.entries.get_mut(prev) {
+        match self.entry(prev) {
             Some(prev) => prev.next = next,
-            None => self.heads[(tick % SLOTS) as usize] = next,
+            None => self.heads[usize::from(bucket)] = next,
         }
-        if let Some(next) = self.entries.get_mut(next) {
+        if let Some(next) = self.entry(next) {
             next.prev = prev;
         }
         Some(scope)
@@ -323,45 +357,50 @@ impl State {
         scope
     }
 
-    /// Takes every entry due by `now`, and marks those ticks processed.
+    /// Takes every entry due by `now`, and marks the ticks before `now`'s processed.
     fn take_due(&mut self, now: Instant) -> Vec<Weak<Scope>> {
-        let now_tick = now.saturating_duration_since(self.origin).as_nanos() / TICK.as_nanos();
-        let now_tick = u64::try_from(now_tick).unwrap_or(u64::MAX);
+        let now = self.offset_of(now);
+        let now_tick = (now / TICK).max(self.processed);
         let mut due = Vec::new();
-        if now_tick < self.processed {
-            return due;
-        }
         let span = (now_tick - self.processed + 1).min(SLOTS);
         for tick in self.processed..self.processed + span {
             let mut index = self.heads[(tick % SLOTS) as usize];
-            while let Some(entry) = self.entries.get_mut(index) {
+            while let Some(entry) = self.entry(index) {
                 let next = entry.next;
-                if entry.tick <= now_tick {
-                    due.extend(self.unlink(index));
+                if entry.at <= now {
+                    due.extend(self.unlink(index as usize));
                 }
                 index = next;
             }
         }
-        self.processed = now_tick + 1;
+        // The tick of `now` may still hold entries due later in it.
+        self.processed = now_tick;
         due
     }
 
-    /// The tick to wake at next: the earliest entry within one rotation, or one rotation ahead
-    /// if every entry is further out. `None` when empty.
-    fn next_tick(&mut self) -> Option<u64> {
+    /// When to wake next (nanoseconds after `origin`): the earliest entry within one rotation,
+    /// or one rotation ahead if every entry is further out. `None` when empty.
+    fn next_due(&mut self) -> Option<u64> {
         if self.pending == 0 {
             return None;
         }
         for tick in self.processed..self.processed + SLOTS {
+            // Entries of this bucket due before the tick ends are this rotation's (see
+            // "Invariants").
+            let end = (tick + 1).saturating_mul(TICK);
+            let mut earliest = None;
             let mut index = self.heads[(tick % SLOTS) as usize];
-            while let Some(entry) = self.entries.get_mut(index) {
-                if entry.tick == tick {
-                    return Some(tick);
+            while let Some(entry) = self.entry(index) {
+                if entry.at < end {
+                    earliest = Some(earliest.map_or(entry.at, |at: u64| at.min(entry.at)));
                 }
                 index = entry.next;
             }
+            if earliest.is_some() {
+                return earliest;
+            }
         }
-        Some(self.processed + SLOTS)
+        Some((self.processed + SLOTS).saturating_mul(TICK))
     }
 
     /// Takes every entry that has not fired, as fired (their slots stay taken).
@@ -371,7 +410,7 @@ impl State {
             // Every list is emptied whole, so its links need no mending; each step marks an
             // entry fired, so even a broken list could not be walked twice.
             let mut index = std::mem::replace(&mut self.heads[bucket], NIL);
-            while let Some(entry) = self.entries.get_mut(index).filter(|entry| entry.linked) {
+            while let Some(entry) = self.entry(index).filter(|entry| entry.linked) {
                 entry.linked = false;
                 index = entry.next;
                 scopes.push(std::mem::take(&mut entry.scope));
@@ -428,18 +467,12 @@ mod tests {
     /// meanwhile; the same after the wheel is retired.
     #[test]
     fn a_handle_dropped_after_its_entry_fired_leaves_later_entries_alone() {
-        use super::{Entry, NIL, SLOTS, Slab, State, TICK};
+        use super::{NIL, SLOTS, Slab, State, TICK};
         use std::sync::Arc;
 
         let (a, _cancel_a) = Context::background().with_cancel();
         let (b, _cancel_b) = Context::background().with_cancel();
-        let entry = |ctx: &Context, tick| Entry {
-            tick,
-            scope: Arc::downgrade(ctx.scope().unwrap()),
-            linked: true,
-            prev: NIL,
-            next: NIL,
-        };
+        let scope = |ctx: &Context| Arc::downgrade(ctx.scope().unwrap());
         let origin = tokio::time::Instant::now();
         let mut state = State {
             origin,
@@ -449,22 +482,23 @@ mod tests {
             pending: 0,
             armed: None,
         };
-        let first = state.link(entry(&a, 1));
-        let due = state.take_due(origin + TICK);
+        let tick = Duration::from_nanos(TICK);
+        let first = state.link(TICK, scope(&a));
+        let due = state.take_due(origin + tick);
         assert_eq!(due.len(), 1, "a fired");
         assert_eq!(
             (state.pending, state.entries.len()),
             (0, 1),
             "its slot kept"
         );
-        let second = state.link(entry(&b, 5));
+        let second = state.link(5 * TICK, scope(&b));
         assert_ne!(second, first, "a fired entry's slot is not reused");
         assert!(
             state.remove(first).is_none(),
             "a's handle drops: nothing left to fire"
         );
-        assert_eq!(state.next_tick(), Some(5), "b is still armed");
-        let third = state.link(entry(&a, 7));
+        assert_eq!(state.next_due(), Some(5 * TICK), "b is still armed");
+        let third = state.link(7 * TICK, scope(&a));
         assert_eq!(
             state.drain_all().len(),
             2,
@@ -473,7 +507,13 @@ mod tests {
         assert_eq!((state.pending, state.entries.len()), (0, 2));
         assert!(state.remove(second).is_none() && state.remove(third).is_none());
         assert_eq!(state.entries.len(), 0, "every slot freed by its handle");
-        assert_eq!(state.next_tick(), None);
+        assert_eq!(state.next_due(), None);
+    }
+
+    /// An entry is 32 bytes: a live deadline's share of its wheel.
+    #[test]
+    fn a_wheel_entry_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<super::Entry>(), 32);
     }
 
     /// A burst of deadlines armed on a worker and dropped gives the wheel's room back: to a
@@ -498,7 +538,7 @@ mod tests {
                         local
                             .wheel
                             .as_ref()
-                            .map(|wheel| wheel.lock().entries.capacity())
+                            .map(|(_, wheel)| wheel.lock().entries.capacity())
                     })
                 };
                 let mut deadlines: Vec<_> = (0..200_000)
