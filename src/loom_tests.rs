@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::source::{self, Fallback};
 use crate::testing::census;
-use crate::tree::Scope;
 use crate::tree::node::Node;
+use crate::tree::{Expiry, Scope};
 use crate::wheel::{Wheel, loom_timer};
 use crate::{Cause, Context, Error};
 
@@ -424,7 +424,8 @@ fn loom_every_cancel_returns_after_the_subtree_is_done() {
 fn loom_a_source_installed_during_a_cancel_is_dropped() {
     loom::model(|| {
         let scope = Scope::with_cancel(&Node::Background);
-        let watch = source::watch_token(&scope, CancellationToken::new()).expect("a live token");
+        let watch = source::watch_token(Expiry::of(&scope), CancellationToken::new())
+            .expect("a live token");
         // The watch's waker holds the only weak reference to the scope: while the watch is
         // installed the count is 1, and it drops to 0 when the watch is dropped.
         assert_eq!(Arc::weak_count(&scope), 1);
@@ -553,7 +554,7 @@ fn loom_a_wheel_timer_firing_before_it_is_stored_does_not_stall_the_wheel() {
                 thread::yield_now();
             }
         });
-        let entry = wheel.insert(&scope, wheel.origin());
+        let entry = wheel.insert(&Expiry::of(&scope), wheel.origin());
         driver.join().unwrap();
         assert!(wheel.is_empty(), "the due deadline was taken out");
         assert!(
@@ -580,12 +581,15 @@ fn loom_an_earlier_deadline_wakes_the_fallback_timer_thread() {
         let fallback = Arc::new(Fallback::new());
         let scope = Scope::with_cancel(&Node::Background);
         let now = std::time::Instant::now();
-        fallback.schedule(&scope, now + std::time::Duration::from_secs(3600));
+        fallback.schedule(
+            Expiry::of(&scope),
+            now + std::time::Duration::from_secs(3600),
+        );
         let thread = {
             let fallback = fallback.clone();
             thread::spawn(move || fallback.run(1))
         };
-        let due = fallback.schedule(&scope, now);
+        let due = fallback.schedule(Expiry::of(&scope), now);
         thread.join().unwrap();
         let queue = fallback.lock();
         assert!(!queue.contains_key(&due), "the due deadline was fired");

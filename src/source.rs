@@ -28,16 +28,15 @@ use std::future::Future;
 use std::mem;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, OnceLock, PoisonError};
 use std::task::{self, Poll, Wake, Waker};
 
 use tokio::runtime::RuntimeFlavor;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::error::{Cause, Error};
 use crate::sync::{Condvar, Mutex, MutexGuard};
-use crate::tree::Scope;
+use crate::tree::Expiry;
 
 /// Something that can cancel a scope from outside; dropping it disarms it.
 pub(crate) enum Source {
@@ -53,7 +52,7 @@ pub(crate) enum Source {
     },
 }
 
-/// Arms a timer that calls [`Scope::deadline_fired`] at `at`, which the caller has checked is
+/// Arms a timer that calls [`Expiry::fire_deadline`] at `at`, which the caller has checked is
 /// in the future: in this thread's wheel for the current runtime, or on the fallback thread
 /// outside any runtime. Always `Some`: a deadline that has passed by the time the wheel arms
 /// its timer is fired by the wheel.
@@ -61,17 +60,17 @@ pub(crate) enum Source {
 /// # Panics
 ///
 /// Inside a Tokio runtime built without the time driver, as `tokio::time::sleep` does.
-pub(crate) fn arm_timer(scope: &Arc<Scope>, at: Instant) -> Option<Source> {
+pub(crate) fn arm_timer(scope: &Expiry, at: Instant) -> Option<Source> {
     Some(match crate::wheel::insert(scope, at) {
         Some(entry) => Source::Wheel { _entry: entry },
-        None => fallback_timer(scope, at),
+        None => fallback_timer(scope.clone(), at),
     })
 }
 
 /// Hands a deadline that a Tokio timer fired to a task of the current runtime, which calls
-/// [`Scope::deadline_fired`], if it is a multi-thread one; calls it in place otherwise (see
+/// [`Expiry::fire_deadline`], if it is a multi-thread one; calls it in place otherwise (see
 /// "Where a deadline's cancellation runs").
-pub(crate) fn deadline_due(scope: Weak<Scope>) {
+pub(crate) fn deadline_due(scope: Expiry) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
             drop(runtime.spawn(DeadlineDue(Some(scope))));
@@ -80,17 +79,15 @@ pub(crate) fn deadline_due(scope: Weak<Scope>) {
     }
 }
 
-fn fire(scope: Weak<Scope>) {
-    if let Some(scope) = scope.upgrade() {
-        scope.deadline_fired();
-    }
+fn fire(scope: Expiry) {
+    scope.fire_deadline();
 }
 
 /// Fires a batch of the fallback thread's deadlines on a thread of its own, so that a
 /// callback that blocks holds up no later deadline; in place if no thread can be started
 /// (or under loom, whose models drive the fallback thread's loop by hand).
-fn fire_batch(due: Vec<Weak<Scope>>) {
-    fn fire_all(batch: &Mutex<Vec<Weak<Scope>>>) {
+fn fire_batch(due: Vec<Expiry>) {
+    fn fire_all(batch: &Mutex<Vec<Expiry>>) {
         let due = mem::take(&mut *batch.lock().unwrap_or_else(PoisonError::into_inner));
         due.into_iter().for_each(fire);
     }
@@ -109,7 +106,7 @@ fn fire_batch(due: Vec<Weak<Scope>>) {
 
 /// The task that runs a deadline's cancellation: at its first poll, or when it is dropped
 /// unpolled (a runtime shutting down drops the tasks it can no longer run).
-struct DeadlineDue(Option<Weak<Scope>>);
+struct DeadlineDue(Option<Expiry>);
 
 impl Future for DeadlineDue {
     type Output = ();
@@ -131,12 +128,9 @@ impl Drop for DeadlineDue {
 }
 
 /// Watches `token` for `scope`; `None` if the token is already cancelled.
-pub(crate) fn watch_token(scope: &Arc<Scope>, token: CancellationToken) -> Option<Source> {
+pub(crate) fn watch_token(scope: Expiry, token: CancellationToken) -> Option<Source> {
     let mut cancelled = Box::pin(token.clone().cancelled_owned());
-    let waker = Waker::from(Arc::new(TokenWaker {
-        scope: Arc::downgrade(scope),
-        token,
-    }));
+    let waker = Waker::from(Arc::new(TokenWaker { scope, token }));
     match cancelled
         .as_mut()
         .poll(&mut task::Context::from_waker(&waker))
@@ -149,7 +143,7 @@ pub(crate) fn watch_token(scope: &Arc<Scope>, token: CancellationToken) -> Optio
 }
 
 struct TokenWaker {
-    scope: Weak<Scope>,
+    scope: Expiry,
     token: CancellationToken,
 }
 
@@ -159,24 +153,14 @@ impl Wake for TokenWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        // tokio-util wakes waiters only after releasing its own locks, so asking the token is
-        // safe here. A wake without a cancellation never happens today; if it ever did, the
-        // watch is simply renewed.
-        let Some(scope) = self.scope.upgrade() else {
-            return;
-        };
-        if self.token.is_cancelled() {
-            scope.cancel(Error::Canceled, Cause::from(Error::Canceled));
-        } else if let Some(renewed) = watch_token(&scope, self.token.clone()) {
-            scope.set_source(renewed);
-        } else {
-            scope.cancel(Error::Canceled, Cause::from(Error::Canceled));
-        }
+        // tokio-util wakes waiters only after releasing its own locks, so asking the token
+        // (which `token_woke` does) is safe here.
+        self.scope.token_woke(&self.token);
     }
 }
 
-/// Schedules [`Scope::deadline_fired`] at `at` on the crate's fallback timer thread.
-pub(crate) fn fallback_timer(scope: &Arc<Scope>, at: Instant) -> Source {
+/// Schedules [`Expiry::fire_deadline`] at `at` on the crate's fallback timer thread.
+pub(crate) fn fallback_timer(scope: Expiry, at: Instant) -> Source {
     let key = Fallback::get().schedule(scope, at.into_std());
     Source::Fallback {
         _entry: Box::new(FallbackEntry { key }),
@@ -203,7 +187,7 @@ impl Drop for FallbackEntry {
 /// sees the new deadline before it sleeps or is woken (loom model
 /// `loom_an_earlier_deadline_wakes_the_fallback_timer_thread`).
 pub(crate) struct Fallback {
-    queue: Mutex<BTreeMap<Key, Weak<Scope>>>,
+    queue: Mutex<BTreeMap<Key, Expiry>>,
     changed: Condvar,
     next_id: AtomicU64,
 }
@@ -218,11 +202,11 @@ impl Fallback {
     }
 
     /// Queues `scope`'s deadline `at`, waking the thread if it is now the earliest.
-    pub(crate) fn schedule(&self, scope: &Arc<Scope>, at: std::time::Instant) -> Key {
+    pub(crate) fn schedule(&self, scope: Expiry, at: std::time::Instant) -> Key {
         let key = (at, self.next_id.fetch_add(1, Ordering::Relaxed));
         let earliest = {
             let mut queue = self.lock();
-            queue.insert(key, Arc::downgrade(scope));
+            queue.insert(key, scope);
             queue.keys().next() == Some(&key)
         };
         if earliest {
@@ -253,7 +237,7 @@ impl Fallback {
         fallback
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Weak<Scope>>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Expiry>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -300,7 +284,7 @@ mod tests {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
-    use super::{Fallback, Source, fallback_timer};
+    use super::{Expiry, Fallback, Source, fallback_timer};
     use crate::tree::tests::plain_scope as scope;
 
     #[test]
@@ -311,7 +295,7 @@ mod tests {
     fn a_fallback_deadline_leaves_the_timer_threads_queue_when_dropped() {
         let scope = scope();
         let at = tokio::time::Instant::now() + Duration::from_secs(3600);
-        let source = fallback_timer(&scope, at);
+        let source = fallback_timer(Expiry::of(&scope), at);
         let Source::Fallback { _entry: entry } = &source else {
             panic!("a fallback timer")
         };
@@ -335,8 +319,8 @@ mod tests {
         let fallback = Arc::new(Fallback::new());
         let scope = scope();
         let now = Instant::now();
-        let later = fallback.schedule(&scope, now + Duration::from_secs(3600));
-        let due = fallback.schedule(&scope, now - Duration::from_millis(1));
+        let later = fallback.schedule(Expiry::of(&scope), now + Duration::from_secs(3600));
+        let due = fallback.schedule(Expiry::of(&scope), now - Duration::from_millis(1));
         let (returned, watchdog) = mpsc::channel();
         std::thread::spawn({
             let fallback = fallback.clone();
@@ -367,7 +351,7 @@ mod tests {
         let fallback = Arc::new(Fallback::new());
         let scope = scope();
         let now = Instant::now();
-        let later = fallback.schedule(&scope, now + Duration::from_secs(3600));
+        let later = fallback.schedule(Expiry::of(&scope), now + Duration::from_secs(3600));
         let (returned, watchdog) = mpsc::channel();
         std::thread::spawn({
             let fallback = fallback.clone();
@@ -379,7 +363,7 @@ mod tests {
         // Until the loop waits, a new deadline is found without a wake-up: give it the time to
         // reach its wait; the test holds whenever it does.
         std::thread::sleep(Duration::from_millis(50));
-        let due = fallback.schedule(&scope, Instant::now());
+        let due = fallback.schedule(Expiry::of(&scope), Instant::now());
         watchdog
             .recv_timeout(Duration::from_secs(10))
             .expect("hang: the earlier deadline did not wake the loop");

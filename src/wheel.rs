@@ -51,7 +51,7 @@ use tokio::time::Instant;
 
 use crate::slab::Slab;
 use crate::sync::{AtomicBool, Mutex, MutexGuard, Ordering};
-use crate::tree::Scope;
+use crate::tree::Expiry;
 
 #[cfg(loom)]
 pub(crate) use loom_timer::{Timer, start_timer};
@@ -111,7 +111,7 @@ struct Entry {
     /// When it is due, in nanoseconds after `origin`.
     at: u64,
     /// Taken (left empty) when the entry fires.
-    scope: Weak<Scope>,
+    scope: Expiry,
     prev: Index,
     next: Index,
     /// The bucket whose list holds it.
@@ -154,7 +154,7 @@ std::thread_local! {
 ///
 /// In a runtime built without the time driver, as `tokio::time::sleep` does; the wheel is left
 /// as it was.
-pub(crate) fn insert(scope: &Arc<Scope>, at: Instant) -> Option<WheelEntry> {
+pub(crate) fn insert(scope: &Expiry, at: Instant) -> Option<WheelEntry> {
     Some(local_wheel()?.insert(scope, at))
 }
 
@@ -203,11 +203,11 @@ impl Wheel {
     }
 
     /// Puts `scope`'s deadline `at` in this wheel, arming its timer if `at` is the earliest.
-    pub(crate) fn insert(self: &Arc<Self>, scope: &Arc<Scope>, at: Instant) -> WheelEntry {
+    pub(crate) fn insert(self: &Arc<Self>, scope: &Expiry, at: Instant) -> WheelEntry {
         let (index, arm) = {
             let mut state = self.lock();
             let at = state.offset_of(at);
-            let index = state.link(at, Arc::downgrade(scope));
+            let index = state.link(at, scope.clone());
             let arm = match &state.armed {
                 Some((armed, _)) if *armed <= at => None,
                 _ => Some(at),
@@ -306,7 +306,7 @@ impl State {
     }
 
     /// Puts an entry due `at` in its bucket's list; returns its slot.
-    fn link(&mut self, at: u64, scope: Weak<Scope>) -> usize {
+    fn link(&mut self, at: u64, scope: Expiry) -> usize {
         let tick = (at / TICK).max(self.processed);
         let bucket = (tick % SLOTS) as usize;
         let head = self.heads[bucket];
@@ -333,7 +333,7 @@ impl State {
 
     /// Takes the entry at `index` out of its bucket's list and marks it fired; its slot stays
     /// taken (see "Invariants"). Returns its scope, or `None` if it had fired already.
-    fn unlink(&mut self, index: usize) -> Option<Weak<Scope>> {
+    fn unlink(&mut self, index: usize) -> Option<Expiry> {
         let entry = self.entries.get_mut(index).filter(|entry| entry.linked)?;
         entry.linked = false;
         self.pending -= 1;
@@ -351,14 +351,14 @@ impl State {
 
     /// Frees the slot of a `WheelEntry` being dropped, taking its entry out first if it has
     /// not fired; returns what it held, to be dropped once the lock is released.
-    fn remove(&mut self, index: usize) -> Option<Weak<Scope>> {
+    fn remove(&mut self, index: usize) -> Option<Expiry> {
         let scope = self.unlink(index);
         self.entries.remove_if(index, |_| true);
         scope
     }
 
     /// Takes every entry due by `now`, and marks the ticks before `now`'s processed.
-    fn take_due(&mut self, now: Instant) -> Vec<Weak<Scope>> {
+    fn take_due(&mut self, now: Instant) -> Vec<Expiry> {
         let now = self.offset_of(now);
         let now_tick = (now / TICK).max(self.processed);
         let mut due = Vec::new();
@@ -404,7 +404,7 @@ impl State {
     }
 
     /// Takes every entry that has not fired, as fired (their slots stay taken).
-    fn drain_all(&mut self) -> Vec<Weak<Scope>> {
+    fn drain_all(&mut self) -> Vec<Expiry> {
         let mut scopes = Vec::with_capacity(self.pending);
         for bucket in 0..self.heads.len() {
             // Every list is emptied whole, so its links need no mending; each step marks an
@@ -468,11 +468,11 @@ mod tests {
     #[test]
     fn a_handle_dropped_after_its_entry_fired_leaves_later_entries_alone() {
         use super::{NIL, SLOTS, Slab, State, TICK};
-        use std::sync::Arc;
+        use crate::tree::Expiry;
 
         let (a, _cancel_a) = Context::background().with_cancel();
         let (b, _cancel_b) = Context::background().with_cancel();
-        let scope = |ctx: &Context| Arc::downgrade(ctx.scope().unwrap());
+        let scope = |ctx: &Context| Expiry::of(ctx.scope().unwrap());
         let origin = tokio::time::Instant::now();
         let mut state = State {
             origin,

@@ -24,10 +24,6 @@ use super::{Kind, Scope};
 #[derive(Clone, Default)]
 pub(crate) struct Expiry(Weak<Scope>);
 
-#[expect(
-    dead_code,
-    reason = "source.rs and wheel.rs still take the scope itself"
-)]
 impl Expiry {
     pub(crate) fn of(scope: &Arc<Scope>) -> Expiry {
         Expiry(Arc::downgrade(scope))
@@ -37,7 +33,7 @@ impl Expiry {
     /// deadline cause) if the deadline has passed, or moves it to the fallback timer thread if
     /// the timer fired early (Tokio fires every timer when its runtime shuts down). Nothing if
     /// the scope is gone or done.
-    pub(crate) fn deadline_due(&self) {
+    pub(crate) fn fire_deadline(&self) {
         if let Some(scope) = self.0.upgrade() {
             scope.deadline_fired();
         }
@@ -58,7 +54,7 @@ impl Scope {
         if at <= now.unwrap_or_else(Instant::now) {
             return self.deadline_fired();
         }
-        match source::arm_timer(self, at) {
+        match source::arm_timer(&Expiry::of(self), at) {
             Some(timer) => self.set_source(timer),
             None => self.deadline_fired(),
         }
@@ -67,7 +63,7 @@ impl Scope {
     /// Watches `token`: cancels this scope if it is cancelled already, or installs a watch
     /// that will.
     pub(super) fn watch_token(self: &Arc<Self>, token: CancellationToken) {
-        match source::watch_token(self, token) {
+        match source::watch_token(Expiry::of(self), token) {
             Some(watch) => self.set_source(watch),
             None => self.cancel(Error::Canceled, Cause::from(Error::Canceled)),
         }
@@ -87,7 +83,7 @@ impl Scope {
     }
 
     /// Called when the deadline timer says it has fired.
-    pub(crate) fn deadline_fired(self: &Arc<Self>) {
+    fn deadline_fired(self: &Arc<Self>) {
         let Kind::Deadline { at } = &self.kind else {
             return;
         };
@@ -97,7 +93,7 @@ impl Scope {
         if Instant::now() < *at {
             // Tokio fires every timer early when its runtime shuts down. The deadline has not
             // passed: keep it on the crate's own timer thread instead.
-            self.set_source(source::fallback_timer(self, *at));
+            self.set_source(source::fallback_timer(Expiry::of(self), *at));
             return;
         }
         let cause = self.lock().deadline_cause().cloned();

@@ -202,6 +202,7 @@ pub(crate) mod tests;
 mod waiters;
 mod walk;
 
+pub(crate) use expire::Expiry;
 use inner::Inner;
 use node::{Node, release};
 #[cfg(loom)]
