@@ -141,7 +141,10 @@
 //! - A value context is two allocations (one for a zero-sized value), and a lookup walks one
 //!   layer per derived context, stopping early at a value layer that says the key is not
 //!   above it.
-//! - A deadline runs no task: inside a Tokio runtime it is a timer entry and its waker.
+//! - A deadline runs no task and arms no Tokio timer of its own: inside a Tokio runtime it
+//!   is a slot in a deadline wheel that the thread keeps for that runtime, in every runtime
+//!   flavour, so that once the wheel is made, arming a deadline on a reused context does not
+//!   allocate. A paused clock fires it exactly when a `sleep_until` of the same instant would.
 //! - Cancelling and dropping are iterative: a chain of any depth is cancelled and released
 //!   without growing the stack.
 //!

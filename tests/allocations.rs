@@ -410,20 +410,22 @@ fn cancelling_wakes_four_waiters_without_allocating() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn deadline_in_a_tokio_runtime_adds_two_allocations_to_with_cancel() {
+async fn a_deadline_in_a_tokio_runtime_allocates_nothing_once_its_wheel_is_made() {
     let (root, _cancel_root) = Context::background().with_cancel();
     drop(root.with_cancel()); // keep a spare scope: a lone leaf, which never took its lock
     let (n, (ctx, cancel)) = allocations(|| root.with_timeout(Duration::from_secs(1)));
     assert_eq!(
-        n, 4,
-        "a Tokio timer entry, its waker, the scope's lock (which holds the timer: no \
-         out-of-line fields), and the root's lock, made by its first registration; the scope \
-         reuses the spare"
+        n, 6,
+        "this thread's wheel for this runtime (the wheel, its buckets, its Tokio timer and that \
+         timer's waker), the scope's lock and the root's lock; the scope reuses the spare"
     );
     assert_eq!(census(&root).timers, 1);
-    drop((ctx, cancel)); // kept again, its lock with it
+    drop((ctx, cancel)); // kept again, its lock with it; the wheel keeps its room
     let (n, (ctx, _cancel)) = allocations(|| root.with_timeout(Duration::from_secs(1)));
-    assert_eq!(n, 2, "a Tokio timer entry and its waker");
+    assert_eq!(
+        n, 0,
+        "the kept scope and its lock, a wheel slot, the wheel's timer armed"
+    );
     assert_eq!(census(&root).timers, 1);
     assert_eq!(ctx.done().await, Error::DeadlineExceeded);
 }
