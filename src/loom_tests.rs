@@ -388,6 +388,41 @@ fn loom_a_lone_child_reports_one_cause_while_it_and_its_parent_are_cancelled() {
     });
 }
 
+/// A lone child adopts its parent's custom cause without a copy (invariant 16) while two
+/// readers query it and the child's handle is dropped: each reader that sees the error sees
+/// the parent's cause with it, a reader never sees a cause without the error being set
+/// afterwards, and the child's own plain cancel never replaces the adopted cause.
+#[test]
+fn loom_a_lone_child_adopts_its_parents_custom_cause_while_read() {
+    loom::model(|| {
+        let (parent, cancel_parent) = Context::background().with_cancel_cause();
+        let (child, cancel_child) = parent.with_cancel();
+        let read = |child: Context| {
+            thread::spawn(move || {
+                let err = child.err();
+                let cause = child.cause().map(|cause| cause.to_string());
+                (err, cause)
+            })
+        };
+        let first = read(child.clone());
+        let second = read(child.clone());
+        cancel_parent.cancel("shutting down");
+        drop(cancel_child);
+        for reader in [first, second] {
+            match reader.join().unwrap() {
+                (None, None) => {}
+                (Some(Error::Canceled), Some(cause)) | (None, Some(cause)) => {
+                    assert_eq!(cause, "shutting down")
+                }
+                other => panic!("inconsistent read: {other:?}"),
+            }
+        }
+        assert_eq!(child.err(), Some(Error::Canceled));
+        assert_eq!(child.cause().unwrap().to_string(), "shutting down");
+        assert!(census(&parent).is_clean());
+    });
+}
+
 #[test]
 fn loom_every_cancel_returns_after_the_subtree_is_done() {
     loom::model(|| {

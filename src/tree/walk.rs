@@ -38,13 +38,14 @@ impl Scope {
         // queries say, and was counted in the parent's event (see `lone.rs`).
         if self.state.load(Ordering::Acquire) & LONE != 0
             && let Some(parent) = self.parent.scope()
-            && parent.is_done()
+            && let parents = parent.state.load(Ordering::Acquire)
+            && parents & ERR != LIVE
         {
             // Unless it linked meanwhile, and the parent's walk, not over yet, has still to
             // finish it or its subtree: then this cancel goes on, to finish it or wait for that
             // walk, as any other would (pinned by
             // `loom_a_lone_childs_cancel_returns_done_while_it_links_and_its_parent_is_cancelled`).
-            let state = self.adopt(parent);
+            let state = self.adopt(parent, parents);
             if state & ERR != LIVE && state & PROPAGATING == 0 {
                 return;
             }
