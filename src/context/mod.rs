@@ -442,7 +442,37 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
     pub fn with_token(&self, token: CancellationToken) -> Context {
-        Context::from_scope(Scope::with_token(&self.node, token))
+        Context::from_scope(Scope::with_token(&self.node, token, None))
+    }
+
+    /// Like [`Context::with_token`], but when `token` is cancelled the child reports `cause`
+    /// from [`Context::cause`] (its error is [`Error::Canceled`]). If this context is done
+    /// first, the child reports this context's error and cause instead, as any child does.
+    ///
+    /// This is how a shutdown token (such as the one driving axum's `with_graceful_shutdown`)
+    /// becomes a root whose descendants can tell a shutdown from their own cancellation by
+    /// their cause.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let shutdown = CancellationToken::new();
+    /// let root = Context::background().with_token_cause(shutdown.clone(), "shutting down");
+    /// let (request, _done) = root.with_cancel();
+    /// shutdown.cancel();
+    /// assert_eq!(request.err(), Some(Error::Canceled));
+    /// assert_eq!(request.cause().unwrap().to_string(), "shutting down");
+    /// ```
+    pub fn with_token_cause(
+        &self,
+        token: CancellationToken,
+        cause: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Context {
+        let cause = Cause::new(cause.into());
+        Context::from_scope(Scope::with_token(&self.node, token, Some(cause)))
     }
 
     /// A root context that is done when `token` is cancelled: `background().with_token(token)`.
@@ -460,6 +490,28 @@ impl Context {
     /// ```
     pub fn from_token(token: CancellationToken) -> Context {
         Context::background().with_token(token)
+    }
+
+    /// A root context that is done, reporting `cause`, when `token` is cancelled:
+    /// `background().with_token_cause(token, cause)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let token = CancellationToken::new();
+    /// let ctx = Context::from_token_cause(token.clone(), "shutting down");
+    /// token.cancel();
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "shutting down");
+    /// ```
+    pub fn from_token_cause(
+        token: CancellationToken,
+        cause: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Context {
+        Context::background().with_token_cause(token, cause)
     }
 
     /// A `CancellationToken` that is cancelled when this context is done.
