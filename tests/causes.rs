@@ -490,3 +490,42 @@ fn from_token_cause_is_a_root_that_reports_the_cause() {
         Some(&ClientGone(1))
     );
 }
+
+// with_deadline_cancel_cause / with_timeout_cancel_cause
+
+#[tokio::test(start_paused = true)]
+async fn with_timeout_cancel_cause_reports_the_handles_cause_before_the_deadline() {
+    let (ctx, cancel) = Context::background().with_timeout_cancel_cause(Duration::from_secs(5));
+    assert!(ctx.deadline().is_some());
+    cancel.cancel(ClientGone(4));
+    assert_eq!(ctx.err(), Some(Error::Canceled));
+    assert_eq!(cause_text(&ctx), "client 4 went away");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        ctx.err(),
+        Some(Error::Canceled),
+        "the first cancellation wins"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_deadline_cancel_cause_fires_with_deadline_exceeded() {
+    let at = Instant::now() + Duration::from_secs(2);
+    let (ctx, cancel) = Context::background().with_deadline_cancel_cause(at);
+    assert_eq!(ctx.deadline(), Some(at));
+    assert_eq!(ctx.done().await, Error::DeadlineExceeded);
+    assert_eq!(
+        ctx.cause().unwrap().downcast_ref::<Error>(),
+        Some(&Error::DeadlineExceeded)
+    );
+    cancel.cancel("too late");
+    assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_timeout_cancel_cause_too_long_for_an_instant_has_no_deadline() {
+    let (ctx, cancel) = Context::background().with_timeout_cancel_cause(Duration::MAX);
+    assert_eq!(ctx.deadline(), None);
+    drop(cancel);
+    assert_eq!(ctx.err(), Some(Error::Canceled));
+}

@@ -423,6 +423,77 @@ impl Context {
         Context::from_scope(Scope::merge(&self.node, &other.node))
     }
 
+    /// [`Context::with_deadline`] and [`Context::with_cancel_cause`] in one child: done at
+    /// `deadline` at the latest, or earlier when its handle cancels it with a cause. One
+    /// context where `with_cancel_cause` followed by `with_deadline` would make two.
+    ///
+    /// After `let (ctx, _) = parent.with_deadline_cancel_cause(…);` the context is already
+    /// cancelled: `_` drops the handle at once. `let (ctx, _cancel) = …` keeps it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let at = Instant::now() + Duration::from_secs(5);
+    /// let (ctx, cancel) = Context::background().with_deadline_cancel_cause(at);
+    /// assert_eq!(ctx.deadline(), Some(at));
+    /// cancel.cancel("client went away");
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "client went away");
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Context::with_deadline`].
+    pub fn with_deadline_cancel_cause(&self, deadline: Instant) -> (Context, CancelCauseHandle) {
+        let scope = Scope::with_deadline(&self.node, deadline, None, None);
+        (
+            Context::from_scope(scope.clone()),
+            CancelCauseHandle::new(scope),
+        )
+    }
+
+    /// [`Context::with_timeout`] and [`Context::with_cancel_cause`] in one child: done
+    /// `timeout` from now at the latest, or earlier when its handle cancels it with a cause.
+    /// A timeout too long for an [`Instant`] gives no deadline, as `with_timeout`'s.
+    ///
+    /// After `let (ctx, _) = parent.with_timeout_cancel_cause(…);` the context is already
+    /// cancelled: `_` drops the handle at once. `let (ctx, _cancel) = …` keeps it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, _cancel) = Context::background().with_timeout_cancel_cause(Duration::from_secs(1));
+    /// assert_eq!(ctx.done().await, Error::DeadlineExceeded);
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Context::with_deadline`].
+    pub fn with_timeout_cancel_cause(&self, timeout: Duration) -> (Context, CancelCauseHandle) {
+        let now = Instant::now();
+        let Some(deadline) = now.checked_add(timeout) else {
+            return self.with_cancel_cause();
+        };
+        let scope = Scope::with_deadline(&self.node, deadline, None, Some(now));
+        (
+            Context::from_scope(scope.clone()),
+            CancelCauseHandle::new(scope),
+        )
+    }
+
     /// Derives a child that is done when this context is or when `token` is cancelled, with
     /// [`Error::Canceled`] in the latter case.
     ///
