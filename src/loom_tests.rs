@@ -504,6 +504,40 @@ fn loom_a_token_watch_set_while_the_parent_is_cancelled_is_dropped() {
     });
 }
 
+/// A token with a cause fires while the parent is cancelled with another: the child ends with
+/// one of the two causes, and a reader that saw the child done saw that same cause (the token
+/// scope's fire cause is read under its lock before the finish that publishes it).
+#[test]
+fn loom_a_token_cause_and_a_parents_cause_race() {
+    loom::model(|| {
+        let (parent, cancel) = Context::background().with_cancel_cause();
+        let token = CancellationToken::new();
+        let child = parent.with_token_cause(token.clone(), "token's");
+        let firer = thread::spawn(move || token.cancel());
+        let reader = {
+            let child = child.clone();
+            thread::spawn(move || {
+                let done = child.is_done();
+                (done, child.cause().map(|cause| cause.to_string()))
+            })
+        };
+        cancel.cancel("parent's");
+        firer.join().unwrap();
+        let (done, seen) = reader.join().unwrap();
+        assert_eq!(child.err(), Some(Error::Canceled));
+        let cause = child.cause().unwrap().to_string();
+        assert!(cause == "token's" || cause == "parent's", "{cause}");
+        if done || seen.is_some() {
+            assert_eq!(
+                seen.as_deref(),
+                Some(cause.as_str()),
+                "one cause, then another"
+            );
+        }
+        assert!(census(&parent).is_clean(), "{}", census(&parent));
+    });
+}
+
 /// `Context::token` while an ancestor is cancelled: the token walk installs a mirror in the
 /// parent and then in the child, and the cancellation finishes both. Whatever the order, the
 /// token handed out is cancelled by the time the cancel has returned, and no live mirror stays
