@@ -20,7 +20,7 @@ use http::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use taskctx::service::{self, ClientLayer, ClientService, RequestExt, ServerLayer};
+use taskctx::service::{ClientLayer, ClientService, RequestExt, ServerLayer};
 use taskctx::{Context, Error};
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service, ServiceExt};
@@ -36,7 +36,7 @@ async fn main() {
 pub async fn run() {
     // The glue: a root context that the shutdown cancels, and the layer.
     let shutdown = CancellationToken::new();
-    let root = service::with_token_cause(&Context::background(), shutdown.clone(), "shutting down");
+    let root = Context::background().with_token_cause(shutdown.clone(), "shutting down");
     let layer = ServerLayer::new(&root)
         .max_timeout(Duration::from_secs(30))
         .canceled_status(http::StatusCode::SERVICE_UNAVAILABLE);

@@ -388,6 +388,41 @@ fn loom_a_lone_child_reports_one_cause_while_it_and_its_parent_are_cancelled() {
     });
 }
 
+/// A lone child adopts its parent's custom cause without a copy (invariant 16) while two
+/// readers query it and the child's handle is dropped: each reader that sees the error sees
+/// the parent's cause with it, a reader never sees a cause without the error being set
+/// afterwards, and the child's own plain cancel never replaces the adopted cause.
+#[test]
+fn loom_a_lone_child_adopts_its_parents_custom_cause_while_read() {
+    loom::model(|| {
+        let (parent, cancel_parent) = Context::background().with_cancel_cause();
+        let (child, cancel_child) = parent.with_cancel();
+        let read = |child: Context| {
+            thread::spawn(move || {
+                let err = child.err();
+                let cause = child.cause().map(|cause| cause.to_string());
+                (err, cause)
+            })
+        };
+        let first = read(child.clone());
+        let second = read(child.clone());
+        cancel_parent.cancel("shutting down");
+        drop(cancel_child);
+        for reader in [first, second] {
+            match reader.join().unwrap() {
+                (None, None) => {}
+                (Some(Error::Canceled), Some(cause)) | (None, Some(cause)) => {
+                    assert_eq!(cause, "shutting down")
+                }
+                other => panic!("inconsistent read: {other:?}"),
+            }
+        }
+        assert_eq!(child.err(), Some(Error::Canceled));
+        assert_eq!(child.cause().unwrap().to_string(), "shutting down");
+        assert!(census(&parent).is_clean());
+    });
+}
+
 #[test]
 fn loom_every_cancel_returns_after_the_subtree_is_done() {
     loom::model(|| {
@@ -466,6 +501,40 @@ fn loom_a_token_watch_set_while_the_parent_is_cancelled_is_dropped() {
             0,
             "a done scope still holds its token watch"
         );
+        assert!(census(&parent).is_clean(), "{}", census(&parent));
+    });
+}
+
+/// A token with a cause fires while the parent is cancelled with another: the child ends with
+/// one of the two causes, and a reader that saw the child done saw that same cause (the token
+/// scope's fire cause is read under its lock before the finish that publishes it).
+#[test]
+fn loom_a_token_cause_and_a_parents_cause_race() {
+    loom::model(|| {
+        let (parent, cancel) = Context::background().with_cancel_cause();
+        let token = CancellationToken::new();
+        let child = parent.with_token_cause(token.clone(), "token's");
+        let firer = thread::spawn(move || token.cancel());
+        let reader = {
+            let child = child.clone();
+            thread::spawn(move || {
+                let done = child.is_done();
+                (done, child.cause().map(|cause| cause.to_string()))
+            })
+        };
+        cancel.cancel("parent's");
+        firer.join().unwrap();
+        let (done, seen) = reader.join().unwrap();
+        assert_eq!(child.err(), Some(Error::Canceled));
+        let cause = child.cause().unwrap().to_string();
+        assert!(cause == "token's" || cause == "parent's", "{cause}");
+        if done || seen.is_some() {
+            assert_eq!(
+                seen.as_deref(),
+                Some(cause.as_str()),
+                "one cause, then another"
+            );
+        }
         assert!(census(&parent).is_clean(), "{}", census(&parent));
     });
 }

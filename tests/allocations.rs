@@ -122,6 +122,37 @@ fn cause_of_a_custom_cancel_is_a_reference_count_not_an_allocation() {
     assert_eq!(cause.unwrap().to_string(), "client went away");
 }
 
+#[test]
+fn a_lone_child_adopting_its_parents_custom_cause_allocates_nothing() {
+    // A group's member tasks each hold such a child: shutting the group down with a cause
+    // must not give each of them a copy.
+    let (parent, cancel) = Context::background().with_cancel_cause();
+    let (child, _cancel_child) = parent.with_cancel();
+    let (grandchild, _cancel_grandchild) = parent.with_value(RequestId(7)).with_cancel();
+    cancel.cancel("shutting down");
+    let (n, seen) = allocations(|| {
+        let err = child.err();
+        let cause = child.cause();
+        let through_a_value = grandchild.cause();
+        (err, cause, through_a_value)
+    });
+    assert_eq!(
+        n, 0,
+        "the child's queries took the parent's cause without copying it"
+    );
+    let (err, cause, through_a_value) = seen;
+    assert_eq!(err, Some(Error::Canceled));
+    assert_eq!(cause.unwrap().to_string(), "shutting down");
+    assert_eq!(through_a_value.unwrap().to_string(), "shutting down");
+    // Later registrations in the done child are refused with the same cause.
+    let (after_child, _cancel_after) = child.with_cancel();
+    assert_eq!(after_child.cause().unwrap().to_string(), "shutting down");
+    let stop = child.after_func(|| {});
+    assert!(child.is_done());
+    drop(stop);
+    assert_eq!(child.cause().unwrap().to_string(), "shutting down");
+}
+
 #[derive(Debug, PartialEq)]
 struct RequestId(u64);
 

@@ -420,3 +420,112 @@ async fn err_and_cause_agree_at_every_step() {
     assert_eq!(cause_text(&f), "root");
     assert_eq!(d.err(), Some(Error::DeadlineExceeded));
 }
+
+// with_token_cause / from_token_cause
+
+#[tokio::test]
+async fn with_token_cause_reports_the_cause_when_the_token_fires() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let root = Context::background().with_token_cause(shutdown.clone(), "shutting down");
+    let (request, _done) = root.with_cancel();
+    let (waiting, _stop) = root.with_cancel();
+    let waiter = tokio::spawn(async move { (waiting.done().await, cause_text(&waiting)) });
+    tokio::task::yield_now().await;
+    assert_eq!((root.err(), request.err()), (None, None));
+    shutdown.cancel();
+    assert_eq!(root.err(), Some(Error::Canceled));
+    assert_eq!(cause_text(&root), "shutting down");
+    assert_eq!(cause_text(&request), "shutting down");
+    assert_err_and_cause_agree(&request);
+    let (err, cause) = waiter.await.unwrap();
+    assert_eq!((err, cause.as_str()), (Error::Canceled, "shutting down"));
+}
+
+#[test]
+fn with_token_cause_on_a_cancelled_token_is_born_done_with_the_cause() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    shutdown.cancel();
+    let ctx = Context::background().with_token_cause(shutdown, ClientGone(3));
+    assert_eq!(ctx.err(), Some(Error::Canceled));
+    assert_eq!(cause_text(&ctx), "client 3 went away");
+}
+
+#[test]
+fn with_token_cause_reports_the_parents_cause_when_the_parent_is_cancelled_first() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (parent, cancel) = Context::background().with_cancel_cause();
+    let ctx = parent.with_token_cause(shutdown.clone(), "shutting down");
+    let (child, _cancel_child) = ctx.with_cancel();
+    cancel.cancel(ClientGone(9));
+    shutdown.cancel(); // too late: the first cancellation wins
+    for ctx in [&ctx, &child] {
+        assert_eq!(ctx.err(), Some(Error::Canceled));
+        assert_eq!(cause_text(ctx), "client 9 went away");
+    }
+    // Born under a done parent: the parent's cause, not the token's.
+    let late = parent.with_token_cause(tokio_util::sync::CancellationToken::new(), "unused");
+    assert_eq!(cause_text(&late), "client 9 went away");
+}
+
+#[test]
+fn with_token_without_a_cause_still_reports_canceled() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let ctx = Context::background().with_token(shutdown.clone());
+    shutdown.cancel();
+    assert_eq!(
+        ctx.cause().unwrap().downcast_ref::<Error>(),
+        Some(&Error::Canceled)
+    );
+}
+
+#[test]
+fn from_token_cause_is_a_root_that_reports_the_cause() {
+    let token = tokio_util::sync::CancellationToken::new();
+    let ctx = Context::from_token_cause(token.clone(), ClientGone(1));
+    assert_eq!(ctx.err(), None);
+    token.cancel();
+    assert_eq!(ctx.err(), Some(Error::Canceled));
+    assert_eq!(
+        ctx.cause().unwrap().downcast_ref::<ClientGone>(),
+        Some(&ClientGone(1))
+    );
+}
+
+// with_deadline_cancel_cause / with_timeout_cancel_cause
+
+#[tokio::test(start_paused = true)]
+async fn with_timeout_cancel_cause_reports_the_handles_cause_before_the_deadline() {
+    let (ctx, cancel) = Context::background().with_timeout_cancel_cause(Duration::from_secs(5));
+    assert!(ctx.deadline().is_some());
+    cancel.cancel(ClientGone(4));
+    assert_eq!(ctx.err(), Some(Error::Canceled));
+    assert_eq!(cause_text(&ctx), "client 4 went away");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        ctx.err(),
+        Some(Error::Canceled),
+        "the first cancellation wins"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_deadline_cancel_cause_fires_with_deadline_exceeded() {
+    let at = Instant::now() + Duration::from_secs(2);
+    let (ctx, cancel) = Context::background().with_deadline_cancel_cause(at);
+    assert_eq!(ctx.deadline(), Some(at));
+    assert_eq!(ctx.done().await, Error::DeadlineExceeded);
+    assert_eq!(
+        ctx.cause().unwrap().downcast_ref::<Error>(),
+        Some(&Error::DeadlineExceeded)
+    );
+    cancel.cancel("too late");
+    assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_timeout_cancel_cause_too_long_for_an_instant_has_no_deadline() {
+    let (ctx, cancel) = Context::background().with_timeout_cancel_cause(Duration::MAX);
+    assert_eq!(ctx.deadline(), None);
+    drop(cancel);
+    assert_eq!(ctx.err(), Some(Error::Canceled));
+}

@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use taskctx::service::{self, ServerLayer};
+use taskctx::service::ServerLayer;
 use taskctx::testing::assert_no_leaks;
 use taskctx::{Context, Error};
 use tokio::sync::Semaphore;
@@ -180,7 +180,7 @@ async fn axum_shutdown_cancels_the_requests_in_flight() {
     const IN_FLIGHT: usize = 3;
     let (base, _stop) = Context::background().with_cancel();
     let shutdown = CancellationToken::new();
-    let root = service::with_token_cause(&base, shutdown.clone(), "shutting down");
+    let root = base.with_token_cause(shutdown.clone(), "shutting down");
     let probe = Arc::new(Probe::default());
     let layer = ServerLayer::new(&root).canceled_status(StatusCode::SERVICE_UNAVAILABLE);
     drop(root);

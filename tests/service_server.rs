@@ -232,8 +232,7 @@ async fn the_context_is_cancelled_when_the_response_is_returned_or_the_request_d
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_cause_reaches_the_requests_in_flight() {
     let token = tokio_util::sync::CancellationToken::new();
-    let root =
-        taskctx::service::with_token_cause(&Context::background(), token.clone(), "shutting down");
+    let root = Context::background().with_token_cause(token.clone(), "shutting down");
     let (mut stuck, seen) = stuck(&root);
     let _future = stuck.ready().await.unwrap().call(request(&[]));
     let ctx = seen.lock().unwrap().take().unwrap();

@@ -423,6 +423,77 @@ impl Context {
         Context::from_scope(Scope::merge(&self.node, &other.node))
     }
 
+    /// [`Context::with_deadline`] and [`Context::with_cancel_cause`] in one child: done at
+    /// `deadline` at the latest, or earlier when its handle cancels it with a cause. One
+    /// context where `with_cancel_cause` followed by `with_deadline` would make two.
+    ///
+    /// After `let (ctx, _) = parent.with_deadline_cancel_cause(…);` the context is already
+    /// cancelled: `_` drops the handle at once. `let (ctx, _cancel) = …` keeps it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    /// use tokio::time::Instant;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let at = Instant::now() + Duration::from_secs(5);
+    /// let (ctx, cancel) = Context::background().with_deadline_cancel_cause(at);
+    /// assert_eq!(ctx.deadline(), Some(at));
+    /// cancel.cancel("client went away");
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "client went away");
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Context::with_deadline`].
+    pub fn with_deadline_cancel_cause(&self, deadline: Instant) -> (Context, CancelCauseHandle) {
+        let scope = Scope::with_deadline(&self.node, deadline, None, None);
+        (
+            Context::from_scope(scope.clone()),
+            CancelCauseHandle::new(scope),
+        )
+    }
+
+    /// [`Context::with_timeout`] and [`Context::with_cancel_cause`] in one child: done
+    /// `timeout` from now at the latest, or earlier when its handle cancels it with a cause.
+    /// A timeout too long for an [`Instant`] gives no deadline, as `with_timeout`'s.
+    ///
+    /// After `let (ctx, _) = parent.with_timeout_cancel_cause(…);` the context is already
+    /// cancelled: `_` drops the handle at once. `let (ctx, _cancel) = …` keeps it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use taskctx::{Context, Error};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (ctx, _cancel) = Context::background().with_timeout_cancel_cause(Duration::from_secs(1));
+    /// assert_eq!(ctx.done().await, Error::DeadlineExceeded);
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Context::with_deadline`].
+    pub fn with_timeout_cancel_cause(&self, timeout: Duration) -> (Context, CancelCauseHandle) {
+        let now = Instant::now();
+        let Some(deadline) = now.checked_add(timeout) else {
+            return self.with_cancel_cause();
+        };
+        let scope = Scope::with_deadline(&self.node, deadline, None, Some(now));
+        (
+            Context::from_scope(scope.clone()),
+            CancelCauseHandle::new(scope),
+        )
+    }
+
     /// Derives a child that is done when this context is or when `token` is cancelled, with
     /// [`Error::Canceled`] in the latter case.
     ///
@@ -442,7 +513,37 @@ impl Context {
     /// assert_eq!(ctx.err(), Some(Error::Canceled));
     /// ```
     pub fn with_token(&self, token: CancellationToken) -> Context {
-        Context::from_scope(Scope::with_token(&self.node, token))
+        Context::from_scope(Scope::with_token(&self.node, token, None))
+    }
+
+    /// Like [`Context::with_token`], but when `token` is cancelled the child reports `cause`
+    /// from [`Context::cause`] (its error is [`Error::Canceled`]). If this context is done
+    /// first, the child reports this context's error and cause instead, as any child does.
+    ///
+    /// This is how a shutdown token (such as the one driving axum's `with_graceful_shutdown`)
+    /// becomes a root whose descendants can tell a shutdown from their own cancellation by
+    /// their cause.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let shutdown = CancellationToken::new();
+    /// let root = Context::background().with_token_cause(shutdown.clone(), "shutting down");
+    /// let (request, _done) = root.with_cancel();
+    /// shutdown.cancel();
+    /// assert_eq!(request.err(), Some(Error::Canceled));
+    /// assert_eq!(request.cause().unwrap().to_string(), "shutting down");
+    /// ```
+    pub fn with_token_cause(
+        &self,
+        token: CancellationToken,
+        cause: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Context {
+        let cause = Cause::new(cause.into());
+        Context::from_scope(Scope::with_token(&self.node, token, Some(cause)))
     }
 
     /// A root context that is done when `token` is cancelled: `background().with_token(token)`.
@@ -460,6 +561,28 @@ impl Context {
     /// ```
     pub fn from_token(token: CancellationToken) -> Context {
         Context::background().with_token(token)
+    }
+
+    /// A root context that is done, reporting `cause`, when `token` is cancelled:
+    /// `background().with_token_cause(token, cause)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use taskctx::{Context, Error};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let token = CancellationToken::new();
+    /// let ctx = Context::from_token_cause(token.clone(), "shutting down");
+    /// token.cancel();
+    /// assert_eq!(ctx.err(), Some(Error::Canceled));
+    /// assert_eq!(ctx.cause().unwrap().to_string(), "shutting down");
+    /// ```
+    pub fn from_token_cause(
+        token: CancellationToken,
+        cause: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Context {
+        Context::background().with_token_cause(token, cause)
     }
 
     /// A `CancellationToken` that is cancelled when this context is done.

@@ -28,7 +28,7 @@
 //! # #[tokio::main]
 //! # async fn main() -> std::io::Result<()> {
 //! let shutdown = tokio_util::sync::CancellationToken::new();
-//! let root = service::with_token_cause(&Context::background(), shutdown.clone(), "shutting down");
+//! let root = Context::background().with_token_cause(shutdown.clone(), "shutting down");
 //! let app = Router::new()
 //!     .route("/", get(handler))
 //!     .layer(ServerLayer::new(&root).max_timeout(Duration::from_secs(30)));
@@ -51,7 +51,6 @@ use std::error::Error as StdError;
 use std::fmt;
 
 use http::{HeaderMap, StatusCode};
-use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 #[cfg(doc)]
@@ -74,44 +73,6 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
-
-/// Derives a child of `parent` that is also cancelled, with `cause`, when `token` is.
-///
-/// This is how a shutdown token (such as the one driving axum's `with_graceful_shutdown`)
-/// becomes the root of the requests' contexts, so that a handler can tell a shutdown from a
-/// client that went away ([`ClientGone`]) by [`Context::cause`]. Watching the token costs no
-/// task. The child is done when `parent` is (with its cause), when the token is cancelled,
-/// or when the child and all its clones are dropped.
-///
-/// # Examples
-///
-/// ```
-/// use taskctx::{Context, Error, service};
-/// use tokio_util::sync::CancellationToken;
-///
-/// let shutdown = CancellationToken::new();
-/// let root = service::with_token_cause(&Context::background(), shutdown.clone(), "shutting down");
-/// let (request, _done) = root.with_cancel();
-/// shutdown.cancel();
-/// assert_eq!(request.err(), Some(Error::Canceled));
-/// assert_eq!(request.cause().unwrap().to_string(), "shutting down");
-/// ```
-pub fn with_token_cause(
-    parent: &Context,
-    token: CancellationToken,
-    cause: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
-) -> Context {
-    let (ctx, cancel) = parent.with_cancel_cause();
-    let cause = cause.into();
-    let watch = Context::from_token(token);
-    // The registration stays until `watch` is done or dropped; `watch` lives as long as the
-    // child does, as a value only this module can name.
-    let _registration = watch.after_func(move || cancel.cancel(cause));
-    ctx.with_value(TokenWatch(watch))
-}
-
-/// Keeps the token's context (and so the callback that cancels the child) alive.
-struct TokenWatch(#[allow(dead_code)] Context);
 
 /// Requests that carry a context in their extensions: read it, or set the one an outgoing
 /// request carries to a [`ClientLayer`].

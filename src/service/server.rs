@@ -26,7 +26,7 @@ use super::budget::{BudgetError, Headers};
 use super::{CLIENT_CLOSED_REQUEST, is_grpc};
 use crate::context::Context;
 use crate::error::Error;
-use crate::handle::{CancelCauseHandle, CancelHandle};
+use crate::handle::CancelCauseHandle;
 
 /// A tower layer that gives each request a context of its own, below a server-wide root.
 ///
@@ -280,13 +280,10 @@ where
         if budget == Some(Duration::ZERO) {
             return ServerFuture::refused(refusal(grpc, Refusal::Done(Error::DeadlineExceeded)));
         }
-        let (scope, cancel) = parent.with_cancel_cause();
-        let (ctx, deadline) = match budget {
-            Some(budget) => {
-                let (ctx, handle) = scope.with_timeout(budget);
-                (ctx, Some(handle))
-            }
-            None => (scope, None),
+        // One scope for both: the budget's deadline and the guard's cancellation with a cause.
+        let (ctx, cancel) = match budget {
+            Some(budget) => parent.with_timeout_cancel_cause(budget),
+            None => parent.with_cancel_cause(),
         };
         req.extensions_mut().insert(ctx.clone());
         ServerFuture {
@@ -295,7 +292,6 @@ where
             guard: Guard {
                 ctx: Some(ctx),
                 cancel: Some(cancel),
-                deadline,
             },
             canceled_status: config.canceled_status,
         }
@@ -348,7 +344,6 @@ impl<F, B> ServerFuture<F, B> {
             guard: Guard {
                 ctx: None,
                 cancel: None,
-                deadline: None,
             },
             canceled_status: CLIENT_CLOSED_REQUEST,
         }
@@ -397,9 +392,6 @@ struct Guard {
     /// The request's context, to tell whether anything but the guard still holds it.
     ctx: Option<Context>,
     cancel: Option<CancelCauseHandle>,
-    /// The deadline's handle: let go of before `cancel` in `responded`, so that its scope has
-    /// left its parent by then; in `drop`, after `cancel`'s cancellation has reached it.
-    deadline: Option<CancelHandle>,
 }
 
 impl Guard {
@@ -419,7 +411,6 @@ impl Guard {
             cancel.cancel(Responded);
         }
         drop(ctx);
-        self.deadline = None;
         drop(cancel);
     }
 }

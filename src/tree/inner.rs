@@ -47,8 +47,9 @@ pub(super) enum Outside {
 pub(super) struct Extra {
     /// The cause, when it is not the error itself (`CUSTOM_CAUSE`).
     pub(super) cause: Option<Cause>,
-    /// What a deadline reports when it fires, if not the error itself.
-    deadline_cause: Option<Cause>,
+    /// What the scope's deadline or watched token reports when it fires, if not the error
+    /// itself.
+    fire_cause: Option<Cause>,
     /// What can cancel this scope from outside the tree (its deadline timer or a token
     /// watch), once the scope has an `Extra`; [`Outside::Source`] before.
     source: Option<Source>,
@@ -57,17 +58,17 @@ pub(super) struct Extra {
 }
 
 impl Extra {
-    /// An `Extra` for a scope born with a custom cause or given a deadline cause, if any.
+    /// An `Extra` for a scope born with a custom cause or given a fire cause, if any.
     #[cold]
     #[inline(never)]
     pub(super) fn with_causes(
         cause: Option<Cause>,
-        deadline_cause: Option<Cause>,
+        fire_cause: Option<Cause>,
     ) -> Option<Box<Extra>> {
-        (cause.is_some() || deadline_cause.is_some()).then(|| {
+        (cause.is_some() || fire_cause.is_some()).then(|| {
             Box::new(Extra {
                 cause,
-                deadline_cause,
+                fire_cause,
                 ..Extra::default()
             })
         })
@@ -75,7 +76,7 @@ impl Extra {
 
     #[cold]
     #[inline(never)]
-    pub(super) fn with_deadline_cause(cause: Cause) -> Option<Box<Extra>> {
+    pub(super) fn with_fire_cause(cause: Cause) -> Option<Box<Extra>> {
         Extra::with_causes(None, Some(cause))
     }
 
@@ -127,9 +128,16 @@ impl Inner {
         self.extra_ref()?.cause.as_ref()
     }
 
+    /// What the scope reports when its deadline or watched token fires, if not the error.
+    #[inline]
+    pub(super) fn fire_cause(&self) -> Option<&Cause> {
+        self.extra_ref()?.fire_cause.as_ref()
+    }
+
+    /// [`Inner::fire_cause`], under the name `expire.rs` calls it by.
     #[inline]
     pub(super) fn deadline_cause(&self) -> Option<&Cause> {
-        self.extra_ref()?.deadline_cause.as_ref()
+        self.fire_cause()
     }
 
     #[inline]

@@ -65,7 +65,9 @@ impl Scope {
             Err(TryLockError::WouldBlock) => return self.register_sharded(make, placed),
         };
         if let Some(state) = self.claim() {
-            return Err(Scope::done_reason(state, &inner));
+            let refused = self.done_reason(state, &inner);
+            drop(inner);
+            return Err(refused.resolve());
         }
         let index = inner.regs.insert_with(make);
         Ok(placed(&mut inner.regs, index, Link::Inner(index)))

@@ -8,7 +8,7 @@
 //! Nor does it take its own lock, which is made on first use (`OnceInner`). The parent's
 //! cancellation does not reach it; its queries look instead.
 //!
-//! Keeps invariants 4 to 7 (see `tree/mod.rs`):
+//! Keeps invariants 4 to 7, and 16 (see `tree/mod.rs`):
 //!
 //! - 4: anything that would register in a scope first links it ([`Scope::link_first`]): a
 //!   callback, a timer or token watch, a mirror token, a child (derived, or merged with it),
@@ -24,7 +24,9 @@
 //!   holds, its own cancellation's if that won. If it is no longer lone, it reports the
 //!   scope's own state, which the parent's walk, not over yet, will finish. So the parent's
 //!   cancellation is complete for a lone child as soon as the parent is finished, and
-//!   invariant 10 holds. Pinned by the `loom_a_lone_child*` models.
+//!   invariant 10 holds. A custom cause is not copied: the scope publishes `CUSTOM_CAUSE`
+//!   and its queries read the parent's (invariant 16). Pinned by the `loom_a_lone_child*`
+//!   models.
 //! - 6: the common waiter, a task awaiting `done()` on its own child, does not link it: the
 //!   future waits in the parent ([`Scope::wait_lone`]), registered there as the parent's own
 //!   waiters are, and the child's link records where (a [`WAITER_LINK`]). The future
@@ -65,7 +67,7 @@ use crate::sync::Ordering;
 use super::link::Link;
 use super::shards::{SHARDS, this_thread};
 use super::walk::{Walk, wake};
-use super::{ERR, Finished, LIVE, LONE, Reg, Scope};
+use super::{BUSY, CUSTOM_CAUSE, ERR, Finished, LIVE, LONE, Reg, Scope};
 
 /// The link of a lone scope (see `lone.rs`): counted in its parent (see
 /// [`Scope::count_lone`]), registered nowhere. No [`Link`] encodes to it.
@@ -104,22 +106,51 @@ impl Scope {
         if state & ERR != LIVE {
             return state;
         }
-        match self.parent.scope() {
-            Some(parent) if parent.state.load(Ordering::Acquire) & ERR != LIVE => {
-                self.adopt(parent)
-            }
-            _ => state,
+        let Some(parent) = self.parent.scope() else {
+            return state;
+        };
+        let parents = parent.state.load(Ordering::Acquire);
+        if parents & ERR == LIVE {
+            return state;
         }
+        self.adopt(parent, parents)
     }
 
     /// Finishes this lone scope with its done parent's error and cause, unless it has linked
     /// in the meantime (then the parent's walk reaches it), and returns its state after.
+    /// `parents` is the parent's state, done.
+    ///
+    /// Invariant 16: unless its lock may guard something (`BUSY`), the scope takes the parent's
+    /// `ERR` and `CUSTOM_CAUSE` bits in one swap and stores no cause: a custom one is read from
+    /// the parent, final now that the parent is done, and kept alive by this scope's `parent`.
+    /// So adopting makes neither the lock nor an `Extra` (pinned by
+    /// `a_lone_child_adopting_its_parents_custom_cause_allocates_nothing`).
     #[cold]
     #[inline(never)]
-    pub(super) fn adopt(&self, parent: &Scope) -> u8 {
+    pub(super) fn adopt(&self, parent: &Scope, parents: u8) -> u8 {
         // Loaded again after the parent's: if it is still lone now, it was lone while the
         // parent was done, and stays lone (a link is made only under a live parent's lock).
-        let state = self.state.load(Ordering::Acquire);
+        let mut state = self.state.load(Ordering::Acquire);
+        let adopted = parents & (ERR | CUSTOM_CAUSE);
+        while state & BUSY == 0 {
+            if state & (ERR | LONE) != LONE {
+                return state;
+            }
+            match self.state.compare_exchange_weak(
+                state,
+                state | adopted,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.unlink(); // leaves the parent's count
+                    return state | adopted;
+                }
+                Err(actual) => state = actual,
+            }
+        }
+        // `BUSY`: the scope is linking (and its parent refusing it), so a finish takes its lock
+        // anyway, and stores the cause there as any other finish does.
         if state & (ERR | LONE) != LONE {
             return state;
         }

@@ -13,10 +13,10 @@
 //! | module | what it owns | invariants |
 //! |---|---|---|
 //! | `mod.rs` (this file) | the contract, [`Scope`]'s fields, [`Kind`], [`Reg`] | |
-//! | [`state`] | the state byte: queries, `claim`, `finish` | 1, 2 |
+//! | [`state`] | the state byte: queries, `claim`, `finish` | 1, 2, 16 |
 //! | [`scope`] | construction: per-kind constructors, `alloc`, `fresh` | 3 |
 //! | [`link`] | registering in a parent and leaving it; the link codec | 2, 3, 11 |
-//! | [`lone`] | lone leaves: counted in the parent, not registered; their waiters | 4, 5, 6, 7 |
+//! | [`lone`] | lone leaves: counted in the parent, not registered; their waiters | 4, 5, 6, 7, 16 |
 //! | [`shards`] | per-thread registration slabs of a contended scope | 12 |
 //! | [`walk`] | `cancel`: the iterative walk, `PROPAGATING`, releasing what it took | 8, 9, 10 |
 //! | [`batch`] | the walk's inline-first lists and the room they keep per thread | |
@@ -35,9 +35,10 @@
 //!
 //! - `ERR` (two bits): [`LIVE`], then [`CANCELED`] or [`DEADLINE_EXCEEDED`]. Set once, never
 //!   cleared (but by a reset for reuse, with exclusive access).
-//! - [`CUSTOM_CAUSE`]: the cause is not the error itself and is stored in the scope's lock
-//!   (`Extra::cause`). Without it, the cause *is* the error, so a plain cancellation
-//!   publishes error and cause in one store.
+//! - [`CUSTOM_CAUSE`]: the cause is not the error itself. It is stored in the scope's lock
+//!   (`Extra::cause`), or, if none is stored there, it is the parent scope's (invariant 16).
+//!   Without the bit, the cause *is* the error, so a plain cancellation publishes error and
+//!   cause in one store.
 //! - [`BUSY`]: the lock may guard something a finish must take (registrations, a source, a
 //!   mirror token). Set by [`Scope::claim`] before anything is added; never cleared while live.
 //! - [`PROPAGATING`]: set with `ERR` by a finish that took registrations, cleared once that
@@ -56,7 +57,8 @@
 //! # Invariants
 //!
 //! 1. A custom cause is written under the lock before `CUSTOM_CAUSE` is published; a reader
-//!    that sees `CUSTOM_CAUSE` takes the lock to read it. `err()` and `cause()` never disagree.
+//!    that sees `CUSTOM_CAUSE` takes the lock to read it (or, finding none, reads the parent's,
+//!    invariant 16). `err()` and `cause()` never disagree.
 //! 2. Whatever registers in a scope (a child, a waiter, a callback, a source, a mirror token)
 //!    does so under the lock of the slab that will hold it, after a claim: a read-modify-write
 //!    that sets `BUSY` (and `SHARDED` for a shard) and looks at the value it replaced. If `ERR`
@@ -100,6 +102,16 @@
 //!     `Weak` (a registration, a timer), confirmed by `Arc::get_mut` after it left its parents.
 //! 15. A scope's lock is published once, by a compare-and-swap from null, and freed only with
 //!     the scope.
+//! 16. A done scope with `CUSTOM_CAUSE` and no cause stored in its lock (or no lock) has its
+//!     parent scope's cause. Only a lone scope adopting its done parent's error gets there
+//!     ([`Scope::adopt`]): from a state without `BUSY`, one compare-and-swap publishes the
+//!     parent's `ERR` and `CUSTOM_CAUSE` bits, and nothing is stored. The parent's cause is
+//!     final (it is done, invariant 1), its parent is never lone (invariant 4) so never
+//!     follows in turn, and it lives as long as the child, whose `parent` holds it. A finish
+//!     that stores a cause does so before it publishes `CUSTOM_CAUSE` and never after, and a
+//!     reset for reuse empties the stored cause, so "none stored" is never stale. A
+//!     registration refused by such a scope reads the parent's cause after it lets go of the
+//!     scope's lock ([`Refused`](state::Refused)), so no third lock is taken.
 //!
 //! # Lock order
 //!

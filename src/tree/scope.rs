@@ -61,9 +61,14 @@ impl Scope {
         )
     }
 
-    /// A `with_token` scope under `parent`, also done when `token` is cancelled.
-    pub(crate) fn with_token(parent: &Node, token: CancellationToken) -> Arc<Scope> {
-        let scope = Scope::new(parent, || Kind::Token, None, None, None, None);
+    /// A `with_token` scope under `parent`, also done when `token` is cancelled, reporting
+    /// `fire_cause` (or the error) then.
+    pub(crate) fn with_token(
+        parent: &Node,
+        token: CancellationToken,
+        fire_cause: Option<Cause>,
+    ) -> Arc<Scope> {
+        let scope = Scope::new(parent, || Kind::Token, None, None, fire_cause, None);
         if !scope.is_done() {
             scope.watch_token(token);
         }
@@ -115,10 +120,10 @@ impl Scope {
         // cancelled (nothing to follow) or is done.
         let lone_in = parent_scope.filter(|_| !is_merge && arm_at.is_none());
         let (state, extra) = match born_done {
-            Some((state, None)) => (state, fire_cause.and_then(Extra::with_deadline_cause)),
+            Some((state, None)) => (state, fire_cause.and_then(Extra::with_fire_cause)),
             Some((state, cause)) => (state, Extra::with_causes(cause, fire_cause)),
             None => {
-                let extra = fire_cause.and_then(Extra::with_deadline_cause);
+                let extra = fire_cause.and_then(Extra::with_fire_cause);
                 let state = match (is_merge, lone_in) {
                     (true, _) => BUSY,
                     (false, Some(_)) => LONE,

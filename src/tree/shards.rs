@@ -65,7 +65,9 @@ impl Scope {
             drop(shard);
             drop(make);
             let inner = self.lock();
-            return Err(Scope::done_reason(state, &inner));
+            let refused = self.done_reason(state, &inner);
+            drop(inner);
+            return Err(refused.resolve());
         }
         let index = shard.insert_with(make);
         Ok(placed(&mut shard, index, Link::Shard(number, index)))

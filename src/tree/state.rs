@@ -4,9 +4,11 @@
 //! published, in [`Scope::finish_locked`]; [`Scope::cause`] reads it under that lock) and
 //! invariant 2 ([`Scope::claim`] is the read-modify-write every registration makes under the
 //! lock; [`Scope::finish_lock_free`] only wins from a state without `BUSY`). Queries of a lone
-//! scope go to `lone.rs` (invariant 5). Pinned by `loom_cause_is_never_seen_before_the_error_or_torn`,
+//! scope go to `lone.rs` (invariant 5); a cause adopted from the parent is read there
+//! ([`Scope::cause`], invariant 16). Pinned by `loom_cause_is_never_seen_before_the_error_or_torn`,
 //! `loom_two_cancellations_agree_on_one_cause` and
-//! `loom_lock_free_cancel_races_a_custom_cause_cancel`.
+//! `loom_lock_free_cancel_races_a_custom_cause_cancel` and
+//! `loom_a_lone_child_adopts_its_parents_custom_cause_while_read`.
 
 use std::mem;
 
@@ -14,6 +16,7 @@ use crate::error::{Cause, Error};
 use crate::sync::Ordering;
 
 use super::inner::Inner;
+use super::once::lock_inner;
 use super::walk::Walk;
 use super::{
     BUSY, CUSTOM_CAUSE, ERR, Finished, LIVE, LONE, PROPAGATING, SHARDED, Scope, decode, encode,
@@ -62,13 +65,32 @@ impl Scope {
     }
 
     pub(crate) fn cause(&self) -> Option<Cause> {
-        let state = self.observed();
+        let mut scope = self;
+        let mut state = self.observed();
         let err = decode(state)?;
-        if state & CUSTOM_CAUSE == 0 {
-            return Some(Cause::from(err));
+        // A loop, not a call: a scope follows its parent's cause at most once in a row
+        // (invariant 16), but nothing here relies on it.
+        loop {
+            if state & CUSTOM_CAUSE == 0 {
+                return Some(Cause::from(decode(state).unwrap_or(err)));
+            }
+            // Invariant 1: written under this lock before `CUSTOM_CAUSE` was published.
+            if let Some(cause) = scope.own_cause() {
+                return Some(cause);
+            }
+            // Invariant 16: none of its own, so it adopted its parent's, which is final.
+            let Some(parent) = scope.parent.scope() else {
+                return Some(Cause::from(err)); // unreachable: only a lone scope adopts
+            };
+            scope = parent;
+            state = parent.state.load(Ordering::Acquire);
         }
-        // Invariant 1: written under this lock before `CUSTOM_CAUSE` was published.
-        Some(self.lock().cause().cloned().unwrap_or(Cause::from(err)))
+    }
+
+    /// The custom cause stored in this scope, if any: none if it never made its lock.
+    fn own_cause(&self) -> Option<Cause> {
+        let inner = self.inner.get()?;
+        lock_inner(inner).cause().cloned()
     }
 
     /// Called with `inner` locked, before adding anything to it: marks the scope `BUSY` and
@@ -84,15 +106,17 @@ impl Scope {
         (state & ERR != LIVE).then_some(state)
     }
 
-    /// The error and cause of a done scope, given its state and its locked `inner`.
+    /// The error and cause of a done scope, given its state and its `inner`, which the caller
+    /// has locked and lets go of before it calls the [`Refused`] this returns.
     #[inline]
-    pub(super) fn done_reason(state: u8, inner: &Inner) -> (Error, Cause) {
+    pub(super) fn done_reason(&self, state: u8, inner: &Inner) -> Refused<'_> {
         let err = decode(state).unwrap_or(Error::Canceled);
-        let cause = match inner.cause() {
-            Some(cause) if state & CUSTOM_CAUSE != 0 => cause.clone(),
-            _ => Cause::from(err),
-        };
-        (err, cause)
+        match inner.cause() {
+            Some(cause) if state & CUSTOM_CAUSE != 0 => Refused::Known(err, cause.clone()),
+            // Invariant 16: the parent's cause, read once this lock is let go of.
+            None if state & CUSTOM_CAUSE != 0 => Refused::Adopted(self),
+            _ => Refused::Known(err, Cause::from(err)),
+        }
     }
 
     /// Moves a live scope to done and hands what it holds to `walk`, emptying its registrations
@@ -208,6 +232,24 @@ impl Scope {
             Finished::Propagating
         } else {
             Finished::Bare
+        }
+    }
+}
+
+/// Why a done scope refused a registration ([`Scope::done_reason`]), to be resolved once its
+/// lock is let go of: a scope whose cause is its parent's (invariant 16) reads it under the
+/// parent's lock, and the lock order allows no third.
+pub(super) enum Refused<'a> {
+    Known(Error, Cause),
+    Adopted(&'a Scope),
+}
+
+impl Refused<'_> {
+    /// The error and cause: call with no lock of the refusing scope held.
+    pub(super) fn resolve(self) -> (Error, Cause) {
+        match self {
+            Refused::Known(err, cause) => (err, cause),
+            Refused::Adopted(scope) => scope.reason(),
         }
     }
 }

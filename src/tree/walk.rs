@@ -18,7 +18,7 @@ use crate::error::{Cause, Error};
 use crate::sync::{Ordering, parking_lot};
 
 use super::batch::{Batch, Room, kept_room};
-use super::{Callback, ERR, Finished, LIVE, LONE, PROPAGATING, Reg, SLEEPER, Scope};
+use super::{Callback, ERR, Finished, Kind, LIVE, LONE, PROPAGATING, Reg, SLEEPER, Scope};
 
 impl Scope {
     /// Cancels this scope and, before returning, every scope below it; emits a debug event.
@@ -34,17 +34,26 @@ impl Scope {
     }
 
     pub(super) fn cancel_slow(self: &Arc<Self>, err: Error, cause: Cause) {
+        // A token scope has no handle: a plain cancel of one is its token firing (`source.rs`,
+        // `expire.rs`), which reports the scope's fire cause if it has one (pinned by
+        // `with_token_cause_reports_the_cause_when_the_token_fires`).
+        let cause = if matches!(self.kind, Kind::Token) && cause.is_plain(err) {
+            self.lock().fire_cause().cloned().unwrap_or(cause)
+        } else {
+            cause
+        };
         // A lone scope whose parent is done is already done, for the parent's reason, as its
         // queries say, and was counted in the parent's event (see `lone.rs`).
         if self.state.load(Ordering::Acquire) & LONE != 0
             && let Some(parent) = self.parent.scope()
-            && parent.is_done()
+            && let parents = parent.state.load(Ordering::Acquire)
+            && parents & ERR != LIVE
         {
             // Unless it linked meanwhile, and the parent's walk, not over yet, has still to
             // finish it or its subtree: then this cancel goes on, to finish it or wait for that
             // walk, as any other would (pinned by
             // `loom_a_lone_childs_cancel_returns_done_while_it_links_and_its_parent_is_cancelled`).
-            let state = self.adopt(parent);
+            let state = self.adopt(parent, parents);
             if state & ERR != LIVE && state & PROPAGATING == 0 {
                 return;
             }
