@@ -65,8 +65,18 @@ impl Scope {
     pub(super) fn watch_token(self: &Arc<Self>, token: CancellationToken) {
         match source::watch_token(Expiry::of(self), token) {
             Some(watch) => self.set_source(watch),
-            None => self.cancel(Error::Canceled, Cause::from(Error::Canceled)),
+            None => self.token_fired(),
         }
+    }
+
+    /// The watched token is cancelled: cancels this scope with `Canceled` and its fire cause,
+    /// if it has one (pinned by `with_token_cause_reports_the_cause_when_the_token_fires`).
+    fn token_fired(self: &Arc<Self>) {
+        let cause = self.lock().fire_cause().cloned();
+        self.cancel(
+            Error::Canceled,
+            cause.unwrap_or(Cause::from(Error::Canceled)),
+        );
     }
 
     /// Installs what can cancel this scope from outside. A done scope drops it at once.
@@ -96,7 +106,7 @@ impl Scope {
             self.set_source(source::fallback_timer(Expiry::of(self), *at));
             return;
         }
-        let cause = self.lock().deadline_cause().cloned();
+        let cause = self.lock().fire_cause().cloned();
         let cause = cause.unwrap_or(Cause::from(Error::DeadlineExceeded));
         self.cancel(Error::DeadlineExceeded, cause);
     }

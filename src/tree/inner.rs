@@ -134,12 +134,6 @@ impl Inner {
         self.extra_ref()?.fire_cause.as_ref()
     }
 
-    /// [`Inner::fire_cause`], under the name `expire.rs` calls it by.
-    #[inline]
-    pub(super) fn deadline_cause(&self) -> Option<&Cause> {
-        self.fire_cause()
-    }
-
     #[inline]
     pub(super) fn mirror(&self) -> Option<&CancellationToken> {
         self.extra_ref()?.mirror.as_ref()

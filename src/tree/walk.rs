@@ -18,7 +18,7 @@ use crate::error::{Cause, Error};
 use crate::sync::{Ordering, parking_lot};
 
 use super::batch::{Batch, Room, kept_room};
-use super::{Callback, ERR, Finished, Kind, LIVE, LONE, PROPAGATING, Reg, SLEEPER, Scope};
+use super::{Callback, ERR, Finished, LIVE, LONE, PROPAGATING, Reg, SLEEPER, Scope};
 
 impl Scope {
     /// Cancels this scope and, before returning, every scope below it; emits a debug event.
@@ -34,14 +34,6 @@ impl Scope {
     }
 
     pub(super) fn cancel_slow(self: &Arc<Self>, err: Error, cause: Cause) {
-        // A token scope has no handle: a plain cancel of one is its token firing (`source.rs`,
-        // `expire.rs`), which reports the scope's fire cause if it has one (pinned by
-        // `with_token_cause_reports_the_cause_when_the_token_fires`).
-        let cause = if matches!(self.kind, Kind::Token) && cause.is_plain(err) {
-            self.lock().fire_cause().cloned().unwrap_or(cause)
-        } else {
-            cause
-        };
         // A lone scope whose parent is done is already done, for the parent's reason, as its
         // queries say, and was counted in the parent's event (see `lone.rs`).
         if self.state.load(Ordering::Acquire) & LONE != 0
