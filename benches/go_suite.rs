@@ -64,6 +64,8 @@
 //! - Without `--bench` (as under `cargo test --benches`) every benchmark runs once, with the
 //!   `Scale` sizes divided by 1000: a smoke test of the harness.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 #[path = "go/harness.rs"]
 mod harness;
 

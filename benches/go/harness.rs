@@ -1,10 +1,8 @@
 //! The harness of `go_suite`: Go's `testing.B`, `RunParallel` and `-benchmem`, in the three
-//! places Tokio code runs (see [`Flavour`]), and the counting allocator.
+//! places Tokio code runs (see [`Flavour`]), and its allocation counts.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU8, AtomicUsize};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -544,112 +542,10 @@ impl Snapshot {
     }
 }
 
-// The counting allocator
+// The counting allocator: the tests' own (`tests/common/alloc.rs`), counting per process in
+// per-thread stripes (Go also counts per P).
 
-/// Counts allocations in per-thread stripes, so that threads allocating at once do not fight
-/// over one cache line (Go also counts per P). Totals are the sums over all stripes.
-pub(super) struct CountingAlloc;
+use super::common::alloc::{CountingAlloc, Counts};
 
 #[global_allocator]
-pub(super) static ALLOCATOR: CountingAlloc = CountingAlloc;
-
-pub(super) const STRIPES: usize = 64;
-
-#[repr(align(128))] // two cache lines: no false sharing, even with adjacent-line prefetch
-pub(super) struct Stripe {
-    allocs: AtomicU64,
-    bytes: AtomicU64,
-    freed: AtomicU64,
-}
-
-pub(super) static COUNTS: [Stripe; STRIPES] = [const {
-    Stripe {
-        allocs: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        freed: AtomicU64::new(0),
-    }
-}; STRIPES];
-
-pub(super) static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    // `const`, with no destructor: usable from inside the allocator, even while a thread exits.
-    static MY_STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-pub(super) fn my_stripe() -> &'static Stripe {
-    let index = MY_STRIPE
-        .try_with(|slot| {
-            if slot.get() == usize::MAX {
-                slot.set(NEXT_STRIPE.fetch_add(1, Relaxed) % STRIPES);
-            }
-            slot.get()
-        })
-        .unwrap_or(0);
-    &COUNTS[index]
-}
-
-/// Relaxed is enough: totals are read after the threads that allocated have met the reader at
-/// a barrier (or after an `.await` that synchronised with them).
-pub(super) fn count_alloc(size: usize) {
-    let stripe = my_stripe();
-    stripe.allocs.fetch_add(1, Relaxed);
-    stripe.bytes.fetch_add(size as u64, Relaxed);
-}
-
-pub(super) fn count_free(size: usize) {
-    my_stripe().freed.fetch_add(size as u64, Relaxed);
-}
-
-#[derive(Clone, Copy)]
-pub(super) struct Counts {
-    allocs: u64,
-    bytes: u64,
-    freed: u64,
-}
-
-impl Counts {
-    fn now() -> Counts {
-        COUNTS.iter().fold(
-            Counts {
-                allocs: 0,
-                bytes: 0,
-                freed: 0,
-            },
-            |sum, stripe| Counts {
-                allocs: sum.allocs + stripe.allocs.load(Relaxed),
-                bytes: sum.bytes + stripe.bytes.load(Relaxed),
-                freed: sum.freed + stripe.freed.load(Relaxed),
-            },
-        )
-    }
-}
-
-// SAFETY: every method forwards to `System` unchanged; the counting touches only atomics and a
-// const thread-local, neither of which allocates.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_alloc(layout.size());
-        // SAFETY: the caller's contract is `System::alloc`'s.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count_alloc(layout.size());
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count_free(layout.size());
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_alloc(new_size);
-        count_free(layout.size());
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+static ALLOCATOR: CountingAlloc = CountingAlloc;
