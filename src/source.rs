@@ -21,7 +21,9 @@
 //! place, and a paused clock's `advance` returns with the deadline's whole subtree done
 //! (pinned by `tests/deadlines.rs::deadline_cancels_the_subtree_at_the_deadline_and_not_before`).
 //! The fallback thread below hands each batch of deadlines to a thread of its own, so that a
-//! callback that blocks holds up no later deadline.
+//! callback that blocks holds up no deadline that comes due after it began (pinned by
+//! `tests/deadlines.rs::a_slow_deadline_callback_delays_no_later_deadline_outside_a_runtime`);
+//! the deadlines of one batch, all due when the thread woke, fire one after the other.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -84,7 +86,7 @@ fn fire(scope: Expiry) {
 }
 
 /// Fires a batch of the fallback thread's deadlines on a thread of its own, so that a
-/// callback that blocks holds up no later deadline; in place if no thread can be started
+/// callback that blocks holds up no later batch; in place if no thread can be started
 /// (or under loom, whose models drive the fallback thread's loop by hand).
 fn fire_batch(due: Vec<Expiry>) {
     fn fire_all(batch: &Mutex<Vec<Expiry>>) {

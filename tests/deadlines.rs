@@ -483,6 +483,27 @@ fn a_slow_deadline_callback_delays_no_timer_of_a_multi_thread_runtime() {
 #[test]
 fn a_slow_deadline_callback_delays_no_later_deadline_outside_a_runtime() {
     // Outside a runtime, deadlines are kept by the crate's timer thread: a callback that
-    // blocks must not hold it up either.
-    assert_the_callback_saw_the_other_deadline(a_callback_that_waits_for_another_deadline());
+    // blocks must not hold it up either. The other deadline is armed by the callback itself,
+    // so it comes due after the callback began however late the timer thread wakes (two
+    // deadlines already due when it wakes are fired one after the other, on one thread).
+    let (a, cancel_a) = Context::background().with_timeout(10 * MS);
+    cancel_a.disarm();
+    let (result, waited) = std::sync::mpsc::channel();
+    let _registration = a.after_func(move || {
+        let (b, cancel_b) = Context::background().with_timeout(10 * MS);
+        cancel_b.disarm();
+        let (b_fired, wait_for_b) = std::sync::mpsc::channel();
+        let _registration = b.after_func(move || {
+            let _ = b_fired.send(());
+        });
+        let _ = result.send((wait_for_b.recv_timeout(Duration::from_secs(10)), b));
+    });
+    let (seen, b) = waited.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(
+        seen,
+        Ok(()),
+        "the other deadline fired while the callback waited"
+    );
+    assert_eq!(a.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(b.err(), Some(Error::DeadlineExceeded));
 }
