@@ -34,6 +34,7 @@
 //! `a_scope_is_kept_only_while_nothing_else_can_reach_it` and
 //! `loom_releasing_a_childs_last_handles_races_the_parents_cancel`.
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use crate::error::{Cause, Error};
@@ -96,7 +97,10 @@ impl Scope {
         {
             return false;
         }
-        let finished = self.finish_lock_free(Error::Canceled, &Cause::from(Error::Canceled));
+        // A plain cause owns nothing: not dropped, so that no check of it is left after the
+        // swap (the compiler cannot see through the swap that it is still plain).
+        let cause = ManuallyDrop::new(Cause::from(Error::Canceled));
+        let finished = self.finish_lock_free(Error::Canceled, &cause);
         if !matches!(finished, Some(Finished::Bare)) {
             return false;
         }
@@ -180,6 +184,14 @@ impl Scope {
         // which it makes no difference whether it is still linked.
         if Arc::strong_count(&scope) != 1 {
             return Err(scope);
+        }
+        if scope.state.load(Ordering::Relaxed) & ERR != LIVE {
+            // Done: whoever finished it left its parents before letting go of it, so no `Weak`
+            // but a timer's can be left (pinned by the `link` check of `Scope::reset`).
+            if Arc::weak_count(&scope) != 0 || spare::full() {
+                return Err(scope);
+            }
+            return Kept::new(scope);
         }
         let second = match &scope.kind {
             Kind::Merge(merge) => merge.slot.load(Ordering::Relaxed),
