@@ -1173,6 +1173,13 @@ impl Context {
     }
 }
 
+impl Drop for Context {
+    #[inline]
+    fn drop(&mut self) {
+        self.node.let_go();
+    }
+}
+
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")

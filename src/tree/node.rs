@@ -77,6 +77,21 @@ impl Node {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.scope().and_then(|scope| scope.deadline())
     }
+
+    /// Lets go of a context's node: a scope whose last reference it holds is offered for reuse
+    /// (see `recycle.rs`), as a cancel handle's last reference is, whichever of the pair is
+    /// dropped last; anything else is left to the node's own drop. A scope shared between
+    /// threads is not asked, as in [`release`].
+    #[inline(always)] // the check only: `let (ctx, _cancel) = …` drops the context last
+    pub(crate) fn let_go(&mut self) {
+        if let Node::Scope(scope) = self
+            && !scope.is_sharded()
+            && Arc::strong_count(scope) == 1
+            && let Node::Scope(scope) = std::mem::take(self)
+        {
+            Scope::recycle(scope);
+        }
+    }
 }
 
 /// How a value node was keyed, for `Display`: names only, never contents.

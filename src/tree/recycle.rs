@@ -9,10 +9,13 @@
 //! harmlessly. Pinned by `a_links_last_handle_cancels_it_only_when_something_could_tell`.
 //!
 //! A scope's allocation can outlive it. When the last reference to a scope is let go by a
-//! cancel handle ([`Scope::recycle`]) or by a context derived from it as that child goes
-//! ([`Scope::try_recycle`], from [`release`]), the allocation goes to
-//! the thread, which keeps up to [`spare::CAP`], and the next scope made on that thread
-//! takes it instead of calling the allocator.
+//! cancel handle or by its own context ([`Scope::recycle`], the context's through
+//! [`Node::let_go`]), or by a context derived from it as that child goes
+//! ([`Scope::try_recycle`], from [`release`]), the allocation goes to the thread, which keeps
+//! up to [`spare::CAP`], and the next scope made on that thread takes it instead of calling
+//! the allocator. So a pair dropped in either order leaves its scope to the thread: the end of
+//! a scope drops the handle first, which cancels the context it leaves behind, and the
+//! context's drop then keeps it, done (pinned by `tests/drop_order.rs`).
 //!
 //! Keeps invariant 14: a scope is kept only if nothing can reach it. The releaser must hold
 //! the only strong reference, and the only `Weak`s must be its registrations in its parents
@@ -21,14 +24,17 @@
 //! registrations meanwhile only finishes a scope no one else holds), and `Arc::get_mut`
 //! confirms that nothing holds it, not even a `Weak` ([`Kept::new`]). So no stale
 //! registration, timer or `AfterFunc` can reach a kept scope's next life. What it still holds
-//! (a custom cause, the callbacks and mirror token of a scope released live, which a freed
-//! scope would drop unrun and uncancelled too) is dropped before it is kept, with no lock
-//! held. A finish empties a scope's registrations in place, so a reused scope keeps their room
+//! (a custom cause or deadline cause, the callbacks and mirror token of a scope released live,
+//! which a freed scope would drop unrun and uncancelled too) is dropped before it is kept, with
+//! no lock held, and its state is reset to live, whatever error it was done with: a done
+//! scope has left its parents (whoever finished it unlinked it before letting go of it), and
+//! nothing remains that a query of the next life could find ([`Scope::reset`]). A finish empties a scope's registrations in place, so a reused scope keeps their room
 //! (up to 16 entries), and a scope that made its lock keeps it across its lives. Pinned by
 //! `a_released_scope_is_reused_clean_whatever_it_held`,
 //! `a_scope_is_kept_only_while_nothing_else_can_reach_it` and
 //! `loom_releasing_a_childs_last_handles_races_the_parents_cancel`.
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use crate::error::{Cause, Error};
@@ -38,7 +44,7 @@ use super::kept::Kept;
 use super::lone::LONE_LINK;
 use super::shards::OnceShards;
 use super::walk::debug_events;
-use super::{BUSY, ERR, Kind, LIVE, Node, Scope, release};
+use super::{BUSY, ERR, Finished, Kind, LIVE, LONE, Node, Scope, release};
 
 impl Scope {
     /// Drops a cancel handle's `scope`: cancels it, unless nothing could tell whether it was
@@ -52,6 +58,11 @@ impl Scope {
     /// clear), released as it is; and the link of a chain released leaf first, whose child
     /// has left it. That one has `BUSY` set; it is proven unique as for reuse, and reused
     /// unfinished (`CancelTree/depth=10/Root=Background`).
+    ///
+    /// A scope held elsewhere, most often by the context of the pair, which the end of its
+    /// scope drops next (`let (ctx, _cancel) = …` drops the handle first), is cancelled; if
+    /// nothing was ever registered in it, by one swap ([`Scope::cancel_unregistered`]), and the
+    /// context's drop then recycles it (`DropOrder/first=handle` in `benches/go_suite.rs`).
     #[inline]
     pub(crate) fn let_go(scope: Arc<Scope>) {
         let scope = if Arc::strong_count(&scope) == 1 {
@@ -63,11 +74,38 @@ impl Scope {
                 Some(scope) => scope,
                 None => return,
             }
+        } else if scope.cancel_unregistered() {
+            return;
         } else {
             scope
         };
         scope.cancel(Error::Canceled, Cause::from(Error::Canceled));
         Scope::recycle(scope);
+    }
+
+    /// Cancels a live scope that nothing was ever registered in (`BUSY` clear), when no one
+    /// listens for the debug event: then the cancellation is the lock-free finish, and leaving
+    /// the parent (or its count), and nothing else. `false`, having changed nothing, if it
+    /// cannot: the scope is done, `BUSY`, a lone scope whose parent is done (it takes the
+    /// parent's reason), or another finish won the swap ([`Scope::cancel`] handles all these).
+    #[inline(always)]
+    pub(super) fn cancel_unregistered(&self) -> bool {
+        let state = self.state.load(Ordering::Acquire);
+        if state & (ERR | BUSY) != LIVE
+            || (state & LONE != 0 && self.parent.scope().is_some_and(|parent| parent.is_done()))
+            || debug_events()
+        {
+            return false;
+        }
+        // A plain cause owns nothing: not dropped, so that no check of it is left after the
+        // swap (the compiler cannot see through the swap that it is still plain).
+        let cause = ManuallyDrop::new(Cause::from(Error::Canceled));
+        let finished = self.finish_lock_free(Error::Canceled, &cause);
+        if !matches!(finished, Some(Finished::Bare)) {
+            return false;
+        }
+        self.unlink();
+        true
     }
 
     /// [`Scope::let_go`] for a live `BUSY` scope: keeps it if nothing can tell, or hands it
@@ -97,7 +135,7 @@ impl Scope {
     /// Lets go of a cancel handle's `scope`. If it held the last reference and nothing else
     /// can reach the scope, the scope leaves its parents and its allocation is kept for reuse
     /// on this thread (see the module's header); otherwise this is a plain drop.
-    #[inline]
+    #[inline(never)] // one copy, for cancel handles and contexts (`Node::let_go`)
     pub(crate) fn recycle(scope: Arc<Scope>) {
         if let Ok(kept) = Scope::unique_for_reuse(scope) {
             Scope::keep(kept);
@@ -146,6 +184,14 @@ impl Scope {
         // which it makes no difference whether it is still linked.
         if Arc::strong_count(&scope) != 1 {
             return Err(scope);
+        }
+        if scope.state.load(Ordering::Relaxed) & ERR != LIVE {
+            // Done: whoever finished it left its parents before letting go of it, so no `Weak`
+            // but a timer's can be left (pinned by the `link` check of `Scope::reset`).
+            if Arc::weak_count(&scope) != 0 || spare::full() {
+                return Err(scope);
+            }
+            return Kept::new(scope);
         }
         let second = match &scope.kind {
             Kind::Merge(merge) => merge.slot.load(Ordering::Relaxed),
@@ -240,12 +286,19 @@ pub(super) mod spare {
                     return Some(scope);
                 }
                 if spare.capacity() == 0 {
-                    spare.reserve_exact(CAP); // once per thread: no growth later
+                    make_room(&mut spare);
                 }
                 spare.push(scope);
                 None
             })
             .unwrap_or(None)
+    }
+
+    /// The room for every scope a thread keeps, made once per thread: no growth later.
+    #[cold]
+    #[inline(never)]
+    fn make_room(spare: &mut Vec<Kept>) {
+        spare.reserve_exact(CAP);
     }
 }
 
