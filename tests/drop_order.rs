@@ -9,6 +9,7 @@
 mod common;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,4 +196,49 @@ fn a_context_still_held_elsewhere_is_not_reused() {
     })
     .join()
     .unwrap();
+}
+
+/// Whether it has been woken.
+struct Flag(std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A context whose `done()` is pending, its handle dropped while the context is still held:
+/// the waiter is woken and sees the error, under `background()` and under a live parent,
+/// whether it is the context's first waiter or a later one.
+#[test]
+fn a_handle_dropped_first_wakes_the_contexts_waiters() {
+    let (parent, _cancel_parent) = Context::background().with_cancel();
+    for root in [Context::background(), parent.clone()] {
+        for waiters in 1..=3 {
+            let (ctx, cancel) = root.with_cancel();
+            let mut pending: Vec<_> = (0..waiters)
+                .map(|_| {
+                    let flag = Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+                    let mut done = Box::pin(ctx.done());
+                    let waker = std::task::Waker::from(flag.clone());
+                    let polled = done
+                        .as_mut()
+                        .poll(&mut std::task::Context::from_waker(&waker));
+                    assert!(polled.is_pending());
+                    (flag, done, waker)
+                })
+                .collect();
+            drop(cancel);
+            for (flag, done, waker) in &mut pending {
+                assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst), "woken");
+                let polled = done
+                    .as_mut()
+                    .poll(&mut std::task::Context::from_waker(waker));
+                assert_eq!(polled, std::task::Poll::Ready(Error::Canceled));
+            }
+            drop(pending);
+            drop(ctx);
+        }
+    }
+    assert!(census(&parent).is_clean(), "{}", census(&parent));
 }
