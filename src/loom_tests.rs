@@ -12,7 +12,9 @@
 //! installing a token watch or a mirror token (`Context::token`) in a scope being cancelled,
 //! a worker wheel's timer that fires before the wheel has stored it, the fallback timer
 //! thread told of an earlier deadline while it sleeps, a child's last handles let go of it
-//! (leaving its parent before it is taken apart) while the parent is cancelled, and a child
+//! (leaving its parent before it is taken apart) while the parent is cancelled, a handle
+//! dropped before its context (its lock-free cancel, then the context's drop keeping the scope
+//! for reuse) while the parent is cancelled, and a child
 //! registering in a shard of a parent being cancelled, and two first registrations racing to
 //! make a scope's lock.
 //!
@@ -790,4 +792,49 @@ fn loom_two_first_registrations_race_to_make_the_lock() {
             "every lock made was freed"
         );
     });
+}
+
+/// The end of a lone child's scope, handle first (its lock-free cancel,
+/// `Scope::cancel_unregistered`, then the context's drop, which lets go of the scope as for
+/// reuse), while its parent is cancelled: the child ends done with one reason, and the
+/// parent's count is left exactly once. With `waiter`, a `done()` future of the child waits in
+/// the parent meanwhile, and is woken.
+fn handle_dropped_before_its_context_races_the_parents_cancel(waiter: bool) {
+    loom::model(move || {
+        let (parent, cancel_parent) = Context::background().with_cancel_cause();
+        let (child, cancel_child) = parent.with_cancel();
+        let mut waiting = waiter.then(|| Box::pin(child.done_owned()));
+        if let Some(waiting) = &mut waiting {
+            let mut cx = task::Context::from_waker(Waker::noop());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        }
+        let releaser = thread::spawn(move || {
+            drop(cancel_child);
+            let reason = (child.err(), child.cause().map(|cause| cause.to_string()));
+            drop(child);
+            reason
+        });
+        cancel_parent.cancel("parent's");
+        let (err, cause) = releaser.join().unwrap();
+        assert!(err.is_some());
+        let cause = cause.unwrap();
+        assert!(
+            cause == "context canceled" || cause == "parent's",
+            "{cause}"
+        );
+        if let Some(waiting) = waiting {
+            assert_eq!(block_on(waiting), Error::Canceled);
+        }
+        assert!(census(&parent).is_clean());
+    });
+}
+
+#[test]
+fn loom_a_handle_dropped_before_its_context_races_the_parents_cancel() {
+    handle_dropped_before_its_context_races_the_parents_cancel(false);
+}
+
+#[test]
+fn loom_a_handle_dropped_before_its_waited_context_races_the_parents_cancel() {
+    handle_dropped_before_its_context_races_the_parents_cancel(true);
 }

@@ -22,7 +22,7 @@
 //! | [`batch`] | the walk's inline-first lists and the room they keep per thread | |
 //! | [`waiters`] | `done()` waiters, `after_func` callbacks, the mirror token | 2 |
 //! | [`expire`] | deadlines and token watches: arming, firing, the timers' handle | 13 |
-//! | [`recycle`] | releasing a scope unfinished, and per-thread reuse of its allocation | 14 |
+//! | [`recycle`] | releasing a scope unfinished, the lock-free cancel of a held scope nothing registered in, and per-thread reuse of its allocation | 14 |
 //! | [`kept`] | a scope proven unreachable, written without a second check (`unsafe`) | 14 |
 //! | [`inner`] | what a scope's lock guards: registrations, a source, rarer fields | 1 |
 //! | [`once`] | the lock, made on first use and published once (`unsafe`) | 15 |
@@ -182,7 +182,8 @@
 //! - Ask: [`Scope::is_done`], [`Scope::err`], [`Scope::cause`], [`Scope::deadline`],
 //!   [`Scope::parent`], [`Scope::kind`].
 //! - Cancel: [`Scope::cancel`]; let go: [`Scope::let_go`] (a cancel handle's drop),
-//!   [`Scope::recycle`], [`node::release`].
+//!   [`Scope::recycle`] (also a context's drop, through [`node::Node::let_go`]),
+//!   [`node::release`].
 //! - Register: [`Scope::poll_done`] / [`Scope::forget_waiter`] (`done()`),
 //!   [`Scope::add_callback`] / [`Scope::remove_callback`] (`after_func`), [`Scope::token`].
 //! - Count: [`Scope::task_started`], [`Scope::task_ended`], [`Scope::census`].
