@@ -289,8 +289,28 @@ impl Wheel {
         // What is due first: arming may find the next deadline already due and fire it inline.
         due.into_iter().for_each(crate::source::deadline_due);
         if let Some(at) = next {
-            self.arm(at);
+            // A runtime shutting down fires its timers in turn; one that was due fires as if
+            // on time, and starting the next `Sleep` on that runtime then panics ("timer is
+            // shutdown"), as its time driver is gone. That runtime had a time driver (its
+            // timer woke us), so a panic here means it has shut down: retire the wheel, or its
+            // later deadlines would never fire (the stress harness's shutdown part).
+            let armed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.arm(at)));
+            if armed.is_err() {
+                self.retire();
+            }
         }
+    }
+
+    /// Retires this wheel, its runtime gone: every entry is handed to its scope, which moves
+    /// its deadline to the crate's fallback timer thread.
+    fn retire(self: &Arc<Self>) {
+        let (due, old_sleep) = {
+            let mut state = self.lock();
+            self.retired.store(true, Ordering::Release);
+            (state.drain_all(), state.armed.take())
+        };
+        drop(old_sleep);
+        due.into_iter().for_each(crate::source::deadline_due);
     }
 }
 
