@@ -40,7 +40,14 @@ const FIRING: usize = 8;
 /// those marks by a few hundred KiB in all, in quick and full runs alike (a diff of
 /// `/proc/self/smaps` across the soak shows it in the arenas' mappings alone), while a leak
 /// grows with the cycles, and the live heap, counted exactly, shows none.
+///
+/// The live heap also has a floor, `HEAP_FLOOR_BYTES`: the scopes each thread keeps for reuse
+/// (up to 1,024, each with the lock it made in an earlier life, if it made one) change with the
+/// mix of what was released last, so the heap at any two moments differs by some tens of KiB
+/// either way (seen: -21 KiB to +20 KiB between quick runs), bounded by those caps whatever the
+/// number of cycles, while a leak grows with the cycles.
 const HEAP_PER_CYCLE: f64 = 0.01;
+const HEAP_FLOOR_BYTES: isize = 64 * 1024;
 const RSS_PERCENT: f64 = 5.0;
 const RSS_FLOOR_KIB: u64 = 512;
 
@@ -240,7 +247,8 @@ pub fn soak(
     println!(
         "  live heap at process start {} bytes in {} blocks, after the warm-up {} bytes in {} \
          blocks, after the run {} bytes in {} blocks; growth after the warm-up {heap_grown:+} \
-         bytes ({heap_per_cycle:+.6} B/cycle; limit {HEAP_PER_CYCLE} B/cycle)",
+         bytes ({heap_per_cycle:+.6} B/cycle; limit {HEAP_PER_CYCLE} B/cycle or {HEAP_FLOOR_BYTES} \
+         bytes)",
         heap_at_start.0, heap_at_start.1, heap_before.0, heap_before.1, heap_after.0, heap_after.1
     );
     println!(
@@ -258,10 +266,12 @@ pub fn soak(
             mib(after)
         )
     });
-    checks.check(heap_per_cycle < HEAP_PER_CYCLE, || {
+    let heap_allowed = ((HEAP_PER_CYCLE * cycles as f64) as isize).max(HEAP_FLOOR_BYTES);
+    checks.check(heap_grown < heap_allowed, || {
         format!(
             "soak: the live heap grew after the warm-up by {heap_per_cycle:.6} bytes per cycle \
-             ({heap_grown} bytes over {cycles} cycles; limit {HEAP_PER_CYCLE})"
+             ({heap_grown} bytes over {cycles} cycles; limit {HEAP_PER_CYCLE} per cycle or \
+             {HEAP_FLOOR_BYTES} bytes)"
         )
     });
     let left = census(&parent);
