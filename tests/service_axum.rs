@@ -1,5 +1,6 @@
 //! axum servers with the server layer, on loopback with a real HTTP client: a client that
-//! hangs up stops the handler's spawned work, a spent budget is a 504, a shutdown cancels the
+//! hangs up stops the handler's spawned work (a task group's members too, which see why), a
+//! spent budget is a 504, a shutdown cancels the
 //! requests in flight; nothing is left registered after each. Real time: every wait has a
 //! watchdog, and no assertion is about durations.
 #![cfg(feature = "axum")]
@@ -19,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use taskctx::service::ServerLayer;
 use taskctx::testing::assert_no_leaks;
-use taskctx::{Context, Error};
+use taskctx::{Context, Error, TaskGroup};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -200,4 +201,52 @@ async fn axum_shutdown_cancels_the_requests_in_flight() {
     count(&probe.stopped, IN_FLIGHT as u32, "the spawned work stopped").await;
     assert_eq!(probe.causes(), vec!["shutting down"; IN_FLIGHT]);
     assert_no_leaks(&base).await;
+}
+
+/// Starts a task group whose members each run until their context is done, then waits for it.
+async fn fan_out(ctx: Context, State(probe): State<Arc<Probe>>) -> Result<(), Error> {
+    let group = TaskGroup::new(&ctx);
+    for n in 0..3 {
+        let probe = probe.clone();
+        group
+            .spawn(format!("member {n}"), move |ctx| async move {
+                let _recorder = Recorder(ctx.clone(), probe.clone());
+                probe.started.add_permits(1);
+                ctx.done().await;
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+    }
+    group
+        .wait()
+        .await
+        .into_result()
+        .map_err(|_| Error::Canceled)
+}
+
+/// The request's context is cancelled before the handler's future (and the group it owns) is
+/// dropped, so the members see why they stop.
+#[tokio::test]
+async fn a_client_hang_up_stops_a_handlers_task_group_with_the_cause_client_gone() {
+    let (root, _stop) = Context::background().with_cancel();
+    let probe = Arc::new(Probe::default());
+    let app = Router::new()
+        .route("/", get(fan_out))
+        .with_state(probe.clone())
+        .layer(ServerLayer::new(&root));
+    let shutdown = CancellationToken::new();
+    let (addr, server) = serve(app, shutdown.clone()).await;
+
+    let call = tokio::spawn(client().request(get_request(addr, &[])));
+    count(&probe.started, 3, "the members started").await;
+    call.abort(); // the client hangs up
+    count(&probe.stopped, 3, "the members stopped").await;
+    assert_eq!(
+        probe.causes(),
+        vec!["the client went away before the response was ready"; 3]
+    );
+
+    shutdown.cancel();
+    timeout(WATCHDOG, server).await.unwrap().unwrap();
+    assert_no_leaks(&root).await;
 }

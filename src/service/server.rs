@@ -327,7 +327,7 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct ServerFuture<F, B> {
         // Declared first so that it drops first: see "Cancel safety" above
-        // (`tests/service_groups.rs`).
+        // (`tests/service_axum.rs::a_client_hang_up_stops_a_handlers_task_group_with_the_cause_client_gone`).
         guard: Guard,
         #[pin]
         inner: Option<F>,
