@@ -586,6 +586,47 @@ fn a_cancellation_racing_a_release_never_reaches_the_reused_context() {
     }
 }
 
+/// A live deadline context whose handle goes last gives its timer back and is reused
+/// unfinished, unless its timer is firing. Tasks on two workers arm deadlines due about now,
+/// drop each pair context first, and derive a long-lived context right after (which takes the
+/// released allocation): none of those is ever done, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_firing_as_its_context_is_released_never_reaches_the_reused_context() {
+    const TASKS: u64 = 4;
+    const PER_TASK: usize = 5_000;
+    let (keeper, _cancel_keeper) = Context::background().with_cancel();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let keeper = keeper.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng::new(task);
+                let mut kept = Vec::with_capacity(PER_TASK);
+                for i in 0..PER_TASK {
+                    let timeout = Duration::from_micros(rng.below(500) as u64);
+                    let (ctx, cancel) = keeper.with_timeout(timeout);
+                    rng.spin(2_000);
+                    drop(ctx);
+                    drop(cancel); // the last reference: released unfinished if not yet fired
+                    kept.push(keeper.with_cancel()); // likely takes that allocation
+                    if i % 8 == 0 {
+                        tokio::task::yield_now().await; // lets the deadlines' tasks run
+                    }
+                }
+                kept
+            })
+        })
+        .collect();
+    let mut kept = Vec::new();
+    for task in tasks {
+        kept.extend(task.await.unwrap());
+    }
+    for (i, (ctx, _)) in kept.iter().enumerate() {
+        assert_eq!(ctx.err(), None, "context {i}: a stale deadline reached it");
+    }
+    drop(kept);
+    taskctx::testing::assert_no_leaks(&keeper).await;
+}
+
 /// Deadlines armed by tasks of a multi-thread runtime live in per-worker wheels. Tasks on every
 /// worker arm short and long timeouts, cancel some from other threads, and let others fire:
 /// each context ends done exactly once, with the right error, and every wheel entry is gone.

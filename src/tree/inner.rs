@@ -159,6 +159,19 @@ impl Inner {
         }
     }
 
+    /// Takes the source out, leaving an `Extra` in place.
+    #[inline]
+    pub(super) fn take_source(&mut self) -> Option<Source> {
+        match &mut self.outside {
+            Outside::Nothing => None,
+            Outside::Source(_) => match mem::take(&mut self.outside) {
+                Outside::Source(source) => Some(source),
+                _ => unreachable!("matched just above"),
+            },
+            Outside::Extra(extra) => extra.source.take(),
+        }
+    }
+
     /// Whether a finish has more to release than registrations: a source or a mirror token.
     #[inline]
     pub(super) fn holds_outside(&self) -> bool {

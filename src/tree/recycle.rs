@@ -19,8 +19,8 @@
 //!
 //! Keeps invariant 14: a scope is kept only if nothing can reach it. The releaser must hold
 //! the only strong reference, and the only `Weak`s must be its registrations in its parents
-//! (a timer or token watch holds one more, so a live scope with a deadline is freed as
-//! usual); it then leaves its parents (a cancellation that upgrades one of those
+//! (a timer or token watch holds one more: a live scope's is dropped first if it is all the
+//! scope holds, [`Scope::disarm`]); it then leaves its parents (a cancellation that upgrades one of those
 //! registrations meanwhile only finishes a scope no one else holds), and `Arc::get_mut`
 //! confirms that nothing holds it, not even a `Weak` ([`Kept::new`]). So no stale
 //! registration, timer or `AfterFunc` can reach a kept scope's next life. What it still holds
@@ -112,6 +112,9 @@ impl Scope {
     /// back to be cancelled.
     #[inline(never)]
     pub(super) fn let_go_busy(scope: Arc<Scope>) -> Option<Arc<Scope>> {
+        if !debug_events() {
+            scope.disarm();
+        }
         let mut kept = match Scope::unique_for_reuse(scope) {
             Ok(kept) => kept,
             Err(scope) => return Some(scope),
@@ -121,6 +124,21 @@ impl Scope {
             return None;
         }
         Some(kept.into_arc()) // unlinked: its own cancellation is all there is
+    }
+
+    /// Drops the timer or token watch of a scope about to be let go of, if that is all it
+    /// holds that a cancellation would release: its `Weak` would keep the scope from reuse.
+    /// A timer firing meanwhile holds the scope, or its `Weak`, until it is done with it, so
+    /// [`Scope::unique_for_reuse`] refuses, and the scope is cancelled as before.
+    fn disarm(&self) {
+        let source = {
+            let mut inner = self.lock();
+            if inner.regs.len() != 0 || inner.mirror().is_some() {
+                return;
+            }
+            inner.take_source()
+        };
+        drop(source); // with no lock held: it takes the wheel's
     }
 
     /// Whether this scope, which nothing else can reach, holds nothing that its cancellation

@@ -206,6 +206,14 @@ impl Scope {
         if !propagating && !holds_more {
             return Finished::Bare;
         }
+        if !propagating && inner.mirror().is_none() {
+            // A timer or token watch is all it holds, and it needs no walk: dropped now, with
+            // no lock held (`WithTimeout` rows of `benches/go_suite.rs`).
+            let source = inner.take_source();
+            drop(inner);
+            drop(source);
+            return Finished::Bare;
+        }
         let walk = walk();
         // The emptied slab keeps its room for the scope's next life (see `recycle.rs`), unless it
         // is more than a reused scope needs: that goes after the lock.

@@ -667,3 +667,54 @@ fn the_room_a_batch_spilled_into_is_kept_for_the_next_walk() {
         assert_eq!(u16::take_room().capacity(), 0, "too large to keep");
     });
 }
+
+/// A live deadline scope let go of by its last handle gives its timer back and is kept
+/// unfinished, for the next scope of its thread; unless its timer still reaches it (a timer
+/// that is firing holds its `Weak`): then it is cancelled, and not kept.
+#[tokio::test(start_paused = true)]
+async fn a_live_deadline_let_go_is_disarmed_and_kept_unless_its_timer_reaches_it() {
+    let (parent, _cancel) = Context::background().with_cancel();
+    let parent = Node::Scope(parent.scope().unwrap().clone());
+    let deadline = || {
+        Scope::with_deadline(
+            &parent,
+            Instant::now() + Duration::from_secs(60),
+            None,
+            None,
+        )
+    };
+
+    let scope = deadline();
+    assert_eq!(
+        Arc::weak_count(&scope),
+        2,
+        "its registration in the parent, and its timer"
+    );
+    let allocation = Arc::as_ptr(&scope);
+    Scope::let_go(scope);
+    let next = Scope::with_cancel(&parent);
+    assert_eq!(
+        Arc::as_ptr(&next),
+        allocation,
+        "kept, and taken by the next scope"
+    );
+    assert!(!next.is_done());
+    drop(next);
+
+    let scope = deadline();
+    let firing = Expiry::of(&scope);
+    let allocation = Arc::as_ptr(&scope);
+    Scope::let_go(scope);
+    let next = Scope::with_cancel(&parent);
+    assert_ne!(
+        Arc::as_ptr(&next),
+        allocation,
+        "not kept while its timer reaches it"
+    );
+    firing.fire_deadline(); // the scope is gone: nothing to do
+    drop(next);
+    let Node::Scope(parent) = &parent else {
+        unreachable!()
+    };
+    assert_eq!(parent.census().contexts, 0, "both left their parent");
+}
