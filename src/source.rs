@@ -46,7 +46,7 @@ pub(crate) enum Source {
     Wheel { _entry: crate::wheel::WheelEntry },
     /// A deadline on the crate's fallback timer thread. Boxed, as this path is rare (no
     /// runtime, or one shut down): its 24-byte key inline would make every `Source` 32 bytes,
-    /// and a scope's lock, which holds one, a size class larger (see `Inner` in `tree.rs`).
+    /// and a scope's lock, which holds one, larger (see `Inner` in `tree/inner.rs`).
     Fallback { _entry: Box<FallbackEntry> },
     /// A watch on a foreign `CancellationToken`.
     Token {

@@ -82,9 +82,12 @@ fn start_timer(at: Instant, waker: &Waker) -> Option<Timer> {
 }
 
 const SLOTS: u64 = 1024;
-/// A slot of the slab, in 32 bits (the slab's own limit), which keeps an entry in 32 bytes.
+/// A slot of the slab, in 32 bits, which keeps an entry in 24 bytes. The values from [`HEAD`]
+/// up name a bucket instead (an entry's `prev`, when it heads its bucket's list).
 type Index = u32;
 const NIL: Index = Index::MAX;
+/// `HEAD + bucket` is the `prev` of the entry at the head of `bucket`'s list.
+const HEAD: Index = NIL - SLOTS as Index;
 /// One tick, in nanoseconds.
 const TICK: u64 = 1_000_000;
 /// How far ahead a `Sleep` is armed at most: Tokio's own limit is about two years.
@@ -107,23 +110,35 @@ struct State {
     armed: Option<(u64, Timer)>,
 }
 
+/// 24 bytes: a live deadline's share of its wheel (pinned by `a_wheel_entry_is_24_bytes`).
 struct Entry {
     /// When it is due, in nanoseconds after `origin`.
     at: u64,
-    /// Taken (left empty) when the entry fires.
+    /// Taken (left empty) when the entry fires: an entry is in its bucket's list exactly while
+    /// this is not empty.
     scope: Expiry,
+    /// The entry before it in its bucket's list, or `HEAD + bucket` if it heads the list.
     prev: Index,
     next: Index,
-    /// The bucket whose list holds it.
-    bucket: u16,
-    /// Whether the entry is still in its bucket's list; false once fired.
-    linked: bool,
 }
 
 /// A scope's place in a wheel; dropping it takes the entry out and frees its slot.
+///
+/// 16 bytes, with room for the tags of the enums that hold it: a scope's lock keeps a source
+/// inline in 16 bytes (`Outside` in `tree/inner.rs`, pinned by
+/// `a_scope_allocation_stays_at_120_bytes`).
 pub(crate) struct WheelEntry {
     wheel: Arc<Wheel>,
-    index: usize,
+    index: Index,
+    _tags: Tags,
+}
+
+/// A byte with one valid value: the other 255 are free for the tags of enums that hold a
+/// [`WheelEntry`], which then need no room of their own.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Tags {
+    Room = 0,
 }
 
 impl Drop for WheelEntry {
@@ -190,14 +205,7 @@ fn local_wheel() -> Option<Arc<Wheel>> {
 impl Wheel {
     pub(crate) fn new() -> Arc<Wheel> {
         Arc::new(Wheel {
-            state: Mutex::new(State {
-                origin: Instant::now(),
-                entries: Slab::new(),
-                heads: vec![NIL; SLOTS as usize],
-                processed: 0,
-                pending: 0,
-                armed: None,
-            }),
+            state: Mutex::new(State::empty(Instant::now())),
             retired: AtomicBool::new(false),
         })
     }
@@ -218,6 +226,7 @@ impl Wheel {
         let entry = WheelEntry {
             wheel: self.clone(),
             index,
+            _tags: Tags::Room,
         };
         if let Some(at) = arm {
             self.arm(at);
@@ -315,6 +324,17 @@ impl Wheel {
 }
 
 impl State {
+    fn empty(origin: Instant) -> State {
+        State {
+            origin,
+            entries: Slab::new(),
+            heads: vec![NIL; SLOTS as usize],
+            processed: 0,
+            pending: 0,
+            armed: None,
+        }
+    }
+
     /// `at` in nanoseconds after `origin` (0 if before it).
     fn offset_of(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.origin);
@@ -326,25 +346,26 @@ impl State {
     }
 
     /// Puts an entry due `at` in its bucket's list; returns its slot.
-    fn link(&mut self, at: u64, scope: Expiry) -> usize {
+    fn link(&mut self, at: u64, scope: Expiry) -> Index {
         let tick = (at / TICK).max(self.processed);
         let bucket = (tick % SLOTS) as usize;
         let head = self.heads[bucket];
         let slot = self.entries.insert(Entry {
             at,
             scope,
-            prev: NIL,
+            prev: HEAD + bucket as Index,
             next: head,
-            bucket: bucket as u16,
-            linked: true,
         });
-        let index = Index::try_from(slot).expect("a slab holds fewer than 2^32 entries");
+        let index = Index::try_from(slot)
+            .ok()
+            .filter(|&index| index < HEAD)
+            .expect("a wheel holds fewer than 2^32 - 1025 entries");
         if let Some(old) = self.entry(head) {
             old.prev = index;
         }
         self.heads[bucket] = index;
         self.pending += 1;
-        slot
+        index
     }
 
     fn entry(&mut self, index: Index) -> Option<&mut Entry> {
@@ -353,15 +374,17 @@ impl State {
 
     /// Takes the entry at `index` out of its bucket's list and marks it fired; its slot stays
     /// taken (see "Invariants"). Returns its scope, or `None` if it had fired already.
-    fn unlink(&mut self, index: usize) -> Option<Expiry> {
-        let entry = self.entries.get_mut(index).filter(|entry| entry.linked)?;
-        entry.linked = false;
+    fn unlink(&mut self, index: Index) -> Option<Expiry> {
+        let entry = self
+            .entries
+            .get_mut(index as usize)
+            .filter(|entry| entry.is_linked())?;
         self.pending -= 1;
-        let (prev, next, bucket) = (entry.prev, entry.next, entry.bucket);
+        let (prev, next) = (entry.prev, entry.next);
         let scope = std::mem::take(&mut entry.scope);
         match self.entry(prev) {
             Some(prev) => prev.next = next,
-            None => self.heads[usize::from(bucket)] = next,
+            None => self.heads[(prev - HEAD) as usize] = next,
         }
         if let Some(next) = self.entry(next) {
             next.prev = prev;
@@ -371,9 +394,9 @@ impl State {
 
     /// Frees the slot of a `WheelEntry` being dropped, taking its entry out first if it has
     /// not fired; returns what it held, to be dropped once the lock is released.
-    fn remove(&mut self, index: usize) -> Option<Expiry> {
+    fn remove(&mut self, index: Index) -> Option<Expiry> {
         let scope = self.unlink(index);
-        self.entries.remove_if(index, |_| true);
+        self.entries.remove_if(index as usize, |_| true);
         scope
     }
 
@@ -388,7 +411,7 @@ impl State {
             while let Some(entry) = self.entry(index) {
                 let next = entry.next;
                 if entry.at <= now {
-                    due.extend(self.unlink(index as usize));
+                    due.extend(self.unlink(index));
                 }
                 index = next;
             }
@@ -430,14 +453,19 @@ impl State {
             // Every list is emptied whole, so its links need no mending; each step marks an
             // entry fired, so even a broken list could not be walked twice.
             let mut index = std::mem::replace(&mut self.heads[bucket], NIL);
-            while let Some(entry) = self.entry(index).filter(|entry| entry.linked) {
-                entry.linked = false;
+            while let Some(entry) = self.entry(index).filter(|entry| entry.is_linked()) {
                 index = entry.next;
                 scopes.push(std::mem::take(&mut entry.scope));
             }
         }
         self.pending = 0;
         scopes
+    }
+}
+
+impl Entry {
+    fn is_linked(&self) -> bool {
+        !self.scope.is_empty()
     }
 }
 
@@ -487,21 +515,14 @@ mod tests {
     /// meanwhile; the same after the wheel is retired.
     #[test]
     fn a_handle_dropped_after_its_entry_fired_leaves_later_entries_alone() {
-        use super::{NIL, SLOTS, Slab, State, TICK};
+        use super::{State, TICK};
         use crate::tree::Expiry;
 
         let (a, _cancel_a) = Context::background().with_cancel();
         let (b, _cancel_b) = Context::background().with_cancel();
         let scope = |ctx: &Context| Expiry::of(ctx.scope().unwrap());
         let origin = tokio::time::Instant::now();
-        let mut state = State {
-            origin,
-            entries: Slab::new(),
-            heads: vec![NIL; SLOTS as usize],
-            processed: 0,
-            pending: 0,
-            armed: None,
-        };
+        let mut state = State::empty(origin);
         let tick = Duration::from_nanos(TICK);
         let first = state.link(TICK, scope(&a));
         let due = state.take_due(origin + tick);
@@ -530,10 +551,51 @@ mod tests {
         assert_eq!(state.next_due(), None);
     }
 
-    /// An entry is 32 bytes: a live deadline's share of its wheel.
+    /// Entries of one bucket are a list whose head names its bucket: removing the head, a
+    /// middle entry or the tail mends the list, and the bucket still fires what is left.
     #[test]
-    fn a_wheel_entry_is_32_bytes() {
-        assert_eq!(std::mem::size_of::<super::Entry>(), 32);
+    fn removing_any_entry_of_a_bucket_leaves_the_others_to_fire() {
+        use super::{State, TICK};
+        use crate::tree::Expiry;
+
+        let (ctx, _cancel) = Context::background().with_cancel();
+        let origin = tokio::time::Instant::now();
+        for removed in [[0, 1], [1, 3], [3, 2], [2, 0]] {
+            let mut state = State::empty(origin);
+            // Four entries in bucket 3 (the last linked is the head), one in bucket 4.
+            let indices: Vec<_> = (0..4)
+                .map(|i| state.link(3 * TICK + i, Expiry::of(ctx.scope().unwrap())))
+                .collect();
+            state.link(4 * TICK, Expiry::of(ctx.scope().unwrap()));
+            for i in removed {
+                assert!(
+                    state.remove(indices[i]).is_some(),
+                    "{removed:?}: {i} was armed"
+                );
+            }
+            assert_eq!(state.pending, 3, "{removed:?}");
+            let due = state.take_due(origin + Duration::from_nanos(3 * TICK + 3));
+            assert_eq!(due.len(), 2, "{removed:?}: the other two of bucket 3 fire");
+            assert_eq!(
+                state.next_due(),
+                Some(4 * TICK),
+                "{removed:?}: bucket 4 untouched"
+            );
+            assert_eq!(state.drain_all().len(), 1, "{removed:?}");
+        }
+    }
+
+    /// An entry, and a slot of the slab that holds it, are 24 bytes: a live deadline's share
+    /// of its wheel.
+    #[test]
+    fn a_wheel_entry_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<super::Entry>(), 24);
+        // The slab's inline first slot, its `Vec` and two counts: a slot takes no more room
+        // than the entry, its vacant state in the room of the entry's `Expiry`.
+        assert_eq!(
+            std::mem::size_of::<super::Slab<super::Entry>>(),
+            24 + 24 + 8
+        );
     }
 
     /// A burst of deadlines armed on a worker and dropped gives the wheel's room back: to a

@@ -29,6 +29,12 @@ impl Expiry {
         Expiry(Arc::downgrade(scope))
     }
 
+    /// Whether this is the empty `Expiry` (its `Default`), which reaches no scope: what a timer
+    /// leaves behind once it has handed its `Expiry` on.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.ptr_eq(&Weak::new())
+    }
+
     /// The deadline timer has fired: cancels the scope with `DeadlineExceeded` (and its
     /// deadline cause) if the deadline has passed, or moves it to the fallback timer thread if
     /// the timer fired early (Tokio fires every timer when its runtime shuts down). Nothing if

@@ -17,7 +17,7 @@ use super::Reg;
 use super::walk::Walk;
 
 /// The fields guarded by a scope's lock, in an allocation of their own (see [`OnceInner`]).
-/// 88 bytes with the lock, a 96-byte glibc chunk (see the scope's size test).
+/// 80 bytes with the lock, a 96-byte glibc chunk (see the scope's size test).
 #[derive(Default)]
 pub(super) struct Inner {
     pub(super) regs: Slab<Reg>,
@@ -32,7 +32,8 @@ pub(super) struct Inner {
 /// lock, rather than three; anything more goes to an [`Extra`], which then holds the source
 /// too. The `Extra`, once made, is kept across reuse (see `recycle.rs`).
 ///
-/// 24 bytes: `Source`'s tag leaves room for the other two variants' encoding.
+/// 16 bytes: a wheel entry leaves a byte for the tags of `Source` and of this (see
+/// `WheelEntry` in `wheel.rs`).
 #[derive(Default)]
 pub(super) enum Outside {
     #[default]
@@ -42,7 +43,7 @@ pub(super) enum Outside {
 }
 
 /// What a plain `with_cancel` or `with_timeout` scope never holds: out of line, so that it
-/// costs such a scope nothing beyond the 24 bytes of [`Outside`].
+/// costs such a scope nothing beyond the 16 bytes of [`Outside`].
 #[derive(Default)]
 pub(super) struct Extra {
     /// The cause, when it is not the error itself (`CUSTOM_CAUSE`).
