@@ -87,12 +87,14 @@ use crate::handle::CancelCauseHandle;
 /// ```
 #[derive(Clone, Debug)]
 pub struct ServerLayer {
-    root: Context,
     config: Arc<Config>,
 }
 
+/// What every request's service shares, the root with the rest: axum clones a route's service
+/// for each request, and a clone then raises one count.
 #[derive(Clone, Debug)]
 struct Config {
+    root: Context,
     headers: Headers,
     default_timeout: Option<Duration>,
     max_timeout: Option<Duration>,
@@ -111,8 +113,8 @@ impl ServerLayer {
     /// ```
     pub fn new(root: &Context) -> Self {
         ServerLayer {
-            root: root.clone(),
             config: Arc::new(Config {
+                root: root.clone(),
                 headers: Headers::default(),
                 default_timeout: None,
                 max_timeout: None,
@@ -222,7 +224,6 @@ impl<S> Layer<S> for ServerLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ServerService {
             inner,
-            root: self.root.clone(),
             config: self.config.clone(),
         }
     }
@@ -245,7 +246,6 @@ impl<S> Layer<S> for ServerLayer {
 #[derive(Clone, Debug)]
 pub struct ServerService<S> {
     inner: S,
-    root: Context,
     config: Arc<Config>,
 }
 
@@ -273,7 +273,7 @@ where
             (Some(budget), Some(max)) => Some(budget.min(max)),
             (budget, max) => budget.or(max),
         };
-        let parent = req.extensions().get::<Context>().unwrap_or(&self.root);
+        let parent = req.extensions().get::<Context>().unwrap_or(&config.root);
         if let Some(err) = parent.err() {
             return ServerFuture::refused(refusal(grpc, Refusal::Done(err)));
         }
