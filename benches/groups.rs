@@ -6,6 +6,11 @@
 //!
 //! The group does more per task than the tracker: a child context, a named entry in the
 //! report, a panic guard and the leak check's count. The rows show what that costs.
+//!
+//! `-- group N` or `-- tracker N` runs one round of N tasks on a current-thread runtime, and
+//! nothing else: for instruction counts under `valgrind --tool=callgrind`, which do not depend
+//! on the machine's load. The difference of two such runs (say N = 10,000 and 30,000), divided
+//! by the difference of N, is the cost per task without the process's start and end.
 
 use std::time::Duration;
 
@@ -18,7 +23,28 @@ use tokio_util::task::TaskTracker;
 const TASKS: usize = 100_000;
 
 fn main() {
-    divan::main();
+    // `cargo bench` passes `--bench`; `group N` or `tracker N` picks one round of one row.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let one_round = match &args[..] {
+        [row, n] if row == "group" || row == "tracker" => Some((row, n)),
+        _ => None,
+    };
+    let Some((row, n)) = one_round else {
+        return divan::main();
+    };
+    let tasks = n.parse().expect("a count of tasks");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if row == "group" {
+        runtime.block_on(group_round(tasks));
+    } else {
+        runtime.block_on(tracker_round(tasks));
+    }
 }
 
 /// A multi-thread runtime with two workers, as the machine these run on has two cores.
@@ -33,37 +59,37 @@ fn runtime() -> Runtime {
 #[divan::bench(sample_count = 10, sample_size = 1)]
 fn group_spawn_then_shutdown(bencher: Bencher) {
     let runtime = runtime();
-    bencher.bench_local(|| {
-        runtime.block_on(async {
-            let group = TaskGroup::new(&Context::background());
-            for _ in 0..TASKS {
-                group
-                    .spawn("worker", |ctx| async move {
-                        ctx.done().await;
-                        Ok::<(), taskctx::Error>(())
-                    })
-                    .unwrap();
-            }
-            let report = group.shutdown("bench", Duration::from_secs(60)).await;
-            assert_eq!(report.counts().finished, TASKS);
-        })
-    });
+    bencher.bench_local(|| runtime.block_on(group_round(TASKS)));
 }
 
 #[divan::bench(sample_count = 10, sample_size = 1)]
 fn tracker_spawn_then_cancel_and_wait(bencher: Bencher) {
     let runtime = runtime();
-    bencher.bench_local(|| {
-        runtime.block_on(async {
-            let tracker = TaskTracker::new();
-            let token = CancellationToken::new();
-            for _ in 0..TASKS {
-                let token = token.child_token();
-                tracker.spawn(async move { token.cancelled().await });
-            }
-            tracker.close();
-            token.cancel();
-            tracker.wait().await;
-        })
-    });
+    bencher.bench_local(|| runtime.block_on(tracker_round(TASKS)));
+}
+
+async fn group_round(tasks: usize) {
+    let group = TaskGroup::new(&Context::background());
+    for _ in 0..tasks {
+        group
+            .spawn("worker", |ctx| async move {
+                ctx.done().await;
+                Ok::<(), taskctx::Error>(())
+            })
+            .unwrap();
+    }
+    let report = group.shutdown("bench", Duration::from_secs(60)).await;
+    assert_eq!(report.counts().finished, tasks);
+}
+
+async fn tracker_round(tasks: usize) {
+    let tracker = TaskTracker::new();
+    let token = CancellationToken::new();
+    for _ in 0..tasks {
+        let token = token.child_token();
+        tracker.spawn(async move { token.cancelled().await });
+    }
+    tracker.close();
+    token.cancel();
+    tracker.wait().await;
 }
