@@ -729,6 +729,41 @@ async fn many_tasks_spawning_and_shutting_down_across_threads_all_stop_once() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Tracing
+// ---------------------------------------------------------------------------------------------
+
+/// The closure is called later, inside the task's own Tokio task, yet runs in the span current
+/// at `spawn`, as its future does after an `.await`.
+#[tokio::test]
+async fn a_task_runs_in_the_tracing_span_current_at_its_spawn() {
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(std::io::sink)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let span = tracing::info_span!("request", id = 7);
+    let expected = span.id();
+    assert!(expected.is_some(), "the span is enabled");
+
+    let group = TaskGroup::new(&Context::background());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    span.in_scope(|| {
+        group.spawn("handler", move |_ctx| {
+            record.lock().unwrap().push(tracing::Span::current().id());
+            async move {
+                tokio::task::yield_now().await;
+                record.lock().unwrap().push(tracing::Span::current().id());
+                Ok::<(), Error>(())
+            }
+        })
+    })
+    .unwrap();
+    watchdog(group.wait()).await;
+    assert_eq!(*seen.lock().unwrap(), [expected.clone(), expected]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Nesting
 // ---------------------------------------------------------------------------------------------
 

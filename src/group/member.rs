@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
+use tracing::level_filters::LevelFilter;
 
 use super::error::TaskPanicked;
 use super::report::{Outcome, Panic, TaskReport};
@@ -118,26 +119,40 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<Box<dyn StdError + Send + Sync + 'static>> + 'static,
 {
+    // While no subscriber enables anything (`LevelFilter::current()` is OFF), no span is
+    // enabled, so none can be current: the look-up `Span::current` makes is skipped. Pinned by
+    // `a_task_runs_in_the_tracing_span_current_at_its_spawn`.
+    let span = if LevelFilter::current() == LevelFilter::OFF {
+        tracing::Span::none()
+    } else {
+        tracing::Span::current()
+    };
     let (ctx, cancel) = core.ctx.with_cancel();
-    let record = Record {
-        cancel: Some(cancel),
-        counted: Some(TaskCount::new(&ctx)),
-        core: core.clone(),
-        id,
-        name,
-        spawned_at: Instant::now(),
-    };
-    let member = Member {
-        body: run(ctx, slot, f),
-        membership: Some(Membership {
-            group: Arc::downgrade(core),
-            id,
-        }),
-        record,
-    };
+    let counted = TaskCount::new(&ctx);
+    let spawned_at = Instant::now();
+    let group = Arc::downgrade(core);
     // Boxed: Tokio moves a task's future by value as it spawns, starts and finishes it, and a
-    // member's is a few hundred bytes; boxed, each move is a pointer's (`benches/groups.rs`).
-    tokio::spawn(Box::pin(member.instrument(tracing::Span::current()))).abort_handle()
+    // member's is a few hundred bytes; boxed, each move is a pointer's. Built in one
+    // expression from parts made beforehand: built field by field between other calls, it is
+    // copied once for each wrapper on its way into the box (`-- group N` of
+    // `benches/groups.rs` under callgrind shows the copies). `Box::write` into a box allocated
+    // first would save the last copy too, from Rust 1.87.
+    let future = Box::pin(
+        Member {
+            body: run(ctx, slot, f),
+            membership: Some(Membership { group, id }),
+            record: Record {
+                cancel: Some(cancel),
+                counted: Some(counted),
+                core: core.clone(),
+                id,
+                name,
+                spawned_at,
+            },
+        }
+        .instrument(span),
+    );
+    tokio::spawn(future).abort_handle()
 }
 
 /// A member's whole life: its slot, its closure, its future; returns how it ended.
