@@ -282,12 +282,12 @@ impl Record {
         };
         drop(cancel);
         drop(self.counted.take());
-        let now = Instant::now();
-        let time_to_stop = self
+        let stopped_at = Instant::now();
+        let asked_at = self
             .core
             .cancelled_at
             .get()
-            .map(|&at| now.saturating_duration_since(at.max(self.spawned_at)));
+            .map(|&at| at.max(self.spawned_at));
         let failure = match &outcome {
             Outcome::Failed(cause) => Some(cause.clone()),
             Outcome::Panicked(panic) => Some(Cause::new(Box::new(TaskPanicked::new(
@@ -299,8 +299,9 @@ impl Record {
         let task = TaskReport::new(
             std::mem::take(&mut self.name),
             outcome,
-            now.saturating_duration_since(self.spawned_at),
-            time_to_stop,
+            self.spawned_at,
+            stopped_at,
+            asked_at,
         );
         self.core.stopped(self.id, task, failure);
     }

@@ -6,6 +6,8 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::error::{Cause, Error};
 
 /// How the tasks of a [`TaskGroup`](crate::TaskGroup) stopped, one [`TaskReport`] per task, in
@@ -103,12 +105,16 @@ pub struct OutcomeCounts {
 /// assert_eq!(task.time_to_stop(), None, "it stopped before any cancellation");
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct TaskReport {
     name: Cow<'static, str>,
     outcome: Outcome,
-    ran_for: Duration,
-    time_to_stop: Option<Duration>,
+    /// The instants the durations are read from, kept as they are: the subtractions are made
+    /// only for the tasks a reader asks about.
+    spawned_at: Instant,
+    stopped_at: Instant,
+    /// When the task was asked to stop (the group's cancellation, or its spawn if that came
+    /// later), if that was before it stopped.
+    asked_at: Option<Instant>,
     /// Summaries of the groups the task built and took the report of, in that order.
     groups: Vec<Report>,
 }
@@ -258,6 +264,18 @@ impl fmt::Debug for Panic {
     }
 }
 
+impl fmt::Debug for TaskReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskReport")
+            .field("name", &self.name)
+            .field("outcome", &self.outcome)
+            .field("ran_for", &self.ran_for())
+            .field("time_to_stop", &self.time_to_stop())
+            .field("groups", &self.groups)
+            .finish()
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -275,14 +293,16 @@ impl TaskReport {
     pub(super) fn new(
         name: Cow<'static, str>,
         outcome: Outcome,
-        ran_for: Duration,
-        time_to_stop: Option<Duration>,
+        spawned_at: Instant,
+        stopped_at: Instant,
+        asked_at: Option<Instant>,
     ) -> Self {
         TaskReport {
             name,
             outcome,
-            ran_for,
-            time_to_stop,
+            spawned_at,
+            stopped_at,
+            asked_at,
             groups: Vec::new(),
         }
     }
@@ -305,8 +325,9 @@ impl TaskReport {
         TaskReport {
             name: self.name.clone(),
             outcome,
-            ran_for: self.ran_for,
-            time_to_stop: self.time_to_stop,
+            spawned_at: self.spawned_at,
+            stopped_at: self.stopped_at,
+            asked_at: self.asked_at,
             groups: self.groups.iter().map(Report::summary).collect(),
         }
     }
@@ -358,7 +379,7 @@ impl TaskReport {
     /// # }
     /// ```
     pub fn ran_for(&self) -> Duration {
-        self.ran_for
+        self.stopped_at.saturating_duration_since(self.spawned_at)
     }
 
     /// Time from the group's cancellation (or from `spawn`, for a task spawned after it) to
@@ -385,7 +406,8 @@ impl TaskReport {
     /// # }
     /// ```
     pub fn time_to_stop(&self) -> Option<Duration> {
-        self.time_to_stop
+        let asked_at = self.asked_at?;
+        Some(self.stopped_at.saturating_duration_since(asked_at))
     }
 
     /// Summaries of the groups this task owned, in the order their reports were taken: each
@@ -623,9 +645,23 @@ impl Report {
     /// ```
     pub fn slow(&self) -> impl Iterator<Item = &TaskReport> + '_ {
         let half = self.grace.map(|grace| grace / 2);
+        // Every task spawned before the cancellation was asked to stop at that one instant: the
+        // bound for it is computed once, and those tasks' stops are compared with it, not
+        // subtracted from anything. `None` as a bound: none can be past it.
+        let mut last: Option<(Instant, Option<Instant>)> = None;
         self.tasks.iter().filter(move |task| {
-            !matches!(task.outcome, Outcome::Aborted)
-                && matches!((task.time_to_stop, half), (Some(took), Some(half)) if took > half)
+            let (Some(half), Some(asked_at)) = (half, task.asked_at) else {
+                return false;
+            };
+            let bound = match last {
+                Some((at, bound)) if at == asked_at => bound,
+                _ => {
+                    let bound = asked_at.checked_add(half);
+                    last = Some((asked_at, bound));
+                    bound
+                }
+            };
+            !matches!(task.outcome, Outcome::Aborted) && bound.is_some_and(|b| task.stopped_at > b)
         })
     }
 
@@ -704,7 +740,7 @@ impl Report {
                 target: "taskctx",
                 group,
                 task = %task.name,
-                time_to_stop = task.time_to_stop.map(tracing::field::debug),
+                time_to_stop = task.time_to_stop().map(tracing::field::debug),
                 grace = self.grace.map(tracing::field::debug),
                 "task slow to stop: it took more than half the grace",
             );
@@ -764,7 +800,7 @@ impl fmt::Display for Report {
             .filter(|task| matches!(task.outcome, Outcome::Aborted));
         list(f, "aborted", aborted, |task, f| f.write_str(&task.name))?;
         list(f, "slow", self.slow(), |task, f| {
-            let took = task.time_to_stop.unwrap_or_default();
+            let took = task.time_to_stop().unwrap_or_default();
             write!(f, "{} ({took:?} to stop)", task.name)
         })?;
         let owners = self.tasks.iter().filter(|task| !task.groups.is_empty());
