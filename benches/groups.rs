@@ -7,10 +7,15 @@
 //! The group does more per task than the tracker: a child context, a named entry in the
 //! report, a panic guard and the leak check's count. The rows show what that costs.
 //!
-//! `-- group N` or `-- tracker N` runs one round of N tasks on a current-thread runtime, and
-//! nothing else: for instruction counts under `valgrind --tool=callgrind`, which do not depend
-//! on the machine's load. The difference of two such runs (say N = 10,000 and 30,000), divided
-//! by the difference of N, is the cost per task without the process's start and end.
+//! `-- group N [R] [workers]` or `-- tracker N [R] [workers]` runs R rounds (default 1) of N
+//! tasks on a current-thread runtime (or on the rows' two workers), and nothing else: for
+//! instruction counts under `valgrind --tool=callgrind`, which do not depend on the machine's
+//! load. The difference of two such runs divided by the difference in tasks is the cost per
+//! task without the process's start and end: from 1 round to 3 of the same N, that of the
+//! rounds after the first, whose allocator has the room the first left, as divan's later
+//! samples do. The current-thread count is exact run to run; the allocator's share of it
+//! changes with the size of the member's future (the user's future is part of it), so compare
+//! the rest too. On two workers the count changes with how the threads interleave.
 
 use std::time::Duration;
 
@@ -23,27 +28,35 @@ use tokio_util::task::TaskTracker;
 const TASKS: usize = 100_000;
 
 fn main() {
-    // `cargo bench` passes `--bench`; `group N` or `tracker N` picks one round of one row.
+    // `cargo bench` passes `--bench`; `group N [R] [workers]` or `tracker N [R] [workers]` picks
+    // R rounds (1 if not given) of one row.
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|arg| !arg.starts_with("--"))
         .collect();
-    let one_round = match &args[..] {
-        [row, n] if row == "group" || row == "tracker" => Some((row, n)),
-        _ => None,
-    };
-    let Some((row, n)) = one_round else {
+    let Some(row) = args
+        .first()
+        .filter(|row| *row == "group" || *row == "tracker")
+    else {
         return divan::main();
     };
-    let tasks = n.parse().expect("a count of tasks");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    if row == "group" {
-        runtime.block_on(group_round(tasks));
+    let mut counts = args[1..].iter().filter_map(|arg| arg.parse().ok());
+    let tasks = counts.next().expect("a count of tasks");
+    let rounds = counts.next().unwrap_or(1);
+    let runtime = if args.iter().any(|arg| arg == "workers") {
+        runtime()
     } else {
-        runtime.block_on(tracker_round(tasks));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    for _ in 0..rounds {
+        if row == "group" {
+            runtime.block_on(group_round(tasks));
+        } else {
+            runtime.block_on(tracker_round(tasks));
+        }
     }
 }
 
