@@ -176,7 +176,11 @@ pub enum Outcome {
 /// assert!(caught.is_err());
 /// # }
 /// ```
-pub struct Panic {
+pub struct Panic(Box<Caught>);
+
+/// A [`Panic`]'s contents, boxed so that an [`Outcome`], and so each [`TaskReport`], stays
+/// small for the tasks that did not panic: a stop's report is moved on its way into the group.
+struct Caught {
     message: String,
     /// In a mutex only so that a `Report` can be shared between threads (`Sync`), as Tokio's
     /// `JoinError` does; nothing locks it but `into_payload`.
@@ -192,18 +196,18 @@ impl Panic {
         } else {
             "Box<dyn Any>".to_owned()
         };
-        Panic {
+        Panic(Box::new(Caught {
             message,
             payload: Mutex::new(payload),
-        }
+        }))
     }
 
     /// A panic of a summary (see [`TaskReport::groups`]): the message, as its own payload.
     fn summary(message: &str) -> Self {
-        Panic {
+        Panic(Box::new(Caught {
             message: message.to_owned(),
             payload: Mutex::new(Box::new(message.to_owned())),
-        }
+        }))
     }
 
     /// The panic's message, or `Box<dyn Any>` if the payload was not a string.
@@ -212,7 +216,7 @@ impl Panic {
     ///
     /// See [`Panic`].
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// The payload, as `std::panic::catch_unwind` gives it.
@@ -237,7 +241,8 @@ impl Panic {
     /// # }
     /// ```
     pub fn into_payload(self) -> Box<dyn Any + Send + 'static> {
-        self.payload
+        self.0
+            .payload
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -259,7 +264,7 @@ impl Panic {
 impl fmt::Debug for Panic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Panic")
-            .field("message", &self.message)
+            .field("message", &self.0.message)
             .finish_non_exhaustive()
     }
 }
@@ -282,7 +287,7 @@ impl fmt::Display for Outcome {
             Outcome::Finished => f.write_str("finished"),
             Outcome::Canceled(err) => write!(f, "canceled ({err})"),
             Outcome::Failed(cause) => write!(f, "failed: {cause}"),
-            Outcome::Panicked(panic) => write!(f, "panicked: {}", panic.message),
+            Outcome::Panicked(panic) => write!(f, "panicked: {}", panic.message()),
             Outcome::Aborted => f.write_str("aborted"),
             Outcome::NotStarted => f.write_str("not started"),
         }
@@ -318,7 +323,7 @@ impl TaskReport {
             Outcome::Finished => Outcome::Finished,
             Outcome::Canceled(err) => Outcome::Canceled(*err),
             Outcome::Failed(cause) => Outcome::Failed(cause.clone()),
-            Outcome::Panicked(panic) => Outcome::Panicked(Panic::summary(&panic.message)),
+            Outcome::Panicked(panic) => Outcome::Panicked(Panic::summary(panic.message())),
             Outcome::Aborted => Outcome::Aborted,
             Outcome::NotStarted => Outcome::NotStarted,
         };
@@ -788,7 +793,7 @@ impl fmt::Display for Report {
             write!(f, "{} ({cause})", task.name)
         })?;
         let panicked = self.tasks.iter().filter_map(|task| match &task.outcome {
-            Outcome::Panicked(panic) => Some((task, &panic.message)),
+            Outcome::Panicked(panic) => Some((task, panic.message())),
             _ => None,
         });
         list(f, "panicked", panicked, |(task, message), f| {
