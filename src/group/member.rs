@@ -309,6 +309,9 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        self.stop(Outcome::Aborted);
+        // Not recorded yet: the body never returned (and no outcome need be made otherwise).
+        if self.cancel.is_some() {
+            self.stop(Outcome::Aborted);
+        }
     }
 }
