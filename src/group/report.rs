@@ -7,6 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Level;
 
 use crate::error::{Cause, Error};
 
@@ -711,22 +712,28 @@ impl Report {
 
     /// Emits the report's `tracing` events (see [`Report`]).
     pub(super) fn emit(&self) {
+        // Nothing is counted or searched for events that no subscriber wants.
         let group = self.name.as_deref().unwrap_or("");
-        let counts = self.counts();
-        tracing::info!(
-            target: "taskctx",
-            group,
-            tasks = self.tasks.len(),
-            finished = counts.finished,
-            canceled = counts.canceled,
-            failed = counts.failed,
-            panicked = counts.panicked,
-            aborted = counts.aborted,
-            not_started = counts.not_started,
-            cause = self.cause.as_ref().map(tracing::field::display),
-            grace = self.grace.map(tracing::field::debug),
-            "task group stopped",
-        );
+        if tracing::enabled!(target: "taskctx", Level::INFO) {
+            let counts = self.counts();
+            tracing::info!(
+                target: "taskctx",
+                group,
+                tasks = self.tasks.len(),
+                finished = counts.finished,
+                canceled = counts.canceled,
+                failed = counts.failed,
+                panicked = counts.panicked,
+                aborted = counts.aborted,
+                not_started = counts.not_started,
+                cause = self.cause.as_ref().map(tracing::field::display),
+                grace = self.grace.map(tracing::field::debug),
+                "task group stopped",
+            );
+        }
+        if !tracing::enabled!(target: "taskctx", Level::WARN) {
+            return;
+        }
         for task in self
             .tasks
             .iter()
