@@ -22,7 +22,7 @@ use std::task::{self, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 use tracing::level_filters::LevelFilter;
@@ -107,14 +107,15 @@ pub(super) enum Slot {
     Wait(Arc<Semaphore>),
 }
 
-/// Spawns member `id` of `core`'s group; returns its abort handle.
+/// Spawns member `id` of `core`'s group; returns its join handle, which the group keeps to
+/// abort it.
 pub(super) fn spawn<F, Fut, E>(
     core: &Arc<Core>,
     id: MemberId,
     name: Cow<'static, str>,
     slot: Slot,
     f: F,
-) -> AbortHandle
+) -> JoinHandle<()>
 where
     F: FnOnce(Context) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -151,7 +152,7 @@ where
         }
         .instrument(span),
     );
-    tokio::spawn(future).abort_handle()
+    tokio::spawn(future)
 }
 
 /// A member's whole life: its slot, its closure, its future; returns how it ended.

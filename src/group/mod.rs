@@ -27,7 +27,7 @@
 //!    group outlives it; dropping the owner; and the parent. The first wins the cause. Pinned by
 //!    `fail_fast_cancels_every_sibling_with_the_first_failure`.
 //! 3. **Who aborts.** Only a shutdown whose grace has passed (every member but its caller), and
-//!    the owner's drop (every member). A member whose abort handle arrives after an abort began
+//!    the owner's drop (every member). A member whose task handle arrives after an abort began
 //!    (its `spawn` was still under way) is aborted when it arrives. Pinned by
 //!    `tasks_that_ignore_cancellation_are_aborted_and_named`.
 //! 4. **When the report is taken.** The same critical section that sees no member left (other
@@ -872,10 +872,10 @@ impl Core {
             }
             state.enroll()
         };
-        let abort = member::spawn(self, id, name, slot, f);
-        let abort_now = self.lock().arrived(id, abort);
-        if let Some(abort) = abort_now {
-            abort.abort();
+        let task = member::spawn(self, id, name, slot, f);
+        let abort_now = self.lock().arrived(id, task);
+        if let Some(task) = abort_now {
+            task.abort();
         }
         Ok(())
     }

@@ -13,7 +13,7 @@
 //! store. The group keeps a [`TaskReport`] for every task it ever ran until the report is
 //! taken, so this adds a little to memory that grows with the tasks anyway.
 
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use super::report::{Report, TaskReport};
@@ -36,8 +36,10 @@ pub(super) enum Phase {
 
 /// A member's entry in `State::members`.
 enum Enrolled {
-    /// Not stopped; with the abort handle of its Tokio task once `spawn` has it.
-    Running(Option<AbortHandle>),
+    /// Not stopped; with the handle of its Tokio task once `spawn` has it: a join handle, kept
+    /// only to abort the task (which `JoinHandle::abort_handle` would make a second reference
+    /// to the task for).
+    Running(Option<JoinHandle<()>>),
     Stopped,
 }
 
@@ -84,21 +86,21 @@ impl State {
         matches!(self.members.get(id.0), Some(Enrolled::Running(_)))
     }
 
-    /// Enters a new member, without its abort handle yet (invariant 1).
+    /// Enters a new member, without its task handle yet (invariant 1).
     pub(super) fn enroll(&mut self) -> MemberId {
         self.members.push(Enrolled::Running(None));
         self.running += 1;
         MemberId(self.members.len() - 1)
     }
 
-    /// Keeps `id`'s abort handle; or hands it back if an abort that does not spare `id` began
+    /// Keeps `id`'s handle; or hands it back if an abort that does not spare `id` began
     /// (invariant 3), to be aborted once the lock is released. Dropped if `id` has stopped.
-    pub(super) fn arrived(&mut self, id: MemberId, abort: AbortHandle) -> Option<AbortHandle> {
+    pub(super) fn arrived(&mut self, id: MemberId, task: JoinHandle<()>) -> Option<JoinHandle<()>> {
         let aborting = self.aborting.is_some_and(|spared| spared != Some(id));
         match &mut self.members[id.0] {
-            Enrolled::Running(_) if aborting => Some(abort),
+            Enrolled::Running(_) if aborting => Some(task),
             Enrolled::Running(handle) => {
-                *handle = Some(abort);
+                *handle = Some(task);
                 None
             }
             Enrolled::Stopped => None,
@@ -114,7 +116,7 @@ impl State {
             .enumerate()
             .filter(|&(index, _)| spared != Some(MemberId(index)))
             .filter_map(|(_, entry)| match entry {
-                Enrolled::Running(handle) => handle.clone(),
+                Enrolled::Running(handle) => handle.as_ref().map(JoinHandle::abort_handle),
                 Enrolled::Stopped => None,
             })
             .collect()
