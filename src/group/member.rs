@@ -84,6 +84,7 @@ struct Entered<'a> {
 }
 
 impl<'a> Entered<'a> {
+    #[inline]
     fn new(home: &'a mut Option<Arc<Core>>, id: MemberId) -> Self {
         let membership = home.take().map(|group| Membership { group, id });
         let outer = MEMBERSHIP.replace(membership);
@@ -92,6 +93,7 @@ impl<'a> Entered<'a> {
 }
 
 impl Drop for Entered<'_> {
+    #[inline]
     fn drop(&mut self) {
         *self.home = MEMBERSHIP.replace(self.outer.take()).map(|m| m.group);
     }

@@ -832,6 +832,7 @@ struct Core {
 }
 
 impl Core {
+    #[inline]
     fn lock(&self) -> MutexGuard<'_, State> {
         // No user code runs under this lock, so a poisoned state is still consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
