@@ -7,15 +7,17 @@
 //! The group does more per task than the tracker: a child context, a named entry in the
 //! report, a panic guard and the leak check's count. The rows show what that costs.
 //!
-//! `-- group N [R] [workers]` or `-- tracker N [R] [workers]` runs R rounds (default 1) of N
-//! tasks on a current-thread runtime (or on the rows' two workers), and nothing else: for
-//! instruction counts under `valgrind --tool=callgrind`, which do not depend on the machine's
-//! load. The difference of two such runs divided by the difference in tasks is the cost per
-//! task without the process's start and end: from 1 round to 3 of the same N, that of the
-//! rounds after the first, whose allocator has the room the first left, as divan's later
-//! samples do. The current-thread count is exact run to run; the allocator's share of it
-//! changes with the size of the member's future (the user's future is part of it), so compare
-//! the rest too. On two workers the count changes with how the threads interleave.
+//! `-- group N [R] [workers] [time]` or `-- tracker N [R] [workers] [time]` runs R rounds
+//! (default 1) of N tasks on a current-thread runtime (or on the rows' two workers), and nothing
+//! else. For instruction counts under `valgrind --tool=callgrind`, which do not depend on the
+//! machine's load: the difference of two such runs divided by the difference in tasks is the
+//! cost per task without the process's start and end; from 1 round to 3 of the same N, that of
+//! the rounds after the first, whose allocator has the room the first left, as divan's later
+//! samples do. The current-thread count is exact run to run; the allocator's share of it moves
+//! with the size of the member's future (the user's future is part of it), so compare the rest
+//! too. On two workers the count changes with how the threads interleave. `time` prints the
+//! median wall-clock time of the rounds: one row per process, since a row run after another in
+//! the same process runs on the heap the first left.
 
 use std::time::Duration;
 
@@ -28,36 +30,49 @@ use tokio_util::task::TaskTracker;
 const TASKS: usize = 100_000;
 
 fn main() {
-    // `cargo bench` passes `--bench`; `group N [R] [workers]` or `tracker N [R] [workers]` picks
-    // R rounds (1 if not given) of one row.
+    // `cargo bench` passes `--bench`; `group N [R] [workers] [time]` or `tracker ...` picks R
+    // rounds (1 if not given) of one row.
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|arg| !arg.starts_with("--"))
         .collect();
-    let Some(row) = args
-        .first()
-        .filter(|row| *row == "group" || *row == "tracker")
-    else {
-        return divan::main();
-    };
-    let mut counts = args[1..].iter().filter_map(|arg| arg.parse().ok());
-    let tasks = counts.next().expect("a count of tasks");
-    let rounds = counts.next().unwrap_or(1);
-    let runtime = if args.iter().any(|arg| arg == "workers") {
-        runtime()
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
-    for _ in 0..rounds {
-        if row == "group" {
-            runtime.block_on(group_round(tasks));
-        } else {
-            runtime.block_on(tracker_round(tasks));
+    let mut counts = args.iter().skip(1).filter_map(|arg| arg.parse().ok());
+    match args.first().map(String::as_str) {
+        Some(row @ ("group" | "tracker")) => {
+            let tasks = counts.next().expect("a count of tasks");
+            let rounds = counts.next().unwrap_or(1);
+            let runtime = if args.iter().any(|arg| arg == "workers") {
+                runtime()
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+            };
+            let mut times = Vec::with_capacity(rounds);
+            for _ in 0..rounds {
+                let start = std::time::Instant::now();
+                if row == "group" {
+                    runtime.block_on(group_round(tasks));
+                } else {
+                    runtime.block_on(tracker_round(tasks));
+                }
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            if args.iter().any(|arg| arg == "time") {
+                println!(
+                    "{row}: {:.1} ms (median of {rounds} rounds)",
+                    median(&mut times)
+                );
+            }
         }
+        _ => divan::main(),
     }
+}
+
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }
 
 /// A multi-thread runtime with two workers, as the machine these run on has two cores.
