@@ -171,17 +171,6 @@ impl<T> Slab<T> {
         self.next_free = start as u32 + 1;
     }
 
-    pub(crate) fn get(&self, index: usize) -> Option<&T> {
-        let entry = match index.checked_sub(1) {
-            None => &self.first,
-            Some(i) => self.rest.get(i)?,
-        };
-        match entry {
-            Entry::Full(value) => Some(value),
-            Entry::Vacant { .. } => None,
-        }
-    }
-
     pub(crate) fn get_mut(&mut self, index: usize) -> Option<&mut T> {
         match self.entry_mut(index)? {
             Entry::Full(value) => Some(value),

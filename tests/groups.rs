@@ -409,6 +409,46 @@ async fn the_parent_cancelling_the_group_is_the_reports_cause() {
     assert_eq!(report.grace(), None);
 }
 
+/// A task spawned after the group was cancelled is asked to stop at its spawn: its time to
+/// stop, and whether it was slow, count from there, whichever tasks stop around it.
+#[tokio::test(start_paused = true)]
+async fn a_task_spawned_after_the_cancellation_is_timed_from_its_spawn() {
+    let (parent, cancel_parent) = Context::background().with_cancel();
+    let group = TaskGroup::new(&parent);
+    cancel_parent.cancel();
+    let cleanup = |ms| {
+        move |ctx: Context| async move {
+            ctx.done().await;
+            sleep(Duration::from_millis(ms)).await;
+            Ok::<(), Broken>(())
+        }
+    };
+    group.spawn("at-cancel", cleanup(600)).unwrap();
+    sleep(Duration::from_millis(300)).await;
+    group.spawn("later-quick", cleanup(400)).unwrap();
+    group.spawn("later-slow", cleanup(700)).unwrap();
+
+    // Half the grace is 500 ms.
+    let report = watchdog(group.shutdown("deploy", SECOND)).await;
+
+    let took: Vec<_> = report
+        .tasks()
+        .iter()
+        .map(|t| (t.name(), t.time_to_stop(), t.ran_for()))
+        .collect();
+    let ms = |ms| Some(Duration::from_millis(ms));
+    assert_eq!(
+        took,
+        [
+            ("at-cancel", ms(600), Duration::from_millis(600)),
+            ("later-quick", ms(400), Duration::from_millis(400)),
+            ("later-slow", ms(700), Duration::from_millis(700)),
+        ]
+    );
+    let slow: Vec<_> = report.slow().map(|t| t.name()).collect();
+    assert_eq!(slow, ["at-cancel", "later-slow"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Failure policies
 // ---------------------------------------------------------------------------------------------
@@ -726,6 +766,41 @@ async fn many_tasks_spawning_and_shutting_down_across_threads_all_stop_once() {
         assert!(handle.is_empty());
         assert_no_leaks(&root).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tracing
+// ---------------------------------------------------------------------------------------------
+
+/// The closure is called later, inside the task's own Tokio task, yet runs in the span current
+/// at `spawn`, as its future does after an `.await`.
+#[tokio::test]
+async fn a_task_runs_in_the_tracing_span_current_at_its_spawn() {
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(std::io::sink)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let span = tracing::info_span!("request", id = 7);
+    let expected = span.id();
+    assert!(expected.is_some(), "the span is enabled");
+
+    let group = TaskGroup::new(&Context::background());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    span.in_scope(|| {
+        group.spawn("handler", move |_ctx| {
+            record.lock().unwrap().push(tracing::Span::current().id());
+            async move {
+                tokio::task::yield_now().await;
+                record.lock().unwrap().push(tracing::Span::current().id());
+                Ok::<(), Error>(())
+            }
+        })
+    })
+    .unwrap();
+    watchdog(group.wait()).await;
+    assert_eq!(*seen.lock().unwrap(), [expected.clone(), expected]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ use std::task::{self, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
+use tracing::level_filters::LevelFilter;
 
 use super::error::TaskPanicked;
 use super::report::{Outcome, Panic, TaskReport};
@@ -38,7 +39,7 @@ use crate::task::TaskCount;
 /// member does not wait for itself (invariant 6), and so that a group built inside a member
 /// knows which task of which group it belongs to (invariant 7).
 struct Membership {
-    group: Weak<Core>,
+    group: Arc<Core>,
     id: MemberId,
 }
 
@@ -46,7 +47,7 @@ std::thread_local! {
     /// The member whose body this thread is polling, moved in by [`Member`]'s `poll` around its
     /// body's and moved back out after: what a task-local set around the member would hold
     /// whenever a `shutdown`, `wait` or `build` inside it runs, at the cost of one thread-local
-    /// swap each way (the `Weak` is made once, at `spawn`, and only moved).
+    /// swap each way (the member's `Record`'s own `Arc` is moved, not cloned).
     static MEMBERSHIP: Cell<Option<Membership>> = const { Cell::new(None) };
 }
 
@@ -65,33 +66,36 @@ fn with_membership<T>(f: impl FnOnce(Option<&Membership>) -> T) -> T {
 pub(super) fn current(core: &Arc<Core>) -> Option<MemberId> {
     with_membership(|membership| {
         let membership = membership?;
-        std::ptr::eq(membership.group.as_ptr(), Arc::as_ptr(core)).then_some(membership.id)
+        Arc::ptr_eq(&membership.group, core).then_some(membership.id)
     })
 }
 
 /// The group and member id of the running task, if it is a member of any group.
 pub(super) fn enclosing() -> Option<(Weak<Core>, MemberId)> {
-    with_membership(|membership| membership.map(|m| (m.group.clone(), m.id)))
+    with_membership(|membership| membership.map(|m| (Arc::downgrade(&m.group), m.id)))
 }
 
-/// Moves a member's membership into the thread-local for the length of its body's poll, and
-/// back (with the one an inner poll replaced, none unless a runtime runs inside a member's
-/// poll, put back too), even if the poll unwinds.
+/// Moves a member's group (its record's `Arc`) and id into the thread-local for the length of
+/// its body's poll, and back (with the membership an inner poll replaced, none unless a runtime
+/// runs inside a member's poll, put back too), even if the poll unwinds.
 struct Entered<'a> {
-    home: &'a mut Option<Membership>,
+    home: &'a mut Option<Arc<Core>>,
     outer: Option<Membership>,
 }
 
 impl<'a> Entered<'a> {
-    fn new(home: &'a mut Option<Membership>) -> Self {
-        let outer = MEMBERSHIP.replace(home.take());
+    #[inline]
+    fn new(home: &'a mut Option<Arc<Core>>, id: MemberId) -> Self {
+        let membership = home.take().map(|group| Membership { group, id });
+        let outer = MEMBERSHIP.replace(membership);
         Entered { home, outer }
     }
 }
 
 impl Drop for Entered<'_> {
+    #[inline]
     fn drop(&mut self) {
-        *self.home = MEMBERSHIP.replace(self.outer.take());
+        *self.home = MEMBERSHIP.replace(self.outer.take()).map(|m| m.group);
     }
 }
 
@@ -105,39 +109,52 @@ pub(super) enum Slot {
     Wait(Arc<Semaphore>),
 }
 
-/// Spawns member `id` of `core`'s group; returns its abort handle.
+/// Spawns member `id` of `core`'s group; returns its join handle, which the group keeps to
+/// abort it.
 pub(super) fn spawn<F, Fut, E>(
     core: &Arc<Core>,
     id: MemberId,
     name: Cow<'static, str>,
     slot: Slot,
     f: F,
-) -> AbortHandle
+) -> JoinHandle<()>
 where
     F: FnOnce(Context) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<Box<dyn StdError + Send + Sync + 'static>> + 'static,
 {
+    // While no subscriber enables anything (`LevelFilter::current()` is OFF), no span is
+    // enabled, so none can be current: the look-up `Span::current` makes is skipped. Pinned by
+    // `a_task_runs_in_the_tracing_span_current_at_its_spawn`.
+    let span = if LevelFilter::current() == LevelFilter::OFF {
+        tracing::Span::none()
+    } else {
+        tracing::Span::current()
+    };
     let (ctx, cancel) = core.ctx.with_cancel();
-    let record = Record {
-        cancel: Some(cancel),
-        counted: Some(TaskCount::new(&ctx)),
-        core: core.clone(),
-        id,
-        name,
-        spawned_at: Instant::now(),
-    };
-    let member = Member {
-        body: run(ctx, slot, f),
-        membership: Some(Membership {
-            group: Arc::downgrade(core),
-            id,
-        }),
-        record,
-    };
+    let counted = TaskCount::new(&ctx);
+    let spawned_at = Instant::now();
     // Boxed: Tokio moves a task's future by value as it spawns, starts and finishes it, and a
-    // member's is a few hundred bytes; boxed, each move is a pointer's (`benches/groups.rs`).
-    tokio::spawn(Box::pin(member.instrument(tracing::Span::current()))).abort_handle()
+    // member's is a few hundred bytes; boxed, each move is a pointer's. Built in one
+    // expression from parts made beforehand: built field by field between other calls, it is
+    // copied once for each wrapper on its way into the box (`-- group N` of
+    // `benches/groups.rs` under callgrind shows the copies). `Box::write` into a box allocated
+    // first would save the last copy too, from Rust 1.87.
+    let future = Box::pin(
+        Member {
+            body: run(ctx, slot, f),
+            record: Record {
+                cancel: Some(cancel),
+                counted: Some(counted),
+                core: Some(core.clone()),
+                id,
+                name,
+                spawned_at,
+            },
+        }
+        .instrument(span),
+    );
+    tokio::spawn(future)
 }
 
 /// A member's whole life: its slot, its closure, its future; returns how it ended.
@@ -186,8 +203,6 @@ pin_project! {
     struct Member<B> {
         #[pin]
         body: B,
-        // In the thread-local instead while `body` is polled.
-        membership: Option<Membership>,
         record: Record,
     }
 }
@@ -198,7 +213,7 @@ impl<B: Future<Output = Outcome>> Future for Member<B> {
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
         let this = self.project();
         let outcome = {
-            let _entered = Entered::new(this.membership);
+            let _entered = Entered::new(&mut this.record.core, this.record.id);
             ready!(this.body.poll(cx))
         };
         // `run` has returned, so its future holds nothing (the user's future and the slot are
@@ -254,7 +269,9 @@ struct Record {
     cancel: Option<CancelHandle>,
     /// The leak check's count of this task, also gone before the stop is recorded.
     counted: Option<TaskCount>,
-    core: Arc<Core>,
+    /// `None` only while the body is polled, when it is in the thread-local (see `Entered`):
+    /// never when the record reports.
+    core: Option<Arc<Core>>,
     id: MemberId,
     name: Cow<'static, str>,
     spawned_at: Instant,
@@ -267,12 +284,11 @@ impl Record {
         };
         drop(cancel);
         drop(self.counted.take());
-        let now = Instant::now();
-        let time_to_stop = self
-            .core
-            .cancelled_at
-            .get()
-            .map(|&at| now.saturating_duration_since(at.max(self.spawned_at)));
+        let Some(core) = &self.core else {
+            unreachable!("a record reports outside its body's poll, with its group back")
+        };
+        let stopped_at = Instant::now();
+        let asked_at = core.cancelled_at.get().map(|&at| at.max(self.spawned_at));
         let failure = match &outcome {
             Outcome::Failed(cause) => Some(cause.clone()),
             Outcome::Panicked(panic) => Some(Cause::new(Box::new(TaskPanicked::new(
@@ -284,15 +300,19 @@ impl Record {
         let task = TaskReport::new(
             std::mem::take(&mut self.name),
             outcome,
-            now.saturating_duration_since(self.spawned_at),
-            time_to_stop,
+            self.spawned_at,
+            stopped_at,
+            asked_at,
         );
-        self.core.stopped(self.id, task, failure);
+        core.stopped(self.id, task, failure);
     }
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
-        self.stop(Outcome::Aborted);
+        // Not recorded yet: the body never returned (and no outcome need be made otherwise).
+        if self.cancel.is_some() {
+            self.stop(Outcome::Aborted);
+        }
     }
 }

@@ -8,17 +8,18 @@
 //!   shared core they point to, with the protocol below;
 //! - `member.rs`: the future each task runs (slot, body, panic catching) and the `Record` that
 //!   reports its stop;
+//! - `state.rs`: what the lock guards (members, stops, phase) and the bookkeeping of each step;
 //! - `report.rs`: [`Report`] and what it is made of; `future.rs`: the futures of `wait` and
 //!   `shutdown`; `error.rs`: [`SpawnError`] and [`TaskPanicked`].
 //!
 //! # Invariants
 //!
 //! 1. **Membership.** A task is a member from the moment `spawn` enters it in
-//!    `State::members` (before its Tokio task exists) until its `Record` is dropped, which
-//!    happens exactly once, whether the task finished, failed, panicked, was aborted or was
-//!    dropped by a runtime shutting down. The record drops the member's own cancel handle and
-//!    its task count *before* it takes the lock to leave `members`, so once `members` is empty
-//!    no member's context or leak-check count is left. Pinned by
+//!    `State::members` (before its Tokio task exists) until its `Record` reports its stop,
+//!    which happens exactly once, whether the task finished, failed, panicked, was aborted or
+//!    was dropped by a runtime shutting down. The record drops the member's own cancel handle
+//!    and its task count *before* it takes the lock to report, so once no member runs no
+//!    member's context or leak-check count is left. Pinned by
 //!    `a_thousand_tasks_all_run_their_cleanup_within_the_grace` (`assert_no_leaks` after it).
 //! 2. **Who cancels the group's context.** A shutdown (either handle), with its cause; under
 //!    fail-fast, the record of the first member to fail or panic, with that failure; taking the
@@ -26,7 +27,7 @@
 //!    group outlives it; dropping the owner; and the parent. The first wins the cause. Pinned by
 //!    `fail_fast_cancels_every_sibling_with_the_first_failure`.
 //! 3. **Who aborts.** Only a shutdown whose grace has passed (every member but its caller), and
-//!    the owner's drop (every member). A member whose abort handle arrives after an abort began
+//!    the owner's drop (every member). A member whose task handle arrives after an abort began
 //!    (its `spawn` was still under way) is aborted when it arrives. Pinned by
 //!    `tasks_that_ignore_cancellation_are_aborted_and_named`.
 //! 4. **When the report is taken.** The same critical section that sees no member left (other
@@ -42,9 +43,9 @@
 //!    `shutdown_from_inside_a_task_does_not_wait_for_that_task`.
 //! 7. **Nesting.** A group built while a member of another group is polled (the same
 //!    thread-local) keeps that group's core, weakly, and the member's id. When its report is
-//!    taken, a summary (the report without panic payloads) is pushed onto that member's
-//!    `Enrolled::groups` if the member has not stopped, and the member's stop moves them, in
-//!    order, into its `TaskReport`. A group dropped without its report leaves nothing, and a
+//!    taken, a summary (the report without panic payloads) is kept for that member in
+//!    `State::summaries` if the member has not stopped, and the member's stop moves its
+//!    summaries, in order, into its `TaskReport`. A group dropped without its report leaves nothing, and a
 //!    stop never waits for an inner report. Pinned by
 //!    `an_inner_groups_summary_is_shown_under_the_task_that_owned_it`,
 //!    `a_task_that_owns_two_groups_in_turn_keeps_both_in_order` and
@@ -70,6 +71,7 @@ mod error;
 mod future;
 mod member;
 mod report;
+mod state;
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -80,19 +82,18 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::context::Context;
 use crate::error::{Cause, Error};
 use crate::handle::CancelCauseHandle;
-use crate::slab::Slab;
 
 pub use error::{SpawnError, TaskPanicked};
 pub use future::{AllStopped, Shutdown, Wait};
 pub use report::{Outcome, OutcomeCounts, Panic, Report, TaskReport};
 
 use member::Slot;
+use state::{MemberId, Phase, State};
 
 /// A set of named tasks that run under one context and stop together.
 ///
@@ -495,7 +496,7 @@ impl TaskGroup {
     /// # }
     /// ```
     pub fn len(&self) -> usize {
-        self.core.lock().members.len()
+        self.core.lock().running()
     }
 
     /// Whether every task has stopped (or none was spawned).
@@ -740,7 +741,7 @@ impl GroupHandle {
     /// assert_eq!(group.handle().len(), 0);
     /// ```
     pub fn len(&self) -> usize {
-        self.core.lock().members.len()
+        self.core.lock().running()
     }
 
     /// Whether every task has stopped (or none was spawned).
@@ -830,68 +831,8 @@ struct Core {
     changed: Notify,
 }
 
-#[derive(Default)]
-struct State {
-    phase: Phase,
-    /// Members that have not stopped, at the slot of their [`MemberId`], with the abort handle
-    /// of their Tokio task once `spawn` has it (see invariant 1).
-    members: Slab<Enrolled>,
-    next_serial: u64,
-    /// Set once an abort began: `Some(spared)`, where `spared` is the member that asked for it,
-    /// if any. A handle that arrives later is aborted at once (invariant 3).
-    aborting: Option<Option<MemberId>>,
-    /// The stopped tasks, in the order they stopped.
-    stopped: Vec<TaskReport>,
-    /// Index in `stopped` of the first task that failed or panicked.
-    first_failure: Option<usize>,
-    /// When the first shutdown began, and the earliest deadline of all of them (`None`: a
-    /// grace too long to have one).
-    shutdown: Option<(Instant, Option<Instant>)>,
-}
-
-/// Names a member: its slot in `State::members`, and a serial number never given twice in a
-/// group, so that an id kept after its member stopped (a `Wait` polled by another task, say)
-/// never names the member that reuses the slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct MemberId {
-    slot: usize,
-    serial: u64,
-}
-
-/// A member's entry in `State::members`.
-struct Enrolled {
-    serial: u64,
-    abort: Option<AbortHandle>,
-    /// Summaries of the groups the member built and took the report of, in that order.
-    groups: Vec<Report>,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Phase {
-    #[default]
-    Open,
-    /// A shutdown began or the owner is gone: spawning is refused.
-    Closing,
-    /// The report was taken; stops recorded after it (only a task spared by invariant 6) are
-    /// dropped.
-    Reported,
-}
-
-impl State {
-    /// Members other than `me` that have not stopped.
-    fn others(&self, me: Option<MemberId>) -> usize {
-        let mine = me.is_some_and(|me| self.member(me).is_some());
-        self.members.len() - usize::from(mine)
-    }
-
-    fn member(&self, id: MemberId) -> Option<&Enrolled> {
-        self.members
-            .get(id.slot)
-            .filter(|entry| entry.serial == id.serial)
-    }
-}
-
 impl Core {
+    #[inline]
     fn lock(&self) -> MutexGuard<'_, State> {
         // No user code runs under this lock, so a poisoned state is still consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -930,33 +871,12 @@ impl Core {
             if state.phase != Phase::Open {
                 return Err(SpawnError::closed());
             }
-            let serial = state.next_serial;
-            state.next_serial += 1;
-            let slot = state.members.insert(Enrolled {
-                serial,
-                abort: None,
-                groups: Vec::new(),
-            });
-            MemberId { slot, serial }
+            state.enroll()
         };
-        let abort = member::spawn(self, id, name, slot, f);
-        let abort_now = {
-            let mut state = self.lock();
-            let aborting = state.aborting.is_some_and(|spared| spared != Some(id));
-            match state.members.get_mut(id.slot) {
-                Some(entry) if entry.serial == id.serial => {
-                    if aborting {
-                        Some(abort)
-                    } else {
-                        entry.abort = Some(abort);
-                        None
-                    }
-                }
-                _ => None, // it has stopped already
-            }
-        };
-        if let Some(abort) = abort_now {
-            abort.abort();
+        let task = member::spawn(self, id, name, slot, f);
+        let abort_now = self.lock().arrived(id, task);
+        if let Some(task) = abort_now {
+            task.abort();
         }
         Ok(())
     }
@@ -970,6 +890,7 @@ impl Core {
             let mut state = self.lock();
             if state.phase == Phase::Open {
                 state.phase = Phase::Closing;
+                state.expect_stops();
             }
             if state.phase != Phase::Reported {
                 let (_, earliest) = state.shutdown.get_or_insert((now, deadline));
@@ -1026,14 +947,11 @@ impl Core {
         let (tasks, first_failure, shutdown) = {
             let mut state = self.lock();
             if state.others(me) > 0 {
+                state.expect_stops();
                 return None;
             }
-            state.phase = Phase::Reported;
-            (
-                std::mem::take(&mut state.stopped),
-                state.first_failure,
-                state.shutdown,
-            )
+            let (tasks, first_failure) = state.take_stopped();
+            (tasks, first_failure, state.shutdown)
         };
         let cause = self.ctx.cause();
         self.cancel.cancel(Error::Canceled);
@@ -1056,27 +974,14 @@ impl Core {
         let Some(group) = group.upgrade() else {
             return;
         };
-        // Declared before the guard, so that a summary left over drops after the lock is freed.
         let summary = report.summary();
-        let mut state = group.lock();
-        let entry = state.members.get_mut(id.slot);
-        if let Some(entry) = entry.filter(|entry| entry.serial == id.serial) {
-            entry.groups.push(summary);
-        }
+        let left_over = group.lock().hand_summary(*id, summary);
+        drop(left_over); // the member has stopped; dropped once the lock is released
     }
 
     /// Aborts every member but `spared`, and those whose `spawn` is still under way.
     fn abort_all(&self, spared: Option<MemberId>) {
-        let handles: Vec<AbortHandle> = {
-            let mut state = self.lock();
-            state.aborting = Some(spared);
-            state
-                .members
-                .iter()
-                .filter(|entry| spared.is_none_or(|spared| spared.serial != entry.serial))
-                .filter_map(|entry| entry.abort.clone())
-                .collect()
-        };
+        let handles = self.lock().begin_abort(spared);
         for handle in handles {
             handle.abort();
         }
@@ -1098,26 +1003,14 @@ impl Core {
 
     /// Records a member's stop (called once per member, from its `Record`'s drop) and, under
     /// fail-fast, cancels the group with the first failure.
-    fn stopped(&self, id: MemberId, mut task: TaskReport, failure: Option<Cause>) {
-        let (cancel_with, wake) = {
+    fn stopped(&self, id: MemberId, task: TaskReport, failure: Option<Cause>) {
+        let (first_failure, refused, wake) = {
             let mut state = self.lock();
-            if let Some(entry) = state
-                .members
-                .remove_if(id.slot, |entry| entry.serial == id.serial)
-            {
-                task.adopt(entry.groups);
-            }
-            let mut cancel_with = None;
-            if state.phase != Phase::Reported {
-                if failure.is_some() && state.first_failure.is_none() {
-                    state.first_failure = Some(state.stopped.len());
-                    cancel_with = failure.filter(|_| self.fail_fast);
-                }
-                state.stopped.push(task);
-            }
-            (cancel_with, state.members.len() <= 1)
+            let (first_failure, refused) = state.stop(id, task, failure.is_some());
+            (first_failure, refused, state.running() <= 1)
         };
-        if let Some(cause) = cancel_with {
+        drop(refused); // stopped after the report: dropped once the lock is released
+        if let Some(cause) = failure.filter(|_| first_failure && self.fail_fast) {
             self.cancel.cancel(cause);
         }
         if wake {
@@ -1145,8 +1038,8 @@ impl Core {
             .field("name", &self.name)
             .field("fail_fast", &self.fail_fast)
             .field("limit", &self.limit)
-            .field("running", &state.members.len())
-            .field("stopped", &state.stopped.len())
+            .field("running", &state.running())
+            .field("stopped", &state.stopped())
             .field("phase", &state.phase)
             .finish()
     }

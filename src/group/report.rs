@@ -6,6 +6,9 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use tokio::time::Instant;
+use tracing::Level;
+
 use crate::error::{Cause, Error};
 
 /// How the tasks of a [`TaskGroup`](crate::TaskGroup) stopped, one [`TaskReport`] per task, in
@@ -103,12 +106,16 @@ pub struct OutcomeCounts {
 /// assert_eq!(task.time_to_stop(), None, "it stopped before any cancellation");
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct TaskReport {
     name: Cow<'static, str>,
     outcome: Outcome,
-    ran_for: Duration,
-    time_to_stop: Option<Duration>,
+    /// The instants the durations are read from, kept as they are: the subtractions are made
+    /// only for the tasks a reader asks about.
+    spawned_at: Instant,
+    stopped_at: Instant,
+    /// When the task was asked to stop (the group's cancellation, or its spawn if that came
+    /// later), if that was before it stopped.
+    asked_at: Option<Instant>,
     /// Summaries of the groups the task built and took the report of, in that order.
     groups: Vec<Report>,
 }
@@ -170,7 +177,11 @@ pub enum Outcome {
 /// assert!(caught.is_err());
 /// # }
 /// ```
-pub struct Panic {
+pub struct Panic(Box<Caught>);
+
+/// A [`Panic`]'s contents, boxed so that an [`Outcome`], and so each [`TaskReport`], stays
+/// small for the tasks that did not panic: a stop's report is moved on its way into the group.
+struct Caught {
     message: String,
     /// In a mutex only so that a `Report` can be shared between threads (`Sync`), as Tokio's
     /// `JoinError` does; nothing locks it but `into_payload`.
@@ -186,18 +197,18 @@ impl Panic {
         } else {
             "Box<dyn Any>".to_owned()
         };
-        Panic {
+        Panic(Box::new(Caught {
             message,
             payload: Mutex::new(payload),
-        }
+        }))
     }
 
     /// A panic of a summary (see [`TaskReport::groups`]): the message, as its own payload.
     fn summary(message: &str) -> Self {
-        Panic {
+        Panic(Box::new(Caught {
             message: message.to_owned(),
             payload: Mutex::new(Box::new(message.to_owned())),
-        }
+        }))
     }
 
     /// The panic's message, or `Box<dyn Any>` if the payload was not a string.
@@ -206,7 +217,7 @@ impl Panic {
     ///
     /// See [`Panic`].
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
     }
 
     /// The payload, as `std::panic::catch_unwind` gives it.
@@ -231,7 +242,8 @@ impl Panic {
     /// # }
     /// ```
     pub fn into_payload(self) -> Box<dyn Any + Send + 'static> {
-        self.payload
+        self.0
+            .payload
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -253,8 +265,20 @@ impl Panic {
 impl fmt::Debug for Panic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Panic")
-            .field("message", &self.message)
+            .field("message", &self.0.message)
             .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for TaskReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskReport")
+            .field("name", &self.name)
+            .field("outcome", &self.outcome)
+            .field("ran_for", &self.ran_for())
+            .field("time_to_stop", &self.time_to_stop())
+            .field("groups", &self.groups)
+            .finish()
     }
 }
 
@@ -264,7 +288,7 @@ impl fmt::Display for Outcome {
             Outcome::Finished => f.write_str("finished"),
             Outcome::Canceled(err) => write!(f, "canceled ({err})"),
             Outcome::Failed(cause) => write!(f, "failed: {cause}"),
-            Outcome::Panicked(panic) => write!(f, "panicked: {}", panic.message),
+            Outcome::Panicked(panic) => write!(f, "panicked: {}", panic.message()),
             Outcome::Aborted => f.write_str("aborted"),
             Outcome::NotStarted => f.write_str("not started"),
         }
@@ -275,14 +299,16 @@ impl TaskReport {
     pub(super) fn new(
         name: Cow<'static, str>,
         outcome: Outcome,
-        ran_for: Duration,
-        time_to_stop: Option<Duration>,
+        spawned_at: Instant,
+        stopped_at: Instant,
+        asked_at: Option<Instant>,
     ) -> Self {
         TaskReport {
             name,
             outcome,
-            ran_for,
-            time_to_stop,
+            spawned_at,
+            stopped_at,
+            asked_at,
             groups: Vec::new(),
         }
     }
@@ -298,15 +324,16 @@ impl TaskReport {
             Outcome::Finished => Outcome::Finished,
             Outcome::Canceled(err) => Outcome::Canceled(*err),
             Outcome::Failed(cause) => Outcome::Failed(cause.clone()),
-            Outcome::Panicked(panic) => Outcome::Panicked(Panic::summary(&panic.message)),
+            Outcome::Panicked(panic) => Outcome::Panicked(Panic::summary(panic.message())),
             Outcome::Aborted => Outcome::Aborted,
             Outcome::NotStarted => Outcome::NotStarted,
         };
         TaskReport {
             name: self.name.clone(),
             outcome,
-            ran_for: self.ran_for,
-            time_to_stop: self.time_to_stop,
+            spawned_at: self.spawned_at,
+            stopped_at: self.stopped_at,
+            asked_at: self.asked_at,
             groups: self.groups.iter().map(Report::summary).collect(),
         }
     }
@@ -358,7 +385,7 @@ impl TaskReport {
     /// # }
     /// ```
     pub fn ran_for(&self) -> Duration {
-        self.ran_for
+        self.stopped_at.saturating_duration_since(self.spawned_at)
     }
 
     /// Time from the group's cancellation (or from `spawn`, for a task spawned after it) to
@@ -385,7 +412,8 @@ impl TaskReport {
     /// # }
     /// ```
     pub fn time_to_stop(&self) -> Option<Duration> {
-        self.time_to_stop
+        let asked_at = self.asked_at?;
+        Some(self.stopped_at.saturating_duration_since(asked_at))
     }
 
     /// Summaries of the groups this task owned, in the order their reports were taken: each
@@ -623,9 +651,23 @@ impl Report {
     /// ```
     pub fn slow(&self) -> impl Iterator<Item = &TaskReport> + '_ {
         let half = self.grace.map(|grace| grace / 2);
+        // Every task spawned before the cancellation was asked to stop at that one instant: the
+        // bound for it is computed once, and those tasks' stops are compared with it, not
+        // subtracted from anything. `None` as a bound: none can be past it.
+        let mut last: Option<(Instant, Option<Instant>)> = None;
         self.tasks.iter().filter(move |task| {
-            !matches!(task.outcome, Outcome::Aborted)
-                && matches!((task.time_to_stop, half), (Some(took), Some(half)) if took > half)
+            let (Some(half), Some(asked_at)) = (half, task.asked_at) else {
+                return false;
+            };
+            let bound = match last {
+                Some((at, bound)) if at == asked_at => bound,
+                _ => {
+                    let bound = asked_at.checked_add(half);
+                    last = Some((asked_at, bound));
+                    bound
+                }
+            };
+            !matches!(task.outcome, Outcome::Aborted) && bound.is_some_and(|b| task.stopped_at > b)
         })
     }
 
@@ -670,22 +712,28 @@ impl Report {
 
     /// Emits the report's `tracing` events (see [`Report`]).
     pub(super) fn emit(&self) {
+        // Nothing is counted or searched for events that no subscriber wants.
         let group = self.name.as_deref().unwrap_or("");
-        let counts = self.counts();
-        tracing::info!(
-            target: "taskctx",
-            group,
-            tasks = self.tasks.len(),
-            finished = counts.finished,
-            canceled = counts.canceled,
-            failed = counts.failed,
-            panicked = counts.panicked,
-            aborted = counts.aborted,
-            not_started = counts.not_started,
-            cause = self.cause.as_ref().map(tracing::field::display),
-            grace = self.grace.map(tracing::field::debug),
-            "task group stopped",
-        );
+        if tracing::enabled!(target: "taskctx", Level::INFO) {
+            let counts = self.counts();
+            tracing::info!(
+                target: "taskctx",
+                group,
+                tasks = self.tasks.len(),
+                finished = counts.finished,
+                canceled = counts.canceled,
+                failed = counts.failed,
+                panicked = counts.panicked,
+                aborted = counts.aborted,
+                not_started = counts.not_started,
+                cause = self.cause.as_ref().map(tracing::field::display),
+                grace = self.grace.map(tracing::field::debug),
+                "task group stopped",
+            );
+        }
+        if !tracing::enabled!(target: "taskctx", Level::WARN) {
+            return;
+        }
         for task in self
             .tasks
             .iter()
@@ -704,7 +752,7 @@ impl Report {
                 target: "taskctx",
                 group,
                 task = %task.name,
-                time_to_stop = task.time_to_stop.map(tracing::field::debug),
+                time_to_stop = task.time_to_stop().map(tracing::field::debug),
                 grace = self.grace.map(tracing::field::debug),
                 "task slow to stop: it took more than half the grace",
             );
@@ -752,7 +800,7 @@ impl fmt::Display for Report {
             write!(f, "{} ({cause})", task.name)
         })?;
         let panicked = self.tasks.iter().filter_map(|task| match &task.outcome {
-            Outcome::Panicked(panic) => Some((task, &panic.message)),
+            Outcome::Panicked(panic) => Some((task, panic.message())),
             _ => None,
         });
         list(f, "panicked", panicked, |(task, message), f| {
@@ -764,7 +812,7 @@ impl fmt::Display for Report {
             .filter(|task| matches!(task.outcome, Outcome::Aborted));
         list(f, "aborted", aborted, |task, f| f.write_str(&task.name))?;
         list(f, "slow", self.slow(), |task, f| {
-            let took = task.time_to_stop.unwrap_or_default();
+            let took = task.time_to_stop().unwrap_or_default();
             write!(f, "{} ({took:?} to stop)", task.name)
         })?;
         let owners = self.tasks.iter().filter(|task| !task.groups.is_empty());
