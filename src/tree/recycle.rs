@@ -17,20 +17,20 @@
 //! a scope drops the handle first, which cancels the context it leaves behind, and the
 //! context's drop then keeps it, done (pinned by `tests/drop_order.rs`).
 //!
-//! Keeps invariant 14: a scope is kept only if nothing can reach it. The releaser must hold
-//! the only strong reference, and the only `Weak`s must be its registrations in its parents
-//! (a timer or token watch holds one more: a live scope's is dropped first if it is all the
-//! scope holds, [`Scope::disarm`]); it then leaves its parents (a cancellation that upgrades one of those
-//! registrations meanwhile only finishes a scope no one else holds), and `Arc::get_mut`
-//! confirms that nothing holds it, not even a `Weak` ([`Kept::new`]). So no stale
-//! registration, timer or `AfterFunc` can reach a kept scope's next life. What it still holds
-//! (a custom cause or deadline cause, the callbacks and mirror token of a scope released live,
-//! which a freed scope would drop unrun and uncancelled too) is dropped before it is kept, with
-//! no lock held, and its state is reset to live, whatever error it was done with: a done
-//! scope has left its parents (whoever finished it unlinked it before letting go of it), and
-//! nothing remains that a query of the next life could find ([`Scope::reset`]). A finish empties a scope's registrations in place, so a reused scope keeps their room
-//! (up to 16 entries), and a scope that made its lock keeps it across its lives. Pinned by
-//! `a_released_scope_is_reused_clean_whatever_it_held`,
+//! Keeps invariant 14: a scope is kept only if nothing can reach it. The releaser must hold the
+//! only strong reference, and the only `Weak`s must be its registrations in its parents (a timer or
+//! token watch holds one more: a live scope's is dropped first if it is all the scope holds,
+//! [`Scope::disarm`]); it then leaves its parents (a cancellation that upgrades one of those
+//! registrations meanwhile only finishes a scope no one else holds), and `Arc::get_mut` confirms
+//! that nothing holds it, not even a `Weak` ([`Kept::new`]). So no stale registration, timer or
+//! `AfterFunc` can reach a kept scope's next life. What it still holds (a custom cause or deadline
+//! cause, the callbacks and mirror token of a scope released live, which a freed scope would drop
+//! unrun and uncancelled too) is dropped before it is kept, with no lock held, and its state is
+//! reset to live, whatever error it was done with: a done scope has left its parents (whoever
+//! finished it unlinked it before letting go of it), and nothing remains that a query of the next
+//! life could find ([`Scope::reset`]). A finish empties a scope's registrations in place, so a
+//! reused scope keeps their room (up to 16 entries), and a scope that made its lock keeps it across
+//! its lives. Pinned by `a_released_scope_is_reused_clean_whatever_it_held`,
 //! `a_scope_is_kept_only_while_nothing_else_can_reach_it` and
 //! `loom_releasing_a_childs_last_handles_races_the_parents_cancel`.
 
