@@ -6,6 +6,8 @@
 //! Time is Tokio's paused clock; every wait that could hang runs under [`watchdog`], which a
 //! hang trips at once (the paused clock jumps to its deadline when nothing else can run).
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -776,11 +778,7 @@ async fn many_tasks_spawning_and_shutting_down_across_threads_all_stop_once() {
 /// at `spawn`, as its future does after an `.await`.
 #[tokio::test]
 async fn a_task_runs_in_the_tracing_span_current_at_its_spawn() {
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(std::io::sink)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let _default = common::trace_everything();
     let span = tracing::info_span!("request", id = 7);
     let expected = span.id();
     assert!(expected.is_some(), "the span is enabled");

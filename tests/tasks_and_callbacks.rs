@@ -4,6 +4,8 @@
 //! `after_func` callbacks.
 //! Time is Tokio's paused clock; tests that could deadlock run under a hang guard.
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +17,7 @@ use futures::FutureExt;
 use taskctx::testing::{assert_no_leaks, census};
 use taskctx::{AfterFunc, CancelHandle, Context, Error};
 use tokio::time::{Instant, advance, sleep};
-use tracing::{Instrument, Level, Span};
+use tracing::{Instrument, Span};
 
 // ---------------------------------------------------------------------------------------------
 // Test doubles
@@ -479,11 +481,7 @@ async fn task_handle_resumes_a_panic_once_then_stays_pending() {
 
 #[tokio::test]
 async fn spawned_task_runs_inside_the_callers_tracing_span() {
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(Level::TRACE)
-        .with_writer(std::io::sink)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let _default = common::trace_everything();
     let span = tracing::info_span!("request", id = 7);
     let expected = span.id();
     assert!(expected.is_some(), "the span is enabled");

@@ -8,3 +8,13 @@
 
 pub mod alloc;
 pub mod rng;
+
+/// Enables every span and event on this thread, writing nothing, until the guard is dropped:
+/// spans made meanwhile have ids, which a test can compare.
+pub fn trace_everything() -> tracing::subscriber::DefaultGuard {
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::set_default(subscriber)
+}
