@@ -7,9 +7,9 @@
 //! The group does more per task than the tracker: a child context, a named entry in the
 //! report, a panic guard and the leak check's count. The rows show what that costs.
 //!
-//! `-- group N [R] [workers] [time]` or `-- tracker N [R] [workers] [time]` runs R rounds
-//! (default 1) of N tasks on a current-thread runtime (or on the rows' two workers), and nothing
-//! else. For instruction counts under `valgrind --tool=callgrind`, which do not depend on the
+//! `-- group N [R] [workers[=W]] [time]` or `-- tracker N [R] [workers[=W]] [time]` runs R
+//! rounds (default 1) of N tasks on a current-thread runtime (or on the rows' two workers, or
+//! W), and nothing else. For instruction counts under `valgrind --tool=callgrind`, which do not depend on the
 //! machine's load: the difference of two such runs divided by the difference in tasks is the
 //! cost per task without the process's start and end; from 1 round to 3 of the same N, that of
 //! the rounds after the first, whose allocator has the room the first left, as divan's later
@@ -41,8 +41,15 @@ fn main() {
         Some(row @ ("group" | "tracker")) => {
             let tasks = counts.next().expect("a count of tasks");
             let rounds = counts.next().unwrap_or(1);
-            let runtime = if args.iter().any(|arg| arg == "workers") {
-                runtime()
+            let workers = args
+                .iter()
+                .find_map(|arg| match arg.strip_prefix("workers") {
+                    Some("") => Some(2),
+                    Some(count) => count.strip_prefix('=')?.parse().ok(),
+                    None => None,
+                });
+            let runtime = if let Some(workers) = workers {
+                runtime_with(workers)
             } else {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -77,8 +84,12 @@ fn median(times: &mut [f64]) -> f64 {
 
 /// A multi-thread runtime with two workers, as the machine these run on has two cores.
 fn runtime() -> Runtime {
+    runtime_with(2)
+}
+
+fn runtime_with(workers: usize) -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
         .unwrap()
